@@ -1,0 +1,39 @@
+/**
+ * Configuration names of PROTOCOL.md ("Configuration names") and their
+ * defaults. Black-box tests set these variables.
+ */
+export const ENV = {
+  host: 'BUILDFLEET_HOST',
+  port: 'BUILDFLEET_PORT',
+  dataDir: 'BUILDFLEET_DATA_DIR',
+  databaseUrl: 'DATABASE_URL',
+  apiToken: 'BUILDFLEET_API_TOKEN',
+  enrollmentToken: 'BUILDFLEET_ENROLLMENT_TOKEN',
+  controllerUrl: 'BUILDFLEET_CONTROLLER_URL',
+  labels: 'BUILDFLEET_LABELS',
+  concurrency: 'BUILDFLEET_CONCURRENCY',
+  accessTokenTtlMs: 'BUILDFLEET_ACCESS_TOKEN_TTL_MS',
+  ackTimeoutMs: 'BUILDFLEET_ACK_TIMEOUT_MS',
+  leaseMs: 'BUILDFLEET_LEASE_MS',
+  heartbeatIntervalMs: 'BUILDFLEET_HEARTBEAT_INTERVAL_MS',
+  blobDir: 'BUILDFLEET_BLOB_DIR',
+  logLevel: 'BUILDFLEET_LOG_LEVEL',
+} as const;
+
+export const DEFAULTS = {
+  host: '127.0.0.1',
+  port: 7700,
+  dataDir: './.buildfleet',
+  controllerUrl: 'http://127.0.0.1:7700',
+  concurrency: 1,
+  accessTokenTtlMs: 3_600_000,
+  ackTimeoutMs: 30_000,
+  leaseMs: 60_000,
+  heartbeatIntervalMs: 10_000,
+  pollWaitMs: 30_000,
+} as const;
+
+/** Header carrying an artifact's SHA-256 (lowercase hex). */
+export const CHECKSUM_HEADER = 'x-checksum-sha256';
+
+export const PROTOCOL_VERSION = '1';

@@ -1,0 +1,265 @@
+/**
+ * Request and response schemas of PROTOCOL.md, shared by the controller (route
+ * validation, OpenAPI), the worker and the CLI. Timestamps are ISO-8601 UTC
+ * strings; durations are milliseconds (`…Ms`) or seconds (`…Seconds`).
+ */
+import { Type, type Static, type TSchema } from 'typebox';
+import { BUILD_STATES, TERMINAL_STATES } from './states.js';
+import { ERROR_CODES } from './errors.js';
+
+const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()]);
+const Timestamp = Type.String({ description: 'ISO-8601 UTC' });
+const Id = Type.String({ minLength: 1, maxLength: 200 });
+
+export const ErrorBodySchema = Type.Object({
+  error: Type.Object({
+    code: Type.Union(ERROR_CODES.map((c) => Type.Literal(c))),
+    message: Type.String(),
+  }),
+});
+
+export const BuildStateSchema = Type.Union(BUILD_STATES.map((s) => Type.Literal(s)));
+export const OutcomeSchema = Type.Union(TERMINAL_STATES.map((s) => Type.Literal(s)));
+
+/** Label: a non-empty token without commas or whitespace. */
+export const LabelSchema = Type.String({ minLength: 1, maxLength: 100, pattern: '^[^,\\s]+$' });
+
+/**
+ * What a build runs. Only `script` is required; the defaults are PROTOCOL.md's.
+ */
+export const BuildSpecInputSchema = Type.Object(
+  {
+    script: Type.String({ minLength: 1, maxLength: 1_000_000 }),
+    labels: Type.Optional(Type.Array(LabelSchema, { maxItems: 50 })),
+    env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String())),
+    timeoutSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 7 * 24 * 3600 })),
+    artifacts: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 1000 }), { maxItems: 100 })),
+    priority: Type.Optional(Type.Integer({ minimum: -1000, maximum: 1000 })),
+    maxAttempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 10 })),
+    metadata: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  },
+  { additionalProperties: false },
+);
+export type BuildSpecInput = Static<typeof BuildSpecInputSchema>;
+
+export const BuildSpecSchema = Type.Object({
+  script: Type.String(),
+  labels: Type.Array(Type.String()),
+  env: Type.Record(Type.String(), Type.String()),
+  timeoutSeconds: Type.Integer(),
+  artifacts: Type.Array(Type.String()),
+  priority: Type.Integer(),
+  maxAttempts: Type.Integer(),
+  metadata: Type.Record(Type.String(), Type.Unknown()),
+});
+export type BuildSpec = Static<typeof BuildSpecSchema>;
+
+/** Fills PROTOCOL.md's defaults into a validated spec. */
+export function normalizeSpec(input: BuildSpecInput): BuildSpec {
+  return {
+    script: input.script,
+    labels: [...new Set(input.labels ?? [])].sort(),
+    env: input.env ?? {},
+    timeoutSeconds: input.timeoutSeconds ?? 3600,
+    artifacts: input.artifacts ?? [],
+    priority: input.priority ?? 0,
+    maxAttempts: input.maxAttempts ?? 2,
+    metadata: input.metadata ?? {},
+  };
+}
+
+export const AttemptSchema = Type.Object({
+  attempt: Type.Integer(),
+  workerId: Nullable(Type.String()),
+  state: BuildStateSchema,
+  assignedAt: Nullable(Timestamp),
+  startedAt: Nullable(Timestamp),
+  finishedAt: Nullable(Timestamp),
+  reason: Nullable(Type.String()),
+  exitCode: Nullable(Type.Integer()),
+});
+export type Attempt = Static<typeof AttemptSchema>;
+
+export const BuildSchema = Type.Object({
+  id: Type.String(),
+  state: BuildStateSchema,
+  attempt: Type.Integer({ description: 'current attempt, from 1' }),
+  workerId: Nullable(Type.String()),
+  spec: BuildSpecSchema,
+  cancelRequested: Type.Boolean(),
+  exitCode: Nullable(Type.Integer()),
+  reason: Nullable(Type.String()),
+  message: Nullable(Type.String()),
+  createdAt: Timestamp,
+  assignedAt: Nullable(Timestamp),
+  startedAt: Nullable(Timestamp),
+  finishedAt: Nullable(Timestamp),
+  ackDeadline: Nullable(Timestamp),
+  leaseExpiresAt: Nullable(Timestamp),
+  sourceSize: Type.Integer({ description: 'bytes' }),
+  sourceSha256: Type.String(),
+  attempts: Type.Array(AttemptSchema),
+});
+export type Build = Static<typeof BuildSchema>;
+
+export const BuildEnvelopeSchema = Type.Object({ build: BuildSchema });
+export const BuildListSchema = Type.Object({
+  builds: Type.Array(BuildSchema),
+  nextCursor: Nullable(Type.String()),
+});
+export type BuildList = Static<typeof BuildListSchema>;
+
+export const BuildListQuerySchema = Type.Object({
+  state: Type.Optional(BuildStateSchema),
+  label: Type.Optional(Type.String()),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500 })),
+  cursor: Type.Optional(Type.String({ maxLength: 500 })),
+});
+
+export const ArtifactSchema = Type.Object({
+  name: Type.String(),
+  size: Type.Integer({ description: 'bytes' }),
+  sha256: Type.String(),
+});
+export type Artifact = Static<typeof ArtifactSchema>;
+export const ArtifactListSchema = Type.Object({ artifacts: Type.Array(ArtifactSchema) });
+
+/** Settings the controller announces to workers with every access token. */
+export const WorkerSettingsSchema = Type.Object({
+  pollWaitMs: Type.Integer(),
+  heartbeatIntervalMs: Type.Integer(),
+  leaseMs: Type.Integer(),
+  ackTimeoutMs: Type.Integer(),
+});
+export type WorkerSettings = Static<typeof WorkerSettingsSchema>;
+
+/** A build handed to a worker (poll answer, re-registration `builds`). */
+export const AssignedBuildSchema = Type.Object({
+  id: Type.String(),
+  attempt: Type.Integer(),
+  state: Type.Optional(BuildStateSchema),
+  buildToken: Type.String(),
+  spec: BuildSpecSchema,
+  sourceUrl: Type.String({ description: 'path, resolved against the controller the worker talks to' }),
+  ackDeadline: Nullable(Timestamp),
+});
+export type AssignedBuild = Static<typeof AssignedBuildSchema>;
+
+export const RegisterRequestSchema = Type.Object({
+  name: Type.String({ minLength: 1, maxLength: 200 }),
+  labels: Type.Array(LabelSchema, { maxItems: 100 }),
+  maxConcurrentBuilds: Type.Integer({ minimum: 1, maximum: 1000 }),
+  version: Type.String({ maxLength: 100 }),
+  bootId: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  registrationId: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  workerId: Type.Optional(Id),
+  workerSecret: Type.Optional(Type.String({ minLength: 1, maxLength: 500 })),
+  activeBuildCount: Type.Optional(Type.Integer({ minimum: 0 })),
+  activeBuildIds: Type.Optional(Type.Array(Id, { maxItems: 1000 })),
+});
+export type RegisterRequest = Static<typeof RegisterRequestSchema>;
+
+export const RegisterResponseSchema = Type.Object({
+  workerId: Type.String(),
+  workerSecret: Type.Optional(Type.String({ description: 'only when a worker is created' })),
+  accessToken: Type.String(),
+  accessTokenExpiresAt: Timestamp,
+  accessTokenExpiresInMs: Type.Integer(),
+  settings: WorkerSettingsSchema,
+  builds: Type.Array(AssignedBuildSchema),
+  abandon: Type.Array(Type.String()),
+});
+export type RegisterResponse = Static<typeof RegisterResponseSchema>;
+
+export const PollRequestSchema = Type.Object({
+  freeSlots: Type.Integer({ minimum: 0, maximum: 1000 }),
+  activeBuildIds: Type.Array(Id, { maxItems: 1000 }),
+});
+export type PollRequest = Static<typeof PollRequestSchema>;
+export const PollQuerySchema = Type.Object({
+  waitMs: Type.Optional(Type.Integer({ minimum: 0 })),
+});
+export const PollResponseSchema = Type.Object({ builds: Type.Array(AssignedBuildSchema) });
+export type PollResponse = Static<typeof PollResponseSchema>;
+
+export const HeartbeatRequestSchema = Type.Object({
+  activeBuildIds: Type.Array(Id, { maxItems: 1000 }),
+});
+export type HeartbeatRequest = Static<typeof HeartbeatRequestSchema>;
+export const HeartbeatResponseSchema = Type.Object({
+  cancel: Type.Array(Type.String()),
+  abandon: Type.Array(Type.String()),
+  accessTokenExpiresAt: Timestamp,
+  accessTokenExpiresInMs: Type.Integer(),
+  draining: Type.Optional(Type.Boolean()),
+});
+export type HeartbeatResponse = Static<typeof HeartbeatResponseSchema>;
+
+export const StartRequestSchema = Type.Object({ attempt: Type.Integer({ minimum: 1 }) });
+export type StartRequest = Static<typeof StartRequestSchema>;
+
+export const LogChunkRequestSchema = Type.Object({
+  attempt: Type.Integer({ minimum: 1 }),
+  seq: Type.Integer({ minimum: 0 }),
+  offset: Type.Integer({ minimum: 0, description: 'bytes stored so far for this attempt' }),
+  data: Type.String({ maxLength: 8 * 1024 * 1024 }),
+  encoding: Type.Optional(Type.Union([Type.Literal('utf8'), Type.Literal('base64')])),
+});
+export type LogChunkRequest = Static<typeof LogChunkRequestSchema>;
+export const LogChunkResponseSchema = Type.Object({
+  offset: Type.Integer({ description: 'bytes stored for this attempt after the chunk' }),
+});
+
+export const FinishRequestSchema = Type.Object({
+  attempt: Type.Integer({ minimum: 1 }),
+  outcome: OutcomeSchema,
+  exitCode: Nullable(Type.Integer()),
+  message: Type.Optional(Nullable(Type.String({ maxLength: 10_000 }))),
+});
+export type FinishRequest = Static<typeof FinishRequestSchema>;
+
+export const WorkerStatusSchema = Type.Union([Type.Literal('active'), Type.Literal('draining')]);
+export type WorkerStatus = Static<typeof WorkerStatusSchema>;
+
+export const WorkerSchema = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  labels: Type.Array(Type.String()),
+  maxConcurrentBuilds: Type.Integer(),
+  version: Type.String(),
+  status: WorkerStatusSchema,
+  connected: Type.Boolean({ description: 'seen within one lease period' }),
+  activeBuildCount: Type.Integer(),
+  createdAt: Timestamp,
+  lastSeenAt: Nullable(Timestamp),
+  accessTokenExpiresAt: Nullable(Timestamp),
+});
+export type Worker = Static<typeof WorkerSchema>;
+export const WorkerEnvelopeSchema = Type.Object({ worker: WorkerSchema });
+export const WorkerListSchema = Type.Object({ workers: Type.Array(WorkerSchema) });
+
+export const EnrollmentTokenCreateSchema = Type.Object({
+  description: Type.Optional(Type.String({ maxLength: 500 })),
+  expiresAt: Type.Optional(Type.String({ maxLength: 40 })),
+  maxUses: Type.Optional(Type.Integer({ minimum: 1 })),
+});
+export const EnrollmentTokenSchema = Type.Object({
+  id: Type.String(),
+  description: Nullable(Type.String()),
+  createdAt: Timestamp,
+  expiresAt: Nullable(Timestamp),
+  maxUses: Nullable(Type.Integer()),
+  uses: Type.Integer(),
+  revoked: Type.Boolean(),
+  token: Type.Optional(Type.String({ description: 'only in the answer that creates it' })),
+});
+export type EnrollmentToken = Static<typeof EnrollmentTokenSchema>;
+export const EnrollmentTokenListSchema = Type.Object({ enrollmentTokens: Type.Array(EnrollmentTokenSchema) });
+
+export const IdParamsSchema = Type.Object({ id: Id });
+export const ArtifactParamsSchema = Type.Object({ id: Id, name: Type.String({ minLength: 1, maxLength: 1000 }) });
+export const LogQuerySchema = Type.Object({
+  offset: Type.Optional(Type.Integer({ minimum: 0 })),
+  attempt: Type.Optional(Type.Integer({ minimum: 1 })),
+  follow: Type.Optional(Type.Union([Type.Literal('1'), Type.Literal('true'), Type.Literal('0'), Type.Literal('false')])),
+});
