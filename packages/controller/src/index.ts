@@ -1,0 +1,2 @@
+export type * from './store/types.js';
+export type * from './blobs/types.js';
