@@ -1,0 +1,124 @@
+/**
+ * Blob store on a filesystem: `<rootDir>/<key>`. Used with SQLite (under
+ * `<dataDir>/blobs`) and with PostgreSQL when every controller mounts the
+ * same `BUILDFLEET_BLOB_DIR`.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join, resolve, sep } from 'node:path';
+import { Readable } from 'node:stream';
+import { ApiError } from '@buildfleet/protocol';
+import { checkKey, meteredChunks, resolveRange, type Meter } from './common.js';
+import type { BlobStore, PutResult } from './types.js';
+
+/** Prefix of in-flight upload files; keys cannot start with `.`, so no key collides. */
+const TMP_PREFIX = '.tmp-';
+
+function isNotFound(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException)?.code === 'ENOENT';
+}
+
+/**
+ * Each `put` streams into `.tmp-<random>` beside the final file, then fsyncs
+ * it, renames it over the key (atomic on POSIX) and fsyncs the directory:
+ * readers see the old bytes or the new ones, never a torn file, and a crash
+ * leaves at most a stray temp file. Concurrent puts to one key: the last
+ * rename wins, each reader gets one complete body.
+ */
+export class FsBlobStore implements BlobStore {
+  readonly root: string;
+
+  constructor(rootDir: string) {
+    this.root = resolve(rootDir);
+  }
+
+  /** Absolute path of `key`; throws VALIDATION_FAILED for keys that could leave the root. */
+  pathOf(key: string): string {
+    checkKey(key);
+    const p = resolve(this.root, key);
+    // checkKey already excludes `..` and absolute keys; this is the belt to its braces.
+    if (!p.startsWith(this.root + sep)) throw new ApiError('VALIDATION_FAILED', 'blob key escapes the blob directory');
+    return p;
+  }
+
+  /** Creates the root directory. */
+  async init(): Promise<void> {
+    await mkdir(this.root, { recursive: true });
+  }
+
+  async put(key: string, body: Readable, opts: { maxBytes?: number; expectSha256?: string } = {}): Promise<PutResult> {
+    const file = this.pathOf(key);
+    const dir = dirname(file);
+    await mkdir(dir, { recursive: true });
+    const tmp = join(dir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    const fh = await open(tmp, 'wx', 0o644);
+    let open_ = true;
+    try {
+      const meter: Meter = { size: 0, sha256: undefined };
+      for await (const chunk of meteredChunks(body, opts, meter)) {
+        await fh.write(chunk);
+      }
+      await fh.sync();
+      open_ = false;
+      await fh.close();
+      await rename(tmp, file);
+      await syncDir(dir);
+      return { size: meter.size, sha256: meter.sha256! };
+    } catch (err) {
+      if (open_) await fh.close().catch(() => {});
+      await rm(tmp, { force: true }).catch(() => {});
+      throw err;
+    }
+  }
+
+  async get(key: string, range?: { start: number; end: number }): Promise<Readable> {
+    const file = this.pathOf(key);
+    let fh;
+    try {
+      fh = await open(file, 'r');
+    } catch (err) {
+      if (isNotFound(err)) throw new ApiError('NOT_FOUND', `blob ${key} not found`);
+      throw err;
+    }
+    try {
+      // Reading through the open descriptor keeps serving these bytes even if
+      // the key is replaced or deleted meanwhile.
+      const { size } = await fh.stat();
+      const r = resolveRange(size, range);
+      if (r.end < r.start) {
+        await fh.close();
+        return Readable.from([]);
+      }
+      return fh.createReadStream({ start: r.start, end: r.end, autoClose: true });
+    } catch (err) {
+      await fh.close().catch(() => {});
+      throw err;
+    }
+  }
+
+  async size(key: string): Promise<number | undefined> {
+    try {
+      return (await stat(this.pathOf(key))).size;
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    await rm(this.pathOf(key), { force: true });
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  // Makes the rename itself durable. Some filesystems refuse fsync on a
+  // directory; the rename is still atomic there, only its durability differs.
+  const d = await open(dir, 'r');
+  try {
+    await d.sync();
+  } catch {
+    /* not supported here */
+  } finally {
+    await d.close();
+  }
+}

@@ -1,0 +1,197 @@
+/**
+ * Blob store in PostgreSQL, for several controllers without a shared
+ * directory. A blob is a row in `blobs` plus 1 MiB rows in `blob_chunks`.
+ */
+import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import type pg from 'pg';
+import { ApiError, systemClock, type Clock } from '@buildfleet/protocol';
+import { CHUNK_BYTES, checkKey, meteredChunks, resolveRange, type Meter } from './common.js';
+import type { BlobStore, PutResult } from './types.js';
+
+/** Advisory lock taken while creating the tables ("bfblob" in ASCII). */
+const INIT_LOCK = 0x626662_6c6f62;
+/** In-flight uploads live under `.tmp/<epoch ms>/<random>`; keys cannot start with `.`. */
+const TMP_PREFIX = '.tmp/';
+/** Temp chunks older than this at `init()` belong to a crashed upload. 1 hour, ms. */
+const STALE_TMP_MS = 3_600_000;
+
+/** SQLSTATE classes that mean "the database is not reachable right now". */
+function isUnavailable(err: unknown): boolean {
+  const code = (err as { code?: unknown })?.code;
+  if (typeof code !== 'string') return err instanceof Error && /timeout|terminat|Connection/i.test(err.message);
+  return code.startsWith('08') || code.startsWith('57P') || code === '53300' || ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND'].includes(code);
+}
+
+/** Maps driver errors to UNAVAILABLE (store contract); ApiErrors pass through. */
+function mapError(err: unknown): unknown {
+  if (err instanceof ApiError) return err;
+  if (isUnavailable(err)) return new ApiError('UNAVAILABLE', `database unavailable: ${(err as Error).message}`);
+  return err;
+}
+
+/**
+ * `put` inserts each 1 MiB chunk in its own statement under a temporary key
+ * (no transaction stays open while a client uploads, memory stays at one
+ * chunk), then one short transaction upserts the `blobs` row (its row lock
+ * serialises swaps of the same key), deletes the old chunks and renames the
+ * temporary ones. `get` reads one chunk per query, prefetching the next.
+ *
+ * Readers of a key that is replaced or deleted mid-stream get a stream
+ * error, never mixed bytes of two versions of different sizes; keys in
+ * practice are written once (`sources/<build>`) or content-addressed.
+ */
+export class PgBlobStore implements BlobStore {
+  private readonly clock: Clock;
+
+  constructor(
+    private readonly pool: pg.Pool,
+    opts: { clock?: Clock } = {},
+  ) {
+    this.clock = opts.clock ?? systemClock;
+  }
+
+  /**
+   * Creates the tables if absent and removes chunks of uploads that died more
+   * than an hour ago. Safe when several controllers start at once (advisory
+   * transaction lock).
+   */
+  async init(): Promise<void> {
+    const c = await this.pool.connect().catch((e: unknown) => Promise.reject(mapError(e)));
+    try {
+      await c.query('BEGIN');
+      await c.query('SELECT pg_advisory_xact_lock($1)', [INIT_LOCK]);
+      await c.query(`CREATE TABLE IF NOT EXISTS blobs (
+        key TEXT PRIMARY KEY,
+        size BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at BIGINT NOT NULL)`);
+      await c.query(`CREATE TABLE IF NOT EXISTS blob_chunks (
+        key TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (key, idx))`);
+      // Sources are gzip and artifacts mostly compressed already: skip TOAST
+      // compression, keep out-of-line storage (substring reads stay cheap).
+      await c.query('ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL');
+      await c.query('COMMIT');
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {});
+      throw mapError(err);
+    } finally {
+      c.release();
+    }
+    await this.sweepTemp(this.clock.now() - STALE_TMP_MS);
+  }
+
+  /** Deletes chunks of uploads started before `beforeEpochMs`. Returns rows deleted. */
+  async sweepTemp(beforeEpochMs: number): Promise<number> {
+    const r = await this.query(`DELETE FROM blob_chunks WHERE key LIKE '.tmp/%' AND split_part(key, '/', 2)::bigint < $1`, [
+      beforeEpochMs,
+    ]);
+    return r.rowCount ?? 0;
+  }
+
+  async put(key: string, body: Readable, opts: { maxBytes?: number; expectSha256?: string } = {}): Promise<PutResult> {
+    checkKey(key);
+    const tmp = `${TMP_PREFIX}${this.clock.now()}/${randomBytes(8).toString('hex')}`;
+    let wrote = false;
+    try {
+      const meter: Meter = { size: 0, sha256: undefined };
+      let idx = 0;
+      for await (const chunk of meteredChunks(body, opts, meter)) {
+        wrote = true;
+        await this.query('INSERT INTO blob_chunks (key, idx, data) VALUES ($1, $2, $3)', [tmp, idx++, chunk]);
+      }
+      await this.tx(async (c) => {
+        await c.query(
+          `INSERT INTO blobs (key, size, sha256, created_at) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, sha256 = EXCLUDED.sha256, created_at = EXCLUDED.created_at`,
+          [key, meter.size, meter.sha256, this.clock.now()],
+        );
+        await c.query('DELETE FROM blob_chunks WHERE key = $1', [key]);
+        await c.query('UPDATE blob_chunks SET key = $1 WHERE key = $2', [key, tmp]);
+      });
+      wrote = false;
+      return { size: meter.size, sha256: meter.sha256! };
+    } catch (err) {
+      if (wrote) await this.pool.query('DELETE FROM blob_chunks WHERE key = $1', [tmp]).catch(() => {});
+      // Body errors (a client that went away) pass through as they are.
+      throw err;
+    }
+  }
+
+  async get(key: string, range?: { start: number; end: number }): Promise<Readable> {
+    checkKey(key);
+    const size = await this.size(key);
+    if (size === undefined) throw new ApiError('NOT_FOUND', `blob ${key} not found`);
+    const { start, end } = resolveRange(size, range);
+    if (end < start) return Readable.from([]);
+    const first = Math.floor(start / CHUNK_BYTES);
+    const last = Math.floor(end / CHUNK_BYTES);
+    const fetch = async (idx: number): Promise<Buffer> => {
+      const from = idx === first ? start - idx * CHUNK_BYTES : 0;
+      const to = idx === last ? end - idx * CHUNK_BYTES : CHUNK_BYTES - 1;
+      const r = await this.query<{ data: Buffer }>(
+        'SELECT substring(data FROM $3 FOR $4) AS data FROM blob_chunks WHERE key = $1 AND idx = $2',
+        [key, idx, from + 1, to - from + 1],
+      );
+      const data = r.rows[0]?.data;
+      if (!data || data.length !== to - from + 1) throw new Error(`blob ${key} changed while it was being read`);
+      return data;
+    };
+    async function* chunks(): AsyncGenerator<Buffer> {
+      let next: Promise<Buffer> | undefined = fetch(first);
+      for (let idx = first; idx <= last; idx++) {
+        const current: Promise<Buffer> = next!;
+        // Prefetch one chunk so the network round trip overlaps the consumer.
+        next = idx < last ? fetch(idx + 1) : undefined;
+        next?.catch(() => {}); // observed when awaited; avoids an unhandled rejection if the reader stops early
+        yield await current;
+      }
+    }
+    return Readable.from(chunks(), { objectMode: false });
+  }
+
+  async size(key: string): Promise<number | undefined> {
+    checkKey(key);
+    const r = await this.query<{ size: string }>('SELECT size FROM blobs WHERE key = $1', [key]);
+    return r.rows[0] ? Number(r.rows[0].size) : undefined;
+  }
+
+  async delete(key: string): Promise<void> {
+    checkKey(key);
+    await this.tx(async (c) => {
+      await c.query('DELETE FROM blobs WHERE key = $1', [key]);
+      await c.query('DELETE FROM blob_chunks WHERE key = $1', [key]);
+    });
+  }
+
+  private async query<R extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params: unknown[]): Promise<pg.QueryResult<R>> {
+    try {
+      return await this.pool.query<R>(sql, params);
+    } catch (err) {
+      throw mapError(err);
+    }
+  }
+
+  private async tx<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    let c: pg.PoolClient;
+    try {
+      c = await this.pool.connect();
+    } catch (err) {
+      throw mapError(err);
+    }
+    try {
+      await c.query('BEGIN');
+      const out = await fn(c);
+      await c.query('COMMIT');
+      return out;
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {});
+      throw mapError(err);
+    } finally {
+      c.release();
+    }
+  }
+}

@@ -1,0 +1,103 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { FakeClock } from '@buildfleet/protocol';
+import { afterAll, beforeAll, beforeEach, expect, it } from 'vitest';
+import { openBlobStore } from '../../src/blobs/open.js';
+import { PgBlobStore } from '../../src/blobs/pg.js';
+import { createTestDatabase, describePg, type TestDatabase } from '../support/pg.js';
+import { blobStoreContract, measureThroughput, sha256, streamOf, type BlobHarness } from './contract.js';
+
+describePg('PgBlobStore', () => {
+  let db: TestDatabase;
+  let pool: pg.Pool;
+  let h: BlobHarness;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    pool = new pg.Pool({ connectionString: db.url, max: 6 });
+    const store = new PgBlobStore(pool);
+    await store.init();
+    h = {
+      store,
+      leftovers: async () => Number((await pool.query(`SELECT count(*) AS n FROM blob_chunks WHERE key LIKE '.tmp/%'`)).rows[0].n),
+    };
+  });
+  beforeEach(async () => {
+    await pool.query('TRUNCATE blobs, blob_chunks');
+  });
+  afterAll(async () => {
+    await pool?.end();
+    await db?.drop();
+  });
+
+  blobStoreContract(() => h);
+
+  it('init is safe when several controllers start at once, and repeatable', async () => {
+    const pools = [0, 1, 2].map(() => new pg.Pool({ connectionString: db.url, max: 1 }));
+    try {
+      await Promise.all(pools.map((p) => new PgBlobStore(p).init()));
+      await new PgBlobStore(pools[0]!).init();
+    } finally {
+      await Promise.all(pools.map((p) => p.end()));
+    }
+  });
+
+  it('stores a blob as 1 MiB chunk rows and a blobs row', async () => {
+    const data = Buffer.alloc(2 * 1024 * 1024 + 3, 7);
+    await h.store.put('sources/rows', streamOf(data));
+    const chunks = await pool.query(`SELECT idx, length(data) AS n FROM blob_chunks WHERE key = 'sources/rows' ORDER BY idx`);
+    expect(chunks.rows).toEqual([
+      { idx: 0, n: 1048576 },
+      { idx: 1, n: 1048576 },
+      { idx: 2, n: 3 },
+    ]);
+    const blob = await pool.query(`SELECT size, sha256 FROM blobs WHERE key = 'sources/rows'`);
+    expect(blob.rows[0]).toEqual({ size: String(data.length), sha256: sha256(data) });
+  });
+
+  it('init sweeps chunks of uploads that died more than an hour ago, keeps fresh ones', async () => {
+    const clock = new FakeClock();
+    const store = new PgBlobStore(pool, { clock });
+    const stale = `.tmp/${clock.now() - 2 * 3_600_000}/dead`;
+    const fresh = `.tmp/${clock.now() - 60_000}/alive`;
+    await pool.query(`INSERT INTO blob_chunks (key, idx, data) VALUES ($1, 0, '\\x00'), ($2, 0, '\\x00')`, [stale, fresh]);
+    await store.init();
+    const left = await pool.query(`SELECT key FROM blob_chunks`);
+    expect(left.rows.map((r) => r.key)).toEqual([fresh]);
+  });
+
+  it('turns an unreachable database into UNAVAILABLE', async () => {
+    const dead = new pg.Pool({ connectionString: 'postgres://postgres@127.0.0.1:1/none', connectionTimeoutMillis: 2_000 });
+    try {
+      await expect(new PgBlobStore(dead).size('sources/x')).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    } finally {
+      await dead.end();
+    }
+  });
+
+  it('openBlobStore: PostgreSQL mode uses chunks, or BUILDFLEET_BLOB_DIR when given', async () => {
+    const s = await openBlobStore({ databaseUrl: db.url, dataDir: '/nonexistent' });
+    expect(s.kind).toBe('pg');
+    await s.put('sources/o', streamOf(Buffer.from('x')));
+    expect(await h.store.size('sources/o')).toBe(1);
+    await s.close();
+    const dir = await mkdtemp(join(tmpdir(), 'bf-shared-'));
+    try {
+      const f = await openBlobStore({ databaseUrl: db.url, dataDir: '/nonexistent', blobDir: dir });
+      expect(f.kind).toBe('fs');
+      await f.put('sources/o2', streamOf(Buffer.from('xy')));
+      expect(await f.size('sources/o2')).toBe(2);
+      expect(await h.store.size('sources/o2')).toBeUndefined();
+      await f.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('measures 64 MiB throughput', async () => {
+    const r = await measureThroughput(h.store);
+    console.log(`PgBlobStore 64 MiB: put ${r.putMiBs.toFixed(0)} MiB/s, get ${r.getMiBs.toFixed(0)} MiB/s`);
+    expect(r.putMiBs).toBeGreaterThan(0);
+  });
+});
