@@ -1,0 +1,80 @@
+/**
+ * Downloading a build's artifacts (PROTOCOL.md `GET /builds/{id}/artifacts`)
+ * and checking each file's SHA-256 against the listing and the
+ * `X-Checksum-SHA256` header before it is kept.
+ */
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, rename, rm } from 'node:fs/promises';
+import { dirname, join, resolve, sep } from 'node:path';
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import { artifactNameProblem, CHECKSUM_HEADER, paths, type Artifact } from '@buildfleet/protocol';
+import type { ApiClient } from './client.js';
+import { CliError } from './errors.js';
+
+export interface DownloadedArtifact extends Artifact {
+  /** Absolute path of the downloaded file. */
+  path: string;
+}
+
+/**
+ * Downloads every artifact of build `id` into `outDir` (names keep their
+ * relative paths). Each file is written to `<name>.part`, hashed while it
+ * streams, and renamed only when its SHA-256 and size match; otherwise the
+ * part file is removed and CliError names the artifact.
+ */
+export async function downloadArtifacts(
+  client: ApiClient,
+  id: string,
+  outDir: string,
+  onFile?: (a: DownloadedArtifact) => void,
+): Promise<DownloadedArtifact[]> {
+  const list = await client.artifacts(id);
+  const root = resolve(outDir);
+  const done: DownloadedArtifact[] = [];
+  for (const a of list) {
+    const problem = artifactNameProblem(a.name);
+    if (problem) throw new CliError(`refusing artifact "${a.name}": ${problem}`);
+    const dest = resolve(root, ...a.name.split('/'));
+    if (!dest.startsWith(root + sep)) throw new CliError(`refusing artifact "${a.name}": it leaves ${root}`);
+    await mkdir(dirname(dest), { recursive: true });
+    const res = await client.request(paths.artifact(id, a.name));
+    const header = res.headers.get(CHECKSUM_HEADER);
+    if (header && header.toLowerCase() !== a.sha256.toLowerCase())
+      throw new CliError(`artifact ${a.name}: the listing says SHA-256 ${a.sha256} but the download header says ${header}`);
+    if (!res.body) throw new CliError(`artifact ${a.name}: empty answer`);
+    const hash = createHash('sha256');
+    let size = 0;
+    const part = `${dest}.part`;
+    const tap = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        hash.update(chunk);
+        size += chunk.length;
+        cb(null, chunk);
+      },
+    });
+    try {
+      await pipeline(Readable.fromWeb(res.body as WebReadableStream<Uint8Array>), tap, createWriteStream(part, { mode: 0o644 }));
+    } catch (err) {
+      await rm(part, { force: true });
+      throw new CliError(`artifact ${a.name}: download interrupted: ${(err as Error).message}`);
+    }
+    const sha256 = hash.digest('hex');
+    if (sha256 !== a.sha256.toLowerCase() || size !== a.size) {
+      await rm(part, { force: true });
+      throw new CliError(`artifact ${a.name}: checksum mismatch (expected ${a.sha256}, ${a.size} bytes; got ${sha256}, ${size} bytes)`);
+    }
+    await rename(part, dest);
+    const got = { ...a, path: dest };
+    done.push(got);
+    onFile?.(got);
+  }
+  return done;
+}
+
+/** Default download directory for a build: `./artifacts/<id>`. */
+export function defaultOutDir(id: string): string {
+  return join('artifacts', id);
+}

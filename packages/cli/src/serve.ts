@@ -1,0 +1,277 @@
+/**
+ * Commands that run services: `up` (controller and one worker in this
+ * process, then the bundled example), `controller` and `worker`.
+ *
+ * Signals (SIGINT = Ctrl-C, SIGTERM): the first one drains (the worker takes
+ * no new builds and lets running ones finish, then the controller closes);
+ * the second one stops running builds (the worker reports them canceled);
+ * a third one exits at once.
+ */
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import { DEFAULTS, ENV, systemClock } from '@buildfleet/protocol';
+import { ApiClient } from './client.js';
+import { CliError, EXIT } from './errors.js';
+import { followBuild } from './follow.js';
+import { outcome } from './format.js';
+import { readCredentials } from './settings.js';
+import { formatBytes, loadSpec, submitDirectory } from './submit.js';
+import { loadControllerModule, loadWorkerModule, type RunningController, type RunningWorker } from './services.js';
+
+/** examples/hello-c of this checkout (src/ and dist/ sit at the same depth). */
+export const EXAMPLE_DIR = fileURLToPath(new URL('../../../examples/hello-c', import.meta.url));
+
+const say = (line = '') => process.stderr.write(`${line}\n`);
+
+function port(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('port must be an integer from 0 to 65535');
+  return n;
+}
+function positive(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer');
+  return n;
+}
+
+interface ServiceFlags {
+  host?: string;
+  port?: number;
+  dataDir?: string;
+  databaseUrl?: string;
+  controllerUrl?: string;
+  labels?: string;
+  concurrency?: number;
+  name?: string;
+  enrollmentToken?: string;
+  example?: boolean;
+}
+
+function controllerOverrides(o: ServiceFlags, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  const r: Record<string, unknown> = { ...extra };
+  if (o.host !== undefined) r.host = o.host;
+  if (o.port !== undefined) r.port = o.port;
+  if (o.dataDir !== undefined) r.dataDir = o.dataDir;
+  if (o.databaseUrl !== undefined) r.databaseUrl = o.databaseUrl;
+  return r;
+}
+
+function workerOverrides(o: ServiceFlags, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  const r: Record<string, unknown> = { ...extra };
+  if (o.controllerUrl !== undefined) r.controllerUrls = o.controllerUrl;
+  if (o.labels !== undefined) r.labels = o.labels;
+  if (o.concurrency !== undefined) r.maxConcurrentBuilds = o.concurrency;
+  if (o.dataDir !== undefined) r.dataDir = o.dataDir;
+  if (o.name !== undefined) r.name = o.name;
+  if (o.enrollmentToken !== undefined) r.enrollmentToken = o.enrollmentToken;
+  return r;
+}
+
+/**
+ * Counts SIGINT/SIGTERM and calls `onSignal(n)` for the n-th one (from 1);
+ * from the third on, exits at once with 130. Returns a remover.
+ */
+function onSignals(onSignal: (n: number, signal: string) => void): () => void {
+  let n = 0;
+  const handler = (signal: NodeJS.Signals) => {
+    n++;
+    if (n >= 3) {
+      say(`${signal} again: exiting now`);
+      process.exit(130);
+    }
+    onSignal(n, signal);
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+  return () => {
+    process.off('SIGINT', handler);
+    process.off('SIGTERM', handler);
+  };
+}
+
+/** Stops the worker on signals: the first drains, the second stops running builds. Resolves when it is done. */
+async function runWorkerUntilStopped(worker: RunningWorker, label: string): Promise<void> {
+  let stopping: Promise<void> | undefined;
+  const remove = onSignals((n, signal) => {
+    if (n === 1) {
+      say(`${signal}: ${label} draining: no new builds; running builds finish (${signal} again cancels them)`);
+      stopping = worker.stop({ drain: true });
+    } else {
+      say(`${signal}: canceling running builds`);
+      stopping = worker.stop({ drain: false });
+    }
+    stopping.catch((e: unknown) => say(`stopping the worker failed: ${(e as Error).message}`));
+  });
+  try {
+    await worker.done;
+    await stopping;
+  } finally {
+    remove();
+  }
+}
+
+function dataDirOf(o: ServiceFlags): string {
+  return resolve(o.dataDir ?? process.env[ENV.dataDir] ?? DEFAULTS.dataDir);
+}
+
+/** Prints where things are after a controller starts; the tokens only when they were just generated. */
+function printControllerBanner(controller: RunningController, dataDir: string, bind: string | undefined): void {
+  say('');
+  say(`buildfleet controller listening on ${controller.url}`);
+  say(`  dashboard:  ${controller.url}/`);
+  say(`  API:        ${controller.url}/api/v1  (OpenAPI: ${controller.url}/openapi.json)`);
+  const credFile = controller.firstStart?.credentialsFile ?? join(dataDir, 'credentials.json');
+  if (controller.firstStart) {
+    say('');
+    say('First start: credentials were generated and saved (mode 0600) in');
+    say(`  ${credFile}`);
+    say(`  API token:         ${controller.firstStart.apiToken}`);
+    say(`  enrollment token:  ${controller.firstStart.enrollmentToken}`);
+    say('The CLI reads that file when BUILDFLEET_API_TOKEN is unset.');
+  } else if (existsSync(credFile)) {
+    say(`  credentials: ${credFile}`);
+  }
+  say('');
+  say('Add a worker on another machine (start this controller with BUILDFLEET_HOST=0.0.0.0 so it is reachable):');
+  const host = bind && bind !== '127.0.0.1' && bind !== 'localhost' ? controller.url : controller.url.replace('127.0.0.1', '<this-host>');
+  say(`  BUILDFLEET_CONTROLLER_URL=${host} BUILDFLEET_ENROLLMENT_TOKEN=<enrollment token> npx buildfleet worker`);
+  say('');
+}
+
+async function startLocalController(o: ServiceFlags, extra: Record<string, unknown>): Promise<RunningController> {
+  const mod = await loadControllerModule();
+  const config = mod.loadControllerConfig(process.env, controllerOverrides(o, extra));
+  return mod.startController(config);
+}
+
+/** Submits the bundled example through the public API and follows it to the end. */
+async function runExample(controller: RunningController, apiToken: string | undefined, signal: AbortSignal): Promise<void> {
+  if (!apiToken) {
+    say('No API token known to this process (set BUILDFLEET_API_TOKEN); not submitting the example.');
+    return;
+  }
+  const client = new ApiClient({ controllerUrl: controller.url, apiToken, tokenSource: 'the controller' });
+  const spec = await loadSpec(EXAMPLE_DIR, {});
+  say(`Submitting the bundled example (${EXAMPLE_DIR}): ${spec.script}`);
+  const build = await submitDirectory(client, EXAMPLE_DIR, spec, {
+    onPacked: (files, bytes) => say(`  packed ${files} files (${formatBytes(bytes)})`),
+  });
+  say(`  build ${build.id} ${build.state}; its log follows`);
+  say('  ──────────────────────────────────────────────');
+  const final = await followBuild(client, build.id, (c) => process.stdout.write(c), {
+    clock: systemClock,
+    signal,
+    onAttempt: (a) => say(`  --- attempt ${a} ---`),
+  });
+  say('  ──────────────────────────────────────────────');
+  say(`  build ${final.id} ${outcome(final)}`);
+  say('');
+  say('Look at it with:');
+  say(`  npm run buildfleet -- status ${final.id}`);
+  say(`  npm run buildfleet -- logs ${final.id}`);
+  say(`  npm run buildfleet -- download ${final.id} --out ./out     (artifacts, SHA-256 checked)`);
+  say(`  ${controller.url}/            (dashboard)`);
+  say('Submit your own project: npm run buildfleet -- submit path/to/project --script "make test" --follow');
+}
+
+export function addServiceCommands(program: Command): void {
+  program
+    .command('up')
+    .description('run a controller and one local worker in this process; on first start, build the bundled example')
+    .option('--host <host>', 'listen address (env BUILDFLEET_HOST, default 127.0.0.1)')
+    .option('--port <port>', 'listen port (env BUILDFLEET_PORT, default 7700)', port)
+    .option('--data-dir <dir>', 'data directory (env BUILDFLEET_DATA_DIR, default ./.buildfleet)')
+    .option('--database-url <url>', 'postgres://… (env DATABASE_URL; default SQLite in the data dir)')
+    .option('--labels <list>', "the local worker's labels, comma-separated (env BUILDFLEET_LABELS)")
+    .option('--concurrency <n>', 'builds the local worker runs at once (env BUILDFLEET_CONCURRENCY)', positive)
+    .option('--example', 'submit the bundled example even when this is not the first start')
+    .action(async (o: ServiceFlags) => {
+      const dataDir = dataDirOf(o);
+      // Request logs of both services would drown the example's output.
+      const quiet = process.env[ENV.logLevel] === undefined;
+      if (quiet) process.env[ENV.logLevel] = 'warn';
+      const controller = await startLocalController(o, quiet ? { logLevel: 'warn' } : {});
+      let worker: RunningWorker | undefined;
+      try {
+        printControllerBanner(controller, dataDir, o.host ?? process.env[ENV.host]);
+        const creds = readCredentials(join(dataDir, 'credentials.json'));
+        const enrollmentToken =
+          process.env[ENV.enrollmentToken] || controller.firstStart?.enrollmentToken || creds?.enrollmentToken || undefined;
+        const wmod = await loadWorkerModule();
+        const wconfig = wmod.loadWorkerConfig(
+          process.env,
+          workerOverrides({ ...o, controllerUrl: controller.url, dataDir }, enrollmentToken ? { enrollmentToken } : {}),
+        );
+        worker = await wmod.startWorker(wconfig);
+        say(`Local worker started${worker.workerId ? ` (${worker.workerId})` : ''}; add more with "buildfleet worker".`);
+        const apiToken = process.env[ENV.apiToken] || controller.firstStart?.apiToken || creds?.apiToken;
+
+        const exampleAbort = new AbortController();
+        const stopped = runWorkerUntilStopped(worker, 'local worker');
+        // The first signal also stops following the example.
+        const stopFollowing = () => exampleAbort.abort(new CliError('stopped following the example'));
+        process.once('SIGINT', stopFollowing);
+        process.once('SIGTERM', stopFollowing);
+        if (controller.firstStart || o.example) {
+          try {
+            await runExample(controller, apiToken, exampleAbort.signal);
+          } catch (e) {
+            if (!exampleAbort.signal.aborted) say(`The example could not run: ${(e as Error).message}`);
+          }
+        }
+        if (!exampleAbort.signal.aborted) say(`\nbuildfleet is running at ${controller.url} — Ctrl-C to stop (drains the worker first).`);
+        await stopped;
+        process.off('SIGINT', stopFollowing);
+        process.off('SIGTERM', stopFollowing);
+        worker = undefined;
+      } finally {
+        if (worker) await worker.stop({ drain: false }).catch(() => undefined);
+        say('closing the controller');
+        await controller.close();
+      }
+    });
+
+  program
+    .command('controller')
+    .description('run only the controller (HTTP API, dashboard, scheduler)')
+    .option('--host <host>', 'listen address (env BUILDFLEET_HOST, default 127.0.0.1)')
+    .option('--port <port>', 'listen port (env BUILDFLEET_PORT, default 7700; 0 picks a free one)', port)
+    .option('--data-dir <dir>', 'data directory (env BUILDFLEET_DATA_DIR, default ./.buildfleet)')
+    .option('--database-url <url>', 'postgres://… (env DATABASE_URL; default SQLite in the data dir)')
+    .action(async (o: ServiceFlags) => {
+      const controller = await startLocalController(o, {});
+      printControllerBanner(controller, dataDirOf(o), o.host ?? process.env[ENV.host]);
+      // Machine-readable line for scripts and tests that start it with port 0.
+      process.stdout.write(`listening ${controller.url}\n`);
+      await new Promise<void>((resolveStop) => {
+        const remove = onSignals((n, signal) => {
+          if (n > 1) return;
+          say(`${signal}: closing the controller`);
+          remove();
+          resolveStop();
+        });
+      });
+      await controller.close();
+    });
+
+  program
+    .command('worker')
+    .description('run only a worker; SIGTERM drains it, a second SIGTERM cancels its running builds')
+    .option('--controller-url <urls>', 'controller URL(s), comma-separated (env BUILDFLEET_CONTROLLER_URL)')
+    .option('--enrollment-token <token>', 'bfe_ token to register with (env BUILDFLEET_ENROLLMENT_TOKEN)')
+    .option('--labels <list>', 'labels, comma-separated (env BUILDFLEET_LABELS)')
+    .option('--concurrency <n>', 'builds run at once (env BUILDFLEET_CONCURRENCY, default 1)', positive)
+    .option('--data-dir <dir>', 'identity and workspaces (env BUILDFLEET_DATA_DIR, default ./.buildfleet)')
+    .option('--name <name>', 'worker name (default: the host name)')
+    .action(async (o: ServiceFlags) => {
+      const mod = await loadWorkerModule();
+      const config = mod.loadWorkerConfig(process.env, workerOverrides(o));
+      const worker = await mod.startWorker(config);
+      say(`worker started${worker.workerId ? ` (${worker.workerId})` : ''}`);
+      await runWorkerUntilStopped(worker, 'worker');
+      say('worker stopped');
+      process.exitCode = EXIT.succeeded;
+    });
+}
