@@ -18,8 +18,8 @@ export const ErrorBodySchema = Type.Object({
   }),
 });
 
-export const BuildStateSchema = Type.Union(BUILD_STATES.map((s) => Type.Literal(s)));
-export const OutcomeSchema = Type.Union(TERMINAL_STATES.map((s) => Type.Literal(s)));
+export const BuildStateSchema = Type.Enum(BUILD_STATES);
+export const OutcomeSchema = Type.Enum(TERMINAL_STATES);
 
 /** Label: a non-empty token without commas or whitespace. */
 export const LabelSchema = Type.String({ minLength: 1, maxLength: 100, pattern: '^[^,\\s]+$' });
