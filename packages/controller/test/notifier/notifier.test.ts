@@ -1,0 +1,172 @@
+import pg from 'pg';
+import { FakeClock, systemClock } from '@buildfleet/protocol';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { decodeWake, encodeWake, InProcessNotifier, PgNotifier, type WakeTopic } from '../../src/store/notifier.js';
+import { createTestDatabase, describePg, TEST_PG_URL, type TestDatabase } from '../support/pg.js';
+import { waitFor } from '../support/wait.js';
+
+type Wake = [WakeTopic, string | undefined];
+
+function recorder(): { wakes: Wake[]; listener: (t: WakeTopic, k?: string) => void } {
+  const wakes: Wake[] = [];
+  return { wakes, listener: (t, k) => wakes.push([t, k]) };
+}
+
+describe('InProcessNotifier', () => {
+  it('delivers to every subscriber until unsubscribed or closed, containing listener errors', async () => {
+    const errors: unknown[] = [];
+    const n = new InProcessNotifier({ onError: (e) => errors.push(e) });
+    const a = recorder();
+    const b = recorder();
+    n.subscribe(() => {
+      throw new Error('bad listener');
+    });
+    n.subscribe(a.listener);
+    const offB = n.subscribe(b.listener);
+    await n.notify('builds', 'b1');
+    offB();
+    await n.notify('workers');
+    expect(a.wakes).toEqual([
+      ['builds', 'b1'],
+      ['workers', undefined],
+    ]);
+    expect(b.wakes).toEqual([['builds', 'b1']]);
+    expect(errors).toHaveLength(2);
+    await n.close();
+    await n.notify('logs', 'x');
+    expect(a.wakes).toHaveLength(2);
+  });
+});
+
+describe('wake payloads', () => {
+  it('round-trip topic and key, and ignore unknown topics', () => {
+    expect(decodeWake(encodeWake('logs', 'b:1'))).toEqual({ topic: 'logs', key: 'b:1' });
+    expect(decodeWake(encodeWake('builds'))).toEqual({ topic: 'builds', key: undefined });
+    expect(decodeWake('workers')).toEqual({ topic: 'workers', key: undefined });
+    expect(decodeWake('bogus:1')).toBeUndefined();
+    expect(decodeWake(undefined)).toBeUndefined();
+  });
+});
+
+describePg('PgNotifier', () => {
+  let db: TestDatabase;
+  const pools: pg.Pool[] = [];
+  const notifiers: PgNotifier[] = [];
+
+  /** One controller: its own pool and notifier, as in production. */
+  async function controller(): Promise<PgNotifier> {
+    const pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pools.push(pool);
+    const n = new PgNotifier({ pool, listen: db.url, clock: systemClock, initialBackoffMs: 20, maxBackoffMs: 200 });
+    notifiers.push(n);
+    await n.start();
+    return n;
+  }
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await Promise.all(notifiers.map((n) => n.close()));
+    await Promise.all(pools.map((p) => p.end()));
+    await db?.drop();
+  });
+
+  it('a notify on one controller wakes subscribers on both', async () => {
+    const a = await controller();
+    const b = await controller();
+    const ra = recorder();
+    const rb = recorder();
+    a.subscribe(ra.listener);
+    b.subscribe(rb.listener);
+    await a.notify('builds', 'b-1');
+    await b.notify('workers');
+    const has = (r: { wakes: Wake[] }, w: Wake) => r.wakes.some(([t, k]) => t === w[0] && k === w[1]);
+    await waitFor(() => has(rb, ['builds', 'b-1']) && has(ra, ['workers', undefined]), { what: 'cross-controller wake-ups' });
+    await waitFor(() => has(ra, ['builds', 'b-1']) && has(rb, ['workers', undefined]), { what: 'wake-ups echoed to the sender' });
+  });
+
+  it('reconnects after its LISTEN connection is terminated, wakes everyone, and delivers again', async () => {
+    const a = await controller();
+    const states: boolean[] = [];
+    const pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pools.push(pool);
+    const b = new PgNotifier({
+      pool,
+      listen: { connectionString: db.url, application_name: 'notifier-b' },
+      clock: systemClock,
+      initialBackoffMs: 20,
+      onState: (s) => states.push(s.listening),
+    });
+    notifiers.push(b);
+    await b.start();
+    const rb = recorder();
+    b.subscribe(rb.listener);
+
+    const admin = new pg.Client({ connectionString: db.url });
+    await admin.connect();
+    try {
+      const killed = await admin.query<{ ok: boolean }>(
+        `SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = 'notifier-b' AND query = 'LISTEN buildfleet'`,
+      );
+      expect(killed.rows).toEqual([{ ok: true }]);
+    } finally {
+      await admin.end();
+    }
+    await waitFor(() => states.includes(false) && b.listening, { what: 'b to notice the loss and listen again' });
+    expect(states).toEqual([true, false, true]);
+    // Notifications sent while it was down may be lost: it wakes everyone after reconnecting.
+    await waitFor(() => rb.wakes.some(([t, k]) => t === 'builds' && k === undefined), { what: 'the synthetic builds wake-up' });
+    await a.notify('logs', 'b-2');
+    await waitFor(() => rb.wakes.some(([t, k]) => t === 'logs' && k === 'b-2'), { what: 'delivery after reconnect' });
+  });
+
+  it('retries a database that is not there yet with exponential backoff on the injected clock', async () => {
+    const clock = new FakeClock();
+    const name = `${db.name}_late`;
+    const url = new URL(db.url);
+    url.pathname = `/${name}`;
+    const pool = new pg.Pool({ connectionString: url.toString(), max: 1 });
+    pools.push(pool);
+    const failures: number[] = [];
+    const n = new PgNotifier({
+      pool,
+      listen: url.toString(),
+      clock,
+      initialBackoffMs: 100,
+      maxBackoffMs: 400,
+      onState: (s) => {
+        if (!s.listening) failures.push(s.failures);
+      },
+    });
+    notifiers.push(n);
+    const r = recorder();
+    n.subscribe(r.listener);
+    let started = false;
+    void n.start().then(() => (started = true));
+    const admin = new pg.Client({ connectionString: TEST_PG_URL });
+    await admin.connect();
+    try {
+      // Each failed attempt schedules one timer on the fake clock: 50-100 ms, then 100-200, then 200-400.
+      for (const [i, [lo, hi]] of [[50, 100], [100, 200], [200, 400], [200, 400]].entries()) {
+        await waitFor(() => failures.length === i + 1 && clock.pending() === 1, { what: `failed attempt ${i + 1} and its retry timer` });
+        const delay = clock.nextTimerAt()! - clock.monotonic();
+        expect(delay).toBeGreaterThanOrEqual(lo!);
+        expect(delay).toBeLessThanOrEqual(hi!);
+        if (i < 3) await clock.advance(delay);
+      }
+      expect(n.listening).toBe(false);
+      await admin.query(`CREATE DATABASE ${name}`);
+      await clock.advance(400);
+      await waitFor(() => started && n.listening, { what: 'the notifier to listen once the database exists' });
+      expect(r.wakes).toContainEqual(['builds', undefined]);
+      await n.close();
+    } finally {
+      await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [name]);
+      await pool.end();
+      pools.splice(pools.indexOf(pool), 1);
+      await admin.query(`DROP DATABASE IF EXISTS ${name}`);
+      await admin.end();
+    }
+  });
+});
