@@ -57,6 +57,9 @@ export async function followBuild(client: ApiClient, id: string, write: (chunk: 
       opts.onState?.(build);
     }
     if (opts.attempt === undefined && build.attempt !== attempt) {
+      // The old attempt may have written more between our last read and its end.
+      const rest = await fetchLog(client, id, attempt, offset, opts.signal);
+      if (rest.length > 0) write(rest);
       attempt = build.attempt;
       offset = 0;
       opts.onAttempt?.(attempt);
