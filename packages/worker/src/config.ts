@@ -1,0 +1,116 @@
+/**
+ * Worker options, validated and frozen once, then passed down (STYLE.md
+ * habit 11). Environment names are PROTOCOL.md's "Configuration names".
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { DEFAULTS, ENV } from '@buildfleet/protocol';
+
+/** Everything the worker process needs to know, immutable after load. */
+export interface WorkerConfig {
+  /** Controller base URLs (no trailing slash), tried in order on failover. */
+  readonly controllerUrls: readonly string[];
+  /** Enrollment token (`bfe_…`) used only to register as a new worker. */
+  readonly enrollmentToken: string | undefined;
+  /** Data dir; the worker keeps its state in `<dataDir>/worker/`. */
+  readonly dataDir: string;
+  /** `<dataDir>/worker`: identity.json, workspaces/, pids/. */
+  readonly stateDir: string;
+  readonly name: string;
+  readonly labels: readonly string[];
+  /** Builds run at once (BUILDFLEET_CONCURRENCY, default 1). */
+  readonly maxConcurrentBuilds: number;
+  /** Per-request timeout in ms (a long poll gets `waitMs` on top). */
+  readonly requestTimeoutMs: number;
+  /** Grace between SIGTERM and SIGKILL when stopping a build, ms (default 10000). */
+  readonly cancelGraceMs: number;
+  readonly version: string;
+}
+
+export const WORKER_VERSION = '0.1.0';
+
+/** Thrown for an invalid option; `message` names the option. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+function splitList(value: string | undefined): string[] {
+  if (!value) return [];
+  return value
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+}
+
+function positiveInt(name: string, value: unknown, fallback: number): number {
+  if (value === undefined || value === '') return fallback;
+  const n = typeof value === 'number' ? value : Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new ConfigError(`${name} must be a positive integer, got ${String(value)}`);
+  return n;
+}
+
+function normalizeUrl(u: string): string {
+  let parsed: URL;
+  try {
+    parsed = new URL(u);
+  } catch {
+    throw new ConfigError(`${ENV.controllerUrl}: not a URL: ${u}`);
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
+    throw new ConfigError(`${ENV.controllerUrl}: only http and https are supported: ${u}`);
+  }
+  return parsed.toString().replace(/\/+$/, '');
+}
+
+/** Partial options that override the environment (tests, the CLI's flags). */
+export type WorkerConfigOverrides = Partial<Omit<WorkerConfig, 'stateDir' | 'controllerUrls' | 'labels'>> & {
+  controllerUrls?: readonly string[] | string;
+  labels?: readonly string[] | string;
+};
+
+/**
+ * Reads the worker's options from `env` (PROTOCOL.md names), applies
+ * `overrides`, validates and freezes them. Throws `ConfigError` naming the
+ * bad option.
+ */
+export function loadWorkerConfig(
+  env: Record<string, string | undefined> = process.env,
+  overrides: WorkerConfigOverrides = {},
+): WorkerConfig {
+  const urlsRaw = overrides.controllerUrls ?? env[ENV.controllerUrl] ?? DEFAULTS.controllerUrl;
+  const urls = (typeof urlsRaw === 'string' ? splitList(urlsRaw) : [...urlsRaw]).map(normalizeUrl);
+  if (urls.length === 0) throw new ConfigError(`${ENV.controllerUrl} is empty`);
+
+  const labelsRaw = overrides.labels ?? env[ENV.labels];
+  const labels = [...new Set(typeof labelsRaw === 'string' || labelsRaw === undefined ? splitList(labelsRaw) : [...labelsRaw])];
+  for (const l of labels) {
+    if (/[\s,]/.test(l) || l.length > 100) throw new ConfigError(`${ENV.labels}: invalid label ${JSON.stringify(l)}`);
+  }
+
+  const dataDir = path.resolve(overrides.dataDir ?? env[ENV.dataDir] ?? DEFAULTS.dataDir);
+  const name = overrides.name ?? os.hostname();
+  if (!name || name.length > 200) throw new ConfigError('worker name must be 1-200 characters');
+
+  const enrollmentToken = overrides.enrollmentToken ?? (env[ENV.enrollmentToken] || undefined);
+
+  const config: WorkerConfig = {
+    controllerUrls: Object.freeze(urls),
+    enrollmentToken,
+    dataDir,
+    stateDir: path.join(dataDir, 'worker'),
+    name,
+    labels: Object.freeze(labels.sort()),
+    maxConcurrentBuilds: positiveInt(
+      ENV.concurrency,
+      overrides.maxConcurrentBuilds ?? env[ENV.concurrency],
+      DEFAULTS.concurrency,
+    ),
+    requestTimeoutMs: positiveInt('requestTimeoutMs', overrides.requestTimeoutMs, 30_000),
+    cancelGraceMs: positiveInt('cancelGraceMs', overrides.cancelGraceMs, 10_000),
+    version: overrides.version ?? WORKER_VERSION,
+  };
+  return Object.freeze(config);
+}

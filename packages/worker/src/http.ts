@@ -1,0 +1,176 @@
+/**
+ * The worker's HTTP client for the controller. It never retries (STYLE.md
+ * habit 6): it maps answers to typed errors — `ApiError` for a protocol error
+ * body, `TransportError` for everything else — and leaves retry policy to
+ * `retry.ts` and credential handling to `session.ts`.
+ */
+import { ApiError, isErrorBody, type Clock } from '@buildfleet/protocol';
+
+/** A `fetch`-compatible function (global fetch, or an in-process router in simulations). */
+export type Transport = (url: string, init: RequestInit) => Promise<Response>;
+
+export type TransportErrorKind = 'network' | 'timeout' | 'http' | 'aborted';
+
+/**
+ * A request that got no protocol answer: the connection failed (`network`),
+ * the clock ran out (`timeout`), the caller aborted (`aborted`), or the status
+ * was an error without a protocol error body (`http`, with `status`).
+ */
+export class TransportError extends Error {
+  constructor(
+    readonly kind: TransportErrorKind,
+    message: string,
+    readonly url: string,
+    readonly status?: number,
+    readonly retryAfterMs?: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'TransportError';
+  }
+}
+
+export interface RequestOptions {
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  /** Path under the controller, e.g. `/api/v1/workers/register`. */
+  path: string;
+  /** Bearer token, if any. */
+  token?: string | undefined;
+  /** JSON body. */
+  json?: unknown;
+  /** Raw streamed body (sent with `duplex: 'half'`). */
+  body?: ReadableStream<Uint8Array> | Uint8Array;
+  headers?: Record<string, string>;
+  /** Timeout in ms for this request (default: the client's). */
+  timeoutMs?: number;
+  /** Caller's abort (stop, shutdown). */
+  signal?: AbortSignal;
+}
+
+export interface JsonAnswer<T> {
+  status: number;
+  body: T;
+  headers: Headers;
+}
+
+/** Parses `Retry-After` (seconds or an HTTP date) into ms; undefined when absent. */
+export function parseRetryAfter(value: string | null, nowMs: number): number | undefined {
+  if (!value) return undefined;
+  const secs = Number(value);
+  if (Number.isFinite(secs) && secs >= 0) return Math.round(secs * 1000);
+  const at = Date.parse(value);
+  if (Number.isFinite(at)) return Math.max(0, at - nowMs);
+  return undefined;
+}
+
+export interface ControllerClientOptions {
+  /** Base URLs; the client moves to the next one when the current does not answer. */
+  urls: readonly string[];
+  clock: Clock;
+  /** Default per-request timeout, ms. */
+  requestTimeoutMs: number;
+  transport?: Transport;
+}
+
+/**
+ * One controller connection with failover across `urls`: after a network
+ * error, a timeout or a 503, the *next* request goes to the next URL (the
+ * failed one is not retried here; `withRetry` decides whether to call again).
+ */
+export class ControllerClient {
+  private readonly urls: readonly string[];
+  private index = 0;
+  private readonly transport: Transport;
+  readonly clock: Clock;
+  readonly requestTimeoutMs: number;
+
+  constructor(opts: ControllerClientOptions) {
+    if (opts.urls.length === 0) throw new Error('ControllerClient needs at least one URL');
+    this.urls = opts.urls;
+    this.clock = opts.clock;
+    this.requestTimeoutMs = opts.requestTimeoutMs;
+    this.transport = opts.transport ?? ((url, init) => fetch(url, init));
+  }
+
+  /** The base URL requests go to now. */
+  get baseUrl(): string {
+    return this.urls[this.index]!;
+  }
+
+  private failover(failedIndex: number): void {
+    // Only move on if nobody else has moved already, so N concurrent failures skip one URL, not N.
+    if (this.urls.length > 1 && this.index === failedIndex) this.index = (failedIndex + 1) % this.urls.length;
+  }
+
+  /**
+   * Sends one request and returns the raw `Response` for 2xx answers.
+   * Throws `ApiError` for a protocol error body (with `retryAfterMs` from
+   * `Retry-After`), `TransportError` otherwise. The timeout covers the
+   * request until the answer's headers arrive (and the upload of `body`).
+   */
+  async send(opts: RequestOptions): Promise<Response> {
+    const idx = this.index;
+    const url = this.urls[idx]! + opts.path;
+    const timeoutMs = opts.timeoutMs ?? this.requestTimeoutMs;
+    const ac = new AbortController();
+    let timedOut = false;
+    const timer = this.clock.setTimeout(() => {
+      timedOut = true;
+      ac.abort(new Error(`timeout after ${timeoutMs}ms`));
+    }, timeoutMs);
+    const onCallerAbort = () => ac.abort(opts.signal!.reason);
+    if (opts.signal?.aborted) onCallerAbort();
+    else opts.signal?.addEventListener('abort', onCallerAbort, { once: true });
+
+    const headers: Record<string, string> = { ...opts.headers };
+    if (opts.token) headers['authorization'] = `Bearer ${opts.token}`;
+    const init: RequestInit & { duplex?: 'half' } = { method: opts.method, headers, signal: ac.signal };
+    if (opts.json !== undefined) {
+      headers['content-type'] = 'application/json';
+      init.body = JSON.stringify(opts.json);
+    } else if (opts.body !== undefined) {
+      headers['content-type'] ??= 'application/octet-stream';
+      init.body = opts.body as NonNullable<RequestInit["body"]>;
+      init.duplex = 'half';
+    }
+
+    let res: Response;
+    try {
+      res = await this.transport(url, init);
+    } catch (err) {
+      if (opts.signal?.aborted) throw new TransportError('aborted', `${opts.method} ${opts.path}: aborted`, url, undefined, undefined, { cause: err });
+      this.failover(idx);
+      if (timedOut) throw new TransportError('timeout', `${opts.method} ${opts.path}: no answer within ${timeoutMs}ms`, url, undefined, undefined, { cause: err });
+      throw new TransportError('network', `${opts.method} ${opts.path}: ${(err as Error).message ?? String(err)}`, url, undefined, undefined, { cause: err });
+    } finally {
+      this.clock.clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', onCallerAbort);
+    }
+
+    if (res.ok) return res;
+    const retryAfterMs = parseRetryAfter(res.headers.get('retry-after'), this.clock.now());
+    if (res.status === 503) this.failover(idx);
+    let parsed: unknown;
+    try {
+      const text = await res.text();
+      parsed = text ? JSON.parse(text) : undefined;
+    } catch {
+      parsed = undefined;
+    }
+    if (isErrorBody(parsed)) throw new ApiError(parsed.error.code, parsed.error.message, retryAfterMs);
+    throw new TransportError('http', `${opts.method} ${opts.path}: HTTP ${res.status} without an error body`, url, res.status, retryAfterMs);
+  }
+
+  /** Sends a request and parses a JSON answer (undefined body for 204). */
+  async json<T>(opts: RequestOptions): Promise<JsonAnswer<T>> {
+    const res = await this.send(opts);
+    const text = await res.text();
+    let body: T;
+    try {
+      body = (text ? JSON.parse(text) : undefined) as T;
+    } catch (err) {
+      throw new TransportError('http', `${opts.method} ${opts.path}: answer is not JSON`, res.url, res.status, undefined, { cause: err });
+    }
+    return { status: res.status, body, headers: res.headers };
+  }
+}

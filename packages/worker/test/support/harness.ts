@@ -1,0 +1,66 @@
+/** Shared setup for worker tests: temp dirs, a session wired to a fake controller. */
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { paths, systemClock, type Clock, type HeartbeatResponse } from '@buildfleet/protocol';
+import { loadWorkerConfig, type WorkerConfig, type WorkerConfigOverrides } from '../../src/config.js';
+import { ControllerClient, type Transport } from '../../src/http.js';
+import { IdentityStore } from '../../src/identity.js';
+import { silentLogger } from '../../src/logger.js';
+import { Session } from '../../src/session.js';
+import type { FakeController } from './fake-controller.js';
+
+export async function tempDir(prefix = 'bf-worker-'): Promise<string> {
+  return fs.mkdtemp(path.join(os.tmpdir(), prefix));
+}
+
+export function testConfig(fake: FakeController | { url: string; enrollmentToken: string }, dataDir: string, over: WorkerConfigOverrides = {}): WorkerConfig {
+  return loadWorkerConfig(
+    {},
+    {
+      controllerUrls: [fake.url],
+      enrollmentToken: fake.enrollmentToken,
+      dataDir,
+      name: 'test-worker',
+      requestTimeoutMs: 5_000,
+      ...over,
+    },
+  );
+}
+
+export interface SessionRig {
+  session: Session;
+  client: ControllerClient;
+  config: WorkerConfig;
+  identity: IdentityStore;
+}
+
+export function makeSession(
+  fake: FakeController,
+  dataDir: string,
+  opts: { clock?: Clock; active?: () => string[]; transport?: Transport; config?: WorkerConfigOverrides } = {},
+): SessionRig {
+  const clock = opts.clock ?? systemClock;
+  const config = testConfig(fake, dataDir, opts.config);
+  const client = new ControllerClient({ urls: config.controllerUrls, clock, requestTimeoutMs: config.requestTimeoutMs, ...(opts.transport ? { transport: opts.transport } : {}) });
+  const identity = new IdentityStore(config.stateDir);
+  const session = new Session({
+    client,
+    config,
+    identityStore: identity,
+    clock,
+    logger: silentLogger,
+    activeBuildIds: opts.active ?? (() => []),
+    retryBaseMs: 1,
+    retryMaxMs: 5,
+  });
+  return { session, client, config, identity };
+}
+
+/** One heartbeat through the session (the simplest authenticated call). */
+export function heartbeat(rig: SessionRig, activeBuildIds: string[] = []): Promise<HeartbeatResponse> {
+  return rig.session.call(
+    async (token, workerId) =>
+      (await rig.client.json<HeartbeatResponse>({ method: 'POST', path: paths.heartbeat(workerId), token, json: { activeBuildIds } })).body,
+  );
+}
