@@ -1,0 +1,134 @@
+/**
+ * Controller options, validated and frozen once at startup and then passed
+ * down (STYLE.md habit 11). Environment names are PROTOCOL.md's
+ * "Configuration names" (`ENV` in @buildfleet/protocol).
+ */
+import path from 'node:path';
+import { DEFAULTS, ENV, TOKEN_PREFIX } from '@buildfleet/protocol';
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** Everything the controller needs to run; durations in ms, sizes in bytes. */
+export interface ControllerConfig {
+  readonly host: string;
+  /** TCP port; 0 picks a free one (tests). */
+  readonly port: number;
+  /** SQLite file, blobs and `credentials.json` live here. */
+  readonly dataDir: string;
+  /** `postgres://…` selects PostgreSQL; undefined means SQLite in `dataDir`. */
+  readonly databaseUrl: string | undefined;
+  /**
+   * A blob directory every controller shares (PostgreSQL mode). Unset: blobs
+   * live in `<dataDir>/blobs` with SQLite, in PostgreSQL chunks with PostgreSQL.
+   */
+  readonly blobDir: string | undefined;
+  /** A `bfa_` token to accept (instead of generating one on first start). */
+  readonly apiToken: string | undefined;
+  /** A `bfe_` token to accept (instead of generating one on first start). */
+  readonly enrollmentToken: string | undefined;
+  readonly accessTokenTtlMs: number;
+  readonly ackTimeoutMs: number;
+  readonly leaseMs: number;
+  readonly heartbeatIntervalMs: number;
+  /** Longest a poll parks; caps the worker's `waitMs`. */
+  readonly pollWaitMs: number;
+  /** How often a parked poll re-checks the database without a wake-up, ms. */
+  readonly pollRecheckMs: number;
+  /** How often a followed log stream re-checks without a wake-up, ms. */
+  readonly logFollowRecheckMs: number;
+  /** Largest accepted source tarball, bytes. */
+  readonly maxSourceBytes: number;
+  /** Largest accepted artifact, bytes. */
+  readonly maxArtifactBytes: number;
+  /** Largest JSON body (log chunks carry up to 8 MiB of data), bytes. */
+  readonly maxJsonBytes: number;
+  readonly logLevel: LogLevel;
+}
+
+/** Thrown for an unusable option at startup; `message` names the option. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+const GiB = 1024 * 1024 * 1024;
+
+function int(name: string, raw: unknown, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (raw === undefined || raw === '') return fallback;
+  const n = typeof raw === 'number' ? raw : Number(String(raw).trim());
+  if (!Number.isInteger(n) || n < min || n > max) {
+    throw new ConfigError(`${name} must be an integer between ${min} and ${max}, got ${JSON.stringify(raw)}`);
+  }
+  return n;
+}
+
+function token(name: string, raw: string | undefined, prefix: string): string | undefined {
+  if (raw === undefined || raw === '') return undefined;
+  const t = raw.trim();
+  if (!t.startsWith(prefix) || t.length < prefix.length + 16 || /\s/.test(t)) {
+    throw new ConfigError(`${name} must start with "${prefix}" and carry at least 16 more characters (PROTOCOL.md "Credentials")`);
+  }
+  return t;
+}
+
+/**
+ * Reads the controller's configuration from `env` (names in `ENV`), with
+ * `overrides` winning over the environment. Throws ConfigError naming the
+ * option for a bad number, level or token prefix. The result is frozen.
+ */
+export function loadControllerConfig(
+  env: Record<string, string | undefined> = process.env,
+  overrides: Partial<ControllerConfig> = {},
+): ControllerConfig {
+  const pick = <K extends keyof ControllerConfig>(k: K, envName?: string): unknown =>
+    overrides[k] !== undefined ? overrides[k] : envName ? env[envName] : undefined;
+
+  const dataDir = path.resolve(String(pick('dataDir', ENV.dataDir) ?? DEFAULTS.dataDir));
+  const databaseUrl = (pick('databaseUrl', ENV.databaseUrl) as string | undefined) || undefined;
+  if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
+    throw new ConfigError(`${ENV.databaseUrl} must be a postgres:// URL`);
+  }
+  const logLevel = String(pick('logLevel', ENV.logLevel) ?? 'info') as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) {
+    throw new ConfigError(`${ENV.logLevel} must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
+  }
+  const leaseMs = int(ENV.leaseMs, pick('leaseMs', ENV.leaseMs), DEFAULTS.leaseMs, 100);
+  const config: ControllerConfig = {
+    host: String(pick('host', ENV.host) ?? DEFAULTS.host),
+    port: int(ENV.port, pick('port', ENV.port), DEFAULTS.port, 0, 65535),
+    dataDir,
+    databaseUrl,
+    blobDir: pick('blobDir', ENV.blobDir) ? path.resolve(String(pick('blobDir', ENV.blobDir))) : undefined,
+    apiToken: token(ENV.apiToken, pick('apiToken', ENV.apiToken) as string | undefined, TOKEN_PREFIX.api),
+    enrollmentToken: token(
+      ENV.enrollmentToken,
+      pick('enrollmentToken', ENV.enrollmentToken) as string | undefined,
+      TOKEN_PREFIX.enrollment,
+    ),
+    accessTokenTtlMs: int(ENV.accessTokenTtlMs, pick('accessTokenTtlMs', ENV.accessTokenTtlMs), DEFAULTS.accessTokenTtlMs, 1000),
+    ackTimeoutMs: int(ENV.ackTimeoutMs, pick('ackTimeoutMs', ENV.ackTimeoutMs), DEFAULTS.ackTimeoutMs, 100),
+    leaseMs,
+    heartbeatIntervalMs: int(
+      ENV.heartbeatIntervalMs,
+      pick('heartbeatIntervalMs', ENV.heartbeatIntervalMs),
+      DEFAULTS.heartbeatIntervalMs,
+      50,
+    ),
+    pollWaitMs: int('pollWaitMs', pick('pollWaitMs', 'BUILDFLEET_POLL_WAIT_MS'), DEFAULTS.pollWaitMs, 0, 600_000),
+    pollRecheckMs: int('pollRecheckMs', pick('pollRecheckMs', 'BUILDFLEET_POLL_RECHECK_MS'), 2_000, 10),
+    logFollowRecheckMs: int('logFollowRecheckMs', pick('logFollowRecheckMs'), 1_000, 10),
+    maxSourceBytes: int('maxSourceBytes', pick('maxSourceBytes', 'BUILDFLEET_MAX_SOURCE_BYTES'), GiB, 1),
+    maxArtifactBytes: int('maxArtifactBytes', pick('maxArtifactBytes', 'BUILDFLEET_MAX_ARTIFACT_BYTES'), 2 * GiB, 1),
+    maxJsonBytes: int('maxJsonBytes', pick('maxJsonBytes'), 16 * 1024 * 1024, 1024),
+    logLevel,
+  };
+  if (config.heartbeatIntervalMs >= config.leaseMs) {
+    throw new ConfigError(
+      `${ENV.heartbeatIntervalMs} (${config.heartbeatIntervalMs}) must be shorter than ${ENV.leaseMs} (${config.leaseMs}), or every lease expires between heartbeats`,
+    );
+  }
+  return Object.freeze(config);
+}
