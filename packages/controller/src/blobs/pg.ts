@@ -37,9 +37,10 @@ function mapError(err: unknown): unknown {
  * serialises swaps of the same key), deletes the old chunks and renames the
  * temporary ones. `get` reads one chunk per query, prefetching the next.
  *
- * Readers of a key that is replaced or deleted mid-stream get a stream
- * error, never mixed bytes of two versions of different sizes; keys in
- * practice are written once (`sources/<build>`) or content-addressed.
+ * A reader of a key that is replaced by other bytes or deleted mid-stream
+ * gets a stream error, never a mix of two bodies (the FS store keeps serving
+ * the old bytes instead). Keys in practice are written once
+ * (`sources/<build>`) or content-addressed, so this is rare.
  */
 export class PgBlobStore implements BlobStore {
   private readonly clock: Clock;
@@ -123,8 +124,10 @@ export class PgBlobStore implements BlobStore {
 
   async get(key: string, range?: { start: number; end: number }): Promise<Readable> {
     checkKey(key);
-    const size = await this.size(key);
-    if (size === undefined) throw new ApiError('NOT_FOUND', `blob ${key} not found`);
+    const found = await this.query<{ size: string; sha256: string }>('SELECT size, sha256 FROM blobs WHERE key = $1', [key]);
+    const head = found.rows[0];
+    if (!head) throw new ApiError('NOT_FOUND', `blob ${key} not found`);
+    const size = Number(head.size);
     const { start, end } = resolveRange(size, range);
     if (end < start) return Readable.from([]);
     const first = Math.floor(start / CHUNK_BYTES);
@@ -132,10 +135,16 @@ export class PgBlobStore implements BlobStore {
     const fetch = async (idx: number): Promise<Buffer> => {
       const from = idx === first ? start - idx * CHUNK_BYTES : 0;
       const to = idx === last ? end - idx * CHUNK_BYTES : CHUNK_BYTES - 1;
-      const r = await this.query<{ data: Buffer }>(
-        'SELECT substring(data FROM $3 FOR $4) AS data FROM blob_chunks WHERE key = $1 AND idx = $2',
-        [key, idx, from + 1, to - from + 1],
-      );
+      // Joining on the sha256 seen at the start means a chunk of a different
+      // version is never served: a key replaced by other bytes mid-read ends
+      // the stream with an error instead of mixing two bodies. (pg's binary
+      // result mode would skip the hex decoding, but it decodes rows as UTF-8
+      // and corrupts bytea.)
+      const r = await this.query<{ data: Buffer }>({
+        text: `SELECT substring(c.data FROM $3 FOR $4) AS data FROM blob_chunks c JOIN blobs b ON b.key = c.key
+               WHERE c.key = $1 AND c.idx = $2 AND b.sha256 = $5`,
+        values: [key, idx, from + 1, to - from + 1, head.sha256],
+      });
       const data = r.rows[0]?.data;
       if (!data || data.length !== to - from + 1) throw new Error(`blob ${key} changed while it was being read`);
       return data;
@@ -167,9 +176,12 @@ export class PgBlobStore implements BlobStore {
     });
   }
 
-  private async query<R extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params: unknown[]): Promise<pg.QueryResult<R>> {
+  private async query<R extends pg.QueryResultRow = pg.QueryResultRow>(
+    sql: string | pg.QueryConfig,
+    params?: unknown[],
+  ): Promise<pg.QueryResult<R>> {
     try {
-      return await this.pool.query<R>(sql, params);
+      return typeof sql === 'string' ? await this.pool.query<R>(sql, params) : await this.pool.query<R>(sql);
     } catch (err) {
       throw mapError(err);
     }

@@ -95,6 +95,19 @@ describePg('PgBlobStore', () => {
     }
   });
 
+  it('never mixes two bodies when a key is replaced mid-read', async () => {
+    const a = Buffer.alloc(4 * 1024 * 1024, 1);
+    await h.store.put('sources/mix', streamOf(a));
+    const reading = (await h.store.get('sources/mix'))[Symbol.asyncIterator]();
+    const first = await reading.next();
+    expect((first.value as Buffer).equals(a.subarray(0, 1024 * 1024))).toBe(true);
+    await h.store.put('sources/mix', streamOf(Buffer.alloc(a.length, 2)));
+    const rest = (async () => {
+      for (let r = await reading.next(); !r.done; r = await reading.next()) expect((r.value as Buffer).every((x) => x === 1)).toBe(true);
+    })();
+    await expect(rest).rejects.toThrow(/changed while it was being read/);
+  });
+
   it('measures 64 MiB throughput', async () => {
     const r = await measureThroughput(h.store);
     console.log(`PgBlobStore 64 MiB: put ${r.putMiBs.toFixed(0)} MiB/s, get ${r.getMiBs.toFixed(0)} MiB/s`);
