@@ -15,6 +15,8 @@ export interface BlobHarness {
   store: BlobStore;
   /** Temporary files / rows of unfinished uploads currently present. */
   leftovers(): Promise<number>;
+  /** Bytes of unfinished uploads already written to disk / the database. */
+  inFlightBytes(): Promise<number>;
 }
 
 /** Streams `data` in pieces of `piece` bytes, as an HTTP body would arrive. */
@@ -140,6 +142,28 @@ export function blobStoreContract(harness: () => BlobHarness): void {
     expect(bodies.some((b) => b.equals(got))).toBe(true);
     expect(await h.store.size('sources/same')).toBe(got.length);
     expect(await h.leftovers()).toBe(0);
+  });
+
+  it('streams: persists the body while it arrives instead of holding it whole', async () => {
+    const MiBs = 12;
+    const piece = Buffer.alloc(256 * 1024, 3);
+    let produced = 0;
+    let worstLag = 0;
+    const body = Readable.from(
+      (async function* () {
+        for (let i = 0; i < (MiBs * MiB) / piece.length; i++) {
+          if (produced % MiB === 0 && produced > 0) worstLag = Math.max(worstLag, produced - (await h.inFlightBytes()));
+          produced += piece.length;
+          yield piece;
+        }
+      })(),
+      { objectMode: false },
+    );
+    const res = await h.store.put('sources/streamed', body);
+    expect(res.size).toBe(MiBs * MiB);
+    // One chunk being filled plus one being written, plus stream buffers: far from the whole body.
+    expect(worstLag).toBeLessThanOrEqual(3 * MiB);
+    expect(await h.inFlightBytes()).toBe(0);
   });
 
   it('reports a missing key', async () => {

@@ -6,9 +6,13 @@ import { FsBlobStore } from '../../src/blobs/fs.js';
 import { openBlobStore } from '../../src/blobs/open.js';
 import { blobStoreContract, measureThroughput, streamOf, type BlobHarness } from './contract.js';
 
-async function countTmp(dir: string): Promise<number> {
+async function tmpFiles(dir: string): Promise<string[]> {
+  return (await readdir(dir, { withFileTypes: true, recursive: true })).filter((e) => e.name.startsWith('.tmp-')).map((e) => join(e.parentPath, e.name));
+}
+
+async function tmpBytes(dir: string): Promise<number> {
   let n = 0;
-  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) if (e.name.startsWith('.tmp-')) n++;
+  for (const f of await tmpFiles(dir)) n += await stat(f).then((s) => s.size, () => 0);
   return n;
 }
 
@@ -19,7 +23,7 @@ describe('FsBlobStore', () => {
     base = await mkdtemp(join(tmpdir(), 'bf-blobs-'));
     const store = new FsBlobStore(join(base, 'root'));
     await store.init();
-    h = { store, leftovers: () => countTmp(base) };
+    h = { store, leftovers: async () => (await tmpFiles(base)).length, inFlightBytes: () => tmpBytes(base) };
   });
   afterEach(async () => {
     await rm(base, { recursive: true, force: true });

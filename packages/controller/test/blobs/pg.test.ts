@@ -21,6 +21,8 @@ describePg('PgBlobStore', () => {
     h = {
       store,
       leftovers: async () => Number((await pool.query(`SELECT count(*) AS n FROM blob_chunks WHERE key LIKE '.tmp/%'`)).rows[0].n),
+      inFlightBytes: async () =>
+        Number((await pool.query(`SELECT coalesce(sum(length(data)), 0) AS n FROM blob_chunks WHERE key LIKE '.tmp/%'`)).rows[0].n),
     };
   });
   beforeEach(async () => {
