@@ -280,3 +280,33 @@ export class PgNotifier implements Notifier {
     this.connecting = this.connectLoop();
   }
 }
+
+/**
+ * The notifier for a deployment mode: SQLite (no `pool`) → in-process;
+ * PostgreSQL → a started PgNotifier listening on `listen` (defaults to the
+ * pool's connection settings). Resolves once it listens; a database that is
+ * down at start keeps it retrying in the background rather than failing,
+ * unless `waitForListen` is true (the default), in which case the promise
+ * waits for it.
+ */
+export async function openNotifier(opts: {
+  pool?: pg.Pool;
+  listen?: string | pg.ClientConfig;
+  clock: Clock;
+  onError?: NotifierErrorHandler;
+  onState?: (state: { listening: boolean; failures: number }) => void;
+  waitForListen?: boolean;
+}): Promise<Notifier> {
+  if (!opts.pool) return new InProcessNotifier(opts.onError ? { onError: opts.onError } : {});
+  const listen = opts.listen ?? (opts.pool.options as pg.ClientConfig);
+  const n = new PgNotifier({
+    pool: opts.pool,
+    listen,
+    clock: opts.clock,
+    ...(opts.onError ? { onError: opts.onError } : {}),
+    ...(opts.onState ? { onState: opts.onState } : {}),
+  });
+  const started = n.start();
+  if (opts.waitForListen !== false) await started;
+  return n;
+}

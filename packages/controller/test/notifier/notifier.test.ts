@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { FakeClock, systemClock } from '@buildfleet/protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { decodeWake, encodeWake, InProcessNotifier, PgNotifier, type WakeTopic } from '../../src/store/notifier.js';
+import { decodeWake, encodeWake, InProcessNotifier, openNotifier, PgNotifier, type WakeTopic } from '../../src/store/notifier.js';
 import { createTestDatabase, describePg, TEST_PG_URL, type TestDatabase } from '../support/pg.js';
 import { waitFor } from '../support/wait.js';
 
@@ -35,6 +35,14 @@ describe('InProcessNotifier', () => {
     await n.close();
     await n.notify('logs', 'x');
     expect(a.wakes).toHaveLength(2);
+  });
+});
+
+describe('openNotifier', () => {
+  it('is in-process without a pool', async () => {
+    const n = await openNotifier({ clock: systemClock });
+    expect(n).toBeInstanceOf(InProcessNotifier);
+    await n.close();
   });
 });
 
@@ -84,6 +92,18 @@ describePg('PgNotifier', () => {
     const has = (r: { wakes: Wake[] }, w: Wake) => r.wakes.some(([t, k]) => t === w[0] && k === w[1]);
     await waitFor(() => has(rb, ['builds', 'b-1']) && has(ra, ['workers', undefined]), { what: 'cross-controller wake-ups' });
     await waitFor(() => has(ra, ['builds', 'b-1']) && has(rb, ['workers', undefined]), { what: 'wake-ups echoed to the sender' });
+  });
+
+  it('openNotifier with a pool listens with the pool\'s connection settings', async () => {
+    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    pools.push(pool);
+    const n = await openNotifier({ pool, clock: systemClock });
+    expect(n).toBeInstanceOf(PgNotifier);
+    const r = recorder();
+    n.subscribe(r.listener);
+    await n.notify('workers', 'w-1');
+    await waitFor(() => r.wakes.some(([t, k]) => t === 'workers' && k === 'w-1'), { what: 'a wake-up through openNotifier' });
+    await n.close();
   });
 
   it('reconnects after its LISTEN connection is terminated, wakes everyone, and delivers again', async () => {
