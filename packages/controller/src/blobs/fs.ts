@@ -4,15 +4,17 @@
  * same `BUILDFLEET_BLOB_DIR`.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
-import { ApiError } from '@buildfleet/protocol';
+import { ApiError, systemClock, type Clock } from '@buildfleet/protocol';
 import { checkKey, meteredChunks, resolveRange, type Meter } from './common.js';
 import type { BlobStore, PutResult } from './types.js';
 
 /** Prefix of in-flight upload files; keys cannot start with `.`, so no key collides. */
 const TMP_PREFIX = '.tmp-';
+/** Temp files older than this at `init()` belong to a crashed upload. 1 hour, ms. */
+const STALE_TMP_MS = 3_600_000;
 
 function isNotFound(err: unknown): boolean {
   return (err as NodeJS.ErrnoException)?.code === 'ENOENT';
@@ -27,9 +29,11 @@ function isNotFound(err: unknown): boolean {
  */
 export class FsBlobStore implements BlobStore {
   readonly root: string;
+  private readonly clock: Clock;
 
-  constructor(rootDir: string) {
+  constructor(rootDir: string, opts: { clock?: Clock } = {}) {
     this.root = resolve(rootDir);
+    this.clock = opts.clock ?? systemClock;
   }
 
   /** Absolute path of `key`; throws VALIDATION_FAILED for keys that could leave the root. */
@@ -41,9 +45,29 @@ export class FsBlobStore implements BlobStore {
     return p;
   }
 
-  /** Creates the root directory. */
+  /** Creates the root directory and removes temp files of uploads that died over an hour ago. */
   async init(): Promise<void> {
     await mkdir(this.root, { recursive: true });
+    await this.sweepTemp(this.clock.now() - STALE_TMP_MS);
+  }
+
+  /**
+   * Removes temp files last written before `beforeEpochMs` (a crash between
+   * create and rename leaves one). Walks the whole tree: call at start-up,
+   * not per request. Returns how many it removed.
+   */
+  async sweepTemp(beforeEpochMs: number): Promise<number> {
+    let removed = 0;
+    for (const e of await readdir(this.root, { withFileTypes: true, recursive: true })) {
+      if (!e.isFile() || !e.name.startsWith(TMP_PREFIX)) continue;
+      const p = join(e.parentPath, e.name);
+      const st = await stat(p).catch(() => undefined);
+      if (st && st.mtimeMs < beforeEpochMs) {
+        await rm(p, { force: true });
+        removed++;
+      }
+    }
+    return removed;
   }
 
   async put(key: string, body: Readable, opts: { maxBytes?: number; expectSha256?: string } = {}): Promise<PutResult> {

@@ -40,7 +40,7 @@ function isPostgresUrl(url: string | undefined): boolean {
 export async function openBlobStore(opts: BlobStoreOptions): Promise<OpenedBlobStore> {
   const postgres = isPostgresUrl(opts.databaseUrl) || opts.pool !== undefined;
   if (!postgres || opts.blobDir) {
-    const store = new FsBlobStore(postgres ? opts.blobDir! : join(opts.dataDir, 'blobs'));
+    const store = new FsBlobStore(postgres ? opts.blobDir! : join(opts.dataDir, 'blobs'), opts.clock ? { clock: opts.clock } : {});
     await store.init();
     return wrap('fs', store, async () => {});
   }

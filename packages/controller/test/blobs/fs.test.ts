@@ -1,6 +1,7 @@
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { FakeClock } from '@buildfleet/protocol';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FsBlobStore } from '../../src/blobs/fs.js';
 import { openBlobStore } from '../../src/blobs/open.js';
@@ -52,6 +53,22 @@ describe('FsBlobStore', () => {
     await s.put('sources/f', streamOf(Buffer.from('hello')));
     expect((await stat(join(base, 'blobs', 'sources', 'f'))).size).toBe(5);
     await s.close();
+  });
+
+  it('init removes temp files of uploads that died over an hour ago, keeps fresh ones', async () => {
+    const clock = new FakeClock();
+    const root = join(base, 'sweep');
+    await mkdir(join(root, 'sources'), { recursive: true });
+    const stale = join(root, 'sources', '.tmp-dead');
+    const fresh = join(root, 'sources', '.tmp-alive');
+    const blob = join(root, 'sources', 'old-blob');
+    for (const f of [stale, fresh, blob]) await writeFile(f, 'x');
+    const twoHoursAgo = (clock.now() - 2 * 3_600_000) / 1000;
+    await utimes(stale, twoHoursAgo, twoHoursAgo);
+    await utimes(blob, twoHoursAgo, twoHoursAgo);
+    await utimes(fresh, clock.now() / 1000, clock.now() / 1000);
+    await new FsBlobStore(root, { clock }).init();
+    expect((await readdir(join(root, 'sources'))).sort()).toEqual(['.tmp-alive', 'old-blob']);
   });
 
   it('measures 64 MiB throughput', async () => {
