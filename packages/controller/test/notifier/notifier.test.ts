@@ -127,7 +127,7 @@ describePg('PgNotifier', () => {
     await admin.connect();
     try {
       const killed = await admin.query<{ ok: boolean }>(
-        `SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = 'notifier-b' AND query = 'LISTEN buildfleet'`,
+        `SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'notifier-b' AND query = 'LISTEN buildfleet'`,
       );
       expect(killed.rows).toEqual([{ ok: true }]);
     } finally {
