@@ -1,2 +1,10 @@
 export type * from './store/types.js';
 export type * from './blobs/types.js';
+export { buildApp, loggerOptions, REDACT_PATHS, type AppDeps } from './app.js';
+export { loadControllerConfig, ConfigError, type ControllerConfig, type LogLevel } from './config.js';
+export { startController, writeFileAtomic, type RunningController, type StartOptions, type FirstStartCredentials } from './server.js';
+export { Reaper, type ReaperOptions } from './reaper.js';
+export { BuildTokens, generateToken, hashToken, safeEqual, type BuildTokenClaims } from './credentials.js';
+export { openStore } from './store/index.js';
+export { openBlobStore } from './blobs/index.js';
+export { InProcessNotifier, PgNotifier, type Notifier } from './store/notifier.js';

@@ -1,0 +1,236 @@
+/**
+ * The controller's HTTP layer: one fastify instance (not listening) with
+ * every route of PROTOCOL.md, validated with the protocol package's schemas.
+ *
+ * Check order (PROTOCOL.md "Conventions"): authentication 401 and
+ * authorization 403 run in an onRequest hook before the body is parsed;
+ * routes then check existence (404) and lease/state (409) through the store,
+ * and only then report body problems (400), which were deferred
+ * (`attachValidation` + `deferredBodyError`).
+ */
+import fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import type { FastifyBaseLogger } from 'fastify';
+import multipart from '@fastify/multipart';
+import swagger from '@fastify/swagger';
+import { Type } from 'typebox';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { API_PREFIX, ApiError, ErrorBodySchema, PROTOCOL_VERSION, systemClock, type Clock } from '@buildfleet/protocol';
+import { dashboardHtml } from '@buildfleet/dashboard';
+import type { ControllerConfig } from './config.js';
+import { BuildTokens } from './credentials.js';
+import type { Store } from './store/types.js';
+import type { BlobStore } from './blobs/types.js';
+import { authenticateApi, authenticateBuild } from './http/auth.js';
+import { installBodyParsers } from './http/body.js';
+import type { AppContext, Notifier, WakeTopic } from './http/context.js';
+import { RETRY_AFTER_SECONDS, toApiError } from './http/errors.js';
+import { createMetrics, type ControllerMetrics } from './http/metrics.js';
+import { buildRoutes } from './http/routes-builds.js';
+import { workerRoutes } from './http/routes-workers.js';
+import { WakeChannel } from './http/wakeups.js';
+
+export interface AppDeps {
+  config: ControllerConfig;
+  store: Store;
+  blobs: BlobStore;
+  notifier: Notifier;
+  clock?: Clock;
+  /** A pino logger; default: one built from `config.logLevel` with secrets redacted. */
+  logger?: FastifyBaseLogger;
+}
+
+/** Paths in log lines that may carry credentials; pino replaces them. */
+export const REDACT_PATHS = [
+  'req.headers.authorization',
+  'headers.authorization',
+  '*.accessToken',
+  '*.workerSecret',
+  '*.buildToken',
+  '*.token',
+  '*.apiToken',
+  '*.enrollmentToken',
+  'accessToken',
+  'workerSecret',
+  'token',
+];
+
+/** pino options the controller uses (also for the CLI's `up`). */
+export function loggerOptions(level: string): FastifyServerOptions['logger'] {
+  return { level, redact: { paths: REDACT_PATHS, censor: '[redacted]' } };
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The controller's shared parts (wake channels, metrics) for server.ts and tests. */
+    buildfleet: AppContext;
+  }
+}
+
+/**
+ * Builds the fastify app. Resolves once the build-token key is loaded.
+ * Closing the app ends parked polls (204) and followed log streams and
+ * unsubscribes from the notifier; it does not close the store, blobs or
+ * notifier (their owner does).
+ */
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const { config, store, blobs, notifier } = deps;
+  const clock = deps.clock ?? systemClock;
+  const app = fastify({
+    ...(deps.logger ? { loggerInstance: deps.logger } : { logger: loggerOptions(config.logLevel) }),
+    bodyLimit: config.maxJsonBytes,
+    // Long polls park for up to pollWaitMs; keep the socket open beyond that.
+    requestTimeout: 0,
+    keepAliveTimeout: 72_000,
+    return503OnClosing: false,
+    forceCloseConnections: true,
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 2000 },
+    ajv: { customOptions: { coerceTypes: 'array', removeAdditional: false, allErrors: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  const tokens = await BuildTokens.fromStore(store);
+  const metrics: ControllerMetrics = createMetrics();
+  const pollWake = new WakeChannel(clock);
+  const logWake = new WakeChannel(clock);
+  const ctx: AppContext = {
+    config,
+    store,
+    blobs,
+    notifier,
+    clock,
+    tokens,
+    metrics,
+    pollWake,
+    logWake,
+    log: app.log,
+    hint(channel: WakeTopic, payload?: string) {
+      // Local waiters first: the in-process path must not depend on the notifier.
+      // (The notifier echoes to this process too; a second wake-up costs one re-check.)
+      (channel === 'logs' ? logWake : pollWake).wake();
+      try {
+        void notifier.notify(channel, payload).catch((err: unknown) =>
+          app.log.warn({ err, channel }, 'notify failed; waiters fall back to periodic re-checks'),
+        );
+      } catch (err) {
+        app.log.warn({ err, channel }, 'notify failed; waiters fall back to periodic re-checks');
+      }
+    },
+  };
+  app.decorate('buildfleet', ctx);
+
+  // Hints from this and other controllers.
+  const unsubscribe: Array<() => void> = [
+    notifier.subscribe((topic) => {
+      if (topic === 'builds' || topic === 'workers') pollWake.wake();
+      if (topic === 'logs') logWake.wake();
+    }),
+  ];
+
+  // Periodic re-check of parked polls: one cheap query per controller, not
+  // one per worker (STYLE.md "An idle fleet costs the database nothing").
+  let recheckTimer: ReturnType<Clock['setTimeout']> | undefined;
+  let closed = false;
+  const recheck = async () => {
+    recheckTimer = undefined;
+    if (closed) return;
+    try {
+      if (pollWake.size > 0 && (await store.hasQueuedBuilds())) pollWake.wake();
+    } catch (err) {
+      app.log.debug({ err }, 'periodic re-check failed');
+    }
+    if (!closed) recheckTimer = clock.setTimeout(() => void recheck(), config.pollRecheckMs);
+  };
+  recheckTimer = clock.setTimeout(() => void recheck(), config.pollRecheckMs);
+
+  app.addHook('preClose', async () => {
+    closed = true;
+    clock.clearTimeout(recheckTimer);
+    pollWake.close();
+    logWake.close();
+    for (const u of unsubscribe) {
+      try {
+        u();
+      } catch {
+        // best effort
+      }
+    }
+  });
+
+  installBodyParsers(app, config.maxJsonBytes);
+  await app.register(multipart, { limits: { fileSize: config.maxSourceBytes + 1 } });
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'buildfleet controller', version: PROTOCOL_VERSION, description: 'The wire protocol of PROTOCOL.md' },
+      components: {
+        securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
+      },
+      security: [{ bearer: [] }],
+    },
+  });
+
+  // Authentication before the body is read (PROTOCOL.md check order).
+  app.addHook('onRequest', async (request) => {
+    const kind = request.routeOptions.config?.auth;
+    if (kind === 'api') await authenticateApi(ctx, request);
+    else if (kind === 'build') request.buildClaims = authenticateBuild(ctx, request);
+  });
+
+  const started = new WeakMap<object, number>();
+  app.addHook('onRequest', async (request) => {
+    started.set(request, clock.monotonic());
+  });
+  app.addHook('onResponse', async (request, reply) => {
+    const t0 = started.get(request);
+    if (t0 === undefined) return;
+    metrics.requestDuration.observe(
+      { method: request.method, route: request.routeOptions.url ?? 'unknown', status: String(reply.statusCode) },
+      (clock.monotonic() - t0) / 1000,
+    );
+  });
+
+  app.setErrorHandler((err, request, reply) => {
+    const { error, internal } = toApiError(err);
+    if (internal) request.log.error({ err }, 'unexpected error answered as 503');
+    else if (error.code === 'UNAVAILABLE') request.log.warn({ err: error.message }, 'store unavailable');
+    else request.log.debug({ code: error.code, message: error.message }, 'request refused');
+    if (error.status === 503 || error.status === 429) reply.header('retry-after', String(RETRY_AFTER_SECONDS));
+    return reply.code(error.status).type('application/json; charset=utf-8').send(error.toBody());
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    return reply
+      .code(404)
+      .send(new ApiError('NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`).toBody());
+  });
+
+  // --- operations --------------------------------------------------------------
+  const hide = { hide: true };
+  app.get('/healthz', { schema: { tags: ['operations'], response: { 200: Type.Object({ ok: Type.Boolean() }) } } }, async () => ({
+    ok: true,
+  }));
+  app.get(
+    '/readyz',
+    { schema: { tags: ['operations'], response: { 200: Type.Object({ ok: Type.Boolean() }), 503: ErrorBodySchema } } },
+    async () => {
+      await store.ping();
+      return { ok: true };
+    },
+  );
+  app.get('/metrics', { schema: { tags: ['operations'], produces: ['text/plain'] } }, async (_request, reply) => {
+    metrics.parkedPolls.set(pollWake.size);
+    return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
+  app.get('/openapi.json', { schema: hide }, async () => app.swagger());
+  const html = dashboardHtml();
+  app.get('/', { schema: hide }, async (_request, reply) => reply.type('text/html; charset=utf-8').send(html));
+
+  await app.register(
+    async (api) => {
+      workerRoutes(api, ctx);
+      buildRoutes(api, ctx);
+    },
+    { prefix: API_PREFIX },
+  );
+
+  return app;
+}

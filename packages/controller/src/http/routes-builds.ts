@@ -1,0 +1,633 @@
+/**
+ * Build routes (PROTOCOL.md "Builds"): the user side with an API token and
+ * the worker side with a build token.
+ */
+import { PassThrough, Readable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { MultipartFile, MultipartValue } from '@fastify/multipart';
+import { Type } from 'typebox';
+import { Compile } from 'typebox/compile';
+import { v7 as uuidv7 } from 'uuid';
+import {
+  ApiError,
+  ArtifactListSchema,
+  BuildEnvelopeSchema,
+  BuildListQuerySchema,
+  BuildListSchema,
+  BuildSpecInputSchema,
+  CHECKSUM_HEADER,
+  ErrorBodySchema,
+  FinishRequestSchema,
+  IdParamsSchema,
+  LogChunkRequestSchema,
+  LogChunkResponseSchema,
+  LogQuerySchema,
+  StartRequestSchema,
+  artifactNameProblem,
+  isTerminal,
+  normalizeSpec,
+  type Build,
+  type BuildSpec,
+} from '@buildfleet/protocol';
+import type { AttemptRef } from '../store/types.js';
+import { deferredBodyError, isRawBody } from './body.js';
+import type { AppContext } from './context.js';
+
+const errors = {
+  400: ErrorBodySchema,
+  401: ErrorBodySchema,
+  403: ErrorBodySchema,
+  404: ErrorBodySchema,
+  409: ErrorBodySchema,
+};
+
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+const specCheck = Compile(BuildSpecInputSchema);
+/** Largest `spec` part of a submission, bytes. */
+const MAX_SPEC_BYTES = 2 * 1024 * 1024;
+/** Bytes read from the store per log chunk when streaming a log. */
+const LOG_READ_BYTES = 256 * 1024;
+
+const ArtifactPathParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }), '*': Type.String() });
+
+export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
+  const r = app.withTypeProvider<TypeBoxTypeProvider>();
+  const { config, store, blobs, clock, metrics } = ctx;
+
+  /** The verified build token's attempt (set by the auth hook). */
+  const claimsOf = (request: FastifyRequest): AttemptRef => {
+    const c = request.buildClaims;
+    if (!c) throw new ApiError('TOKEN_INVALID', 'missing build token');
+    return { buildId: c.buildId, attempt: c.attempt };
+  };
+
+  /** Existence (404) then lease (409 LEASE_LOST) for an attempt, without a state check. */
+  const checkAttemptCurrent = async (ref: AttemptRef): Promise<Build> => {
+    const build = await store.getBuild(ref.buildId);
+    if (build.attempt !== ref.attempt) {
+      throw new ApiError('LEASE_LOST', `attempt ${ref.attempt} of build ${ref.buildId} is no longer current (attempt ${build.attempt} is)`);
+    }
+    return build;
+  };
+
+  /** A body `attempt` must be the token's own (403, an authorization check). */
+  const checkBodyAttempt = (request: FastifyRequest, ref: AttemptRef) => {
+    const attempt = (request.body as { attempt?: unknown } | undefined)?.attempt;
+    if (typeof attempt === 'number' && attempt !== ref.attempt) {
+      throw new ApiError('FORBIDDEN', `this build token is for attempt ${ref.attempt}, not ${attempt}`);
+    }
+  };
+
+  // --- user side (API token) -------------------------------------------------
+  r.post(
+    '/builds',
+    {
+      config: { auth: 'api' },
+      schema: {
+        tags: ['builds'],
+        summary: 'Submit a build: multipart/form-data with part `spec` (JSON) first, then `source` (.tar.gz)',
+        consumes: ['multipart/form-data'],
+        response: { 201: BuildEnvelopeSchema, ...errors, 413: ErrorBodySchema },
+      },
+    },
+    async (request, reply) => {
+      const build = await submitBuild(ctx, request);
+      metrics.buildTransitions.inc({ to: 'queued' });
+      ctx.hint('builds');
+      request.log.info({ buildId: build.id, labels: build.spec.labels, sourceSize: build.sourceSize }, 'build submitted');
+      return reply.code(201).send({ build });
+    },
+  );
+
+  r.get(
+    '/builds',
+    {
+      config: { auth: 'api' },
+      attachValidation: true,
+      schema: { tags: ['builds'], querystring: BuildListQuerySchema, response: { 200: BuildListSchema, ...errors } },
+    },
+    async (request) => {
+      const bodyError = deferredBodyError(request);
+      if (bodyError) throw bodyError;
+      const q = request.query;
+      return store.listBuilds({ state: q.state, label: q.label, limit: q.limit ?? 50, cursor: q.cursor });
+    },
+  );
+
+  r.get(
+    '/builds/:id',
+    {
+      config: { auth: 'api' },
+      attachValidation: true,
+      schema: { tags: ['builds'], params: IdParamsSchema, response: { 200: BuildEnvelopeSchema, ...errors } },
+    },
+    async (request) => ({ build: await store.getBuild(request.params.id) }),
+  );
+
+  r.get(
+    '/builds/:id/logs',
+    {
+      config: { auth: 'api' },
+      attachValidation: true,
+      schema: {
+        tags: ['builds'],
+        summary: 'Log bytes of an attempt from an offset (text/plain), or a live stream (text/event-stream or follow=1)',
+        params: IdParamsSchema,
+        querystring: LogQuerySchema,
+        produces: ['text/plain', 'text/event-stream'],
+      },
+    },
+    async (request, reply) => {
+      const build = await store.getBuild(request.params.id);
+      const bodyError = deferredBodyError(request);
+      if (bodyError) throw bodyError;
+      const q = request.query;
+      const follow = q.follow === '1' || q.follow === 'true' || /\btext\/event-stream\b/.test(request.headers.accept ?? '');
+      if (q.attempt !== undefined && q.attempt > build.attempt) {
+        throw new ApiError('VALIDATION_FAILED', `attempt must be between 1 and ${build.attempt}`);
+      }
+      if (follow) return followLog(ctx, request, reply, build, q.attempt, q.offset ?? 0);
+      const attempt = q.attempt ?? build.attempt;
+      let offset = q.offset ?? 0;
+      async function* chunks() {
+        for (;;) {
+          const buf = await store.readLog(build.id, attempt, offset, LOG_READ_BYTES);
+          if (buf.length === 0) return;
+          offset += buf.length;
+          yield buf;
+          if (buf.length < LOG_READ_BYTES) return;
+        }
+      }
+      return reply
+        .header('content-type', 'text/plain; charset=utf-8')
+        .header('x-build-state', build.state)
+        .header('x-log-attempt', String(attempt))
+        .send(Readable.from(chunks()));
+    },
+  );
+
+  r.get(
+    '/builds/:id/artifacts',
+    {
+      config: { auth: 'api' },
+      attachValidation: true,
+      schema: { tags: ['builds'], params: IdParamsSchema, response: { 200: ArtifactListSchema, ...errors } },
+    },
+    async (request) => {
+      await store.getBuild(request.params.id);
+      const list = await store.listArtifacts(request.params.id);
+      return { artifacts: list.map((a) => ({ name: a.name, size: a.size, sha256: a.sha256 })) };
+    },
+  );
+
+  r.get(
+    '/builds/:id/artifacts/*',
+    {
+      config: { auth: 'api' },
+      attachValidation: true,
+      schema: {
+        tags: ['builds'],
+        summary: 'Download an artifact (Range supported; X-Checksum-SHA256 header)',
+        params: ArtifactPathParams,
+        produces: ['application/octet-stream'],
+      },
+    },
+    async (request, reply) => {
+      const { id } = request.params;
+      const name = request.params['*'];
+      await store.getBuild(id);
+      const artifact = await store.getArtifact(id, name);
+      reply
+        .header('content-type', 'application/octet-stream')
+        .header(CHECKSUM_HEADER, artifact.sha256)
+        .header('accept-ranges', 'bytes')
+        .header('content-disposition', `attachment; filename="${encodeURIComponent(name.split('/').pop() ?? 'artifact')}"`);
+      const range = parseRange(request.headers.range, artifact.size);
+      if (range === 'unsatisfiable') {
+        return reply
+          .code(416)
+          .header('content-range', `bytes */${artifact.size}`)
+          .type('application/json; charset=utf-8')
+          .send({ error: { code: 'VALIDATION_FAILED', message: `Range is outside the artifact's ${artifact.size} bytes` } });
+      }
+      if (range) {
+        const body = await blobs.get(artifact.blobKey, range);
+        return reply
+          .code(206)
+          .header('content-range', `bytes ${range.start}-${range.end}/${artifact.size}`)
+          .header('content-length', String(range.end - range.start + 1))
+          .send(body);
+      }
+      if (artifact.size === 0) return reply.header('content-length', '0').send(Buffer.alloc(0));
+      const body = await blobs.get(artifact.blobKey);
+      return reply.header('content-length', String(artifact.size)).send(body);
+    },
+  );
+
+  r.post(
+    '/builds/:id/cancel',
+    {
+      config: { auth: 'api' },
+      attachValidation: true,
+      schema: { tags: ['builds'], params: IdParamsSchema, response: { 200: BuildEnvelopeSchema, ...errors } },
+    },
+    async (request) => {
+      const build = await store.cancelBuild(request.params.id, clock.now());
+      if (build.state === 'canceled') metrics.buildTransitions.inc({ to: 'canceled' });
+      request.log.info({ buildId: build.id, state: build.state, cancelRequested: build.cancelRequested }, 'build cancel requested');
+      ctx.hint('logs', build.id);
+      return { build };
+    },
+  );
+
+  r.post(
+    '/builds/:id/retry',
+    {
+      config: { auth: 'api' },
+      attachValidation: true,
+      schema: {
+        tags: ['builds'],
+        summary: 'Submit a new build with the same source and spec',
+        params: IdParamsSchema,
+        response: { 201: BuildEnvelopeSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const old = await store.getBuild(request.params.id);
+      const sourceKey = await store.getSourceKey(old.id);
+      const build = await store.createBuild({
+        id: uuidv7(),
+        spec: old.spec,
+        sourceKey,
+        sourceSize: old.sourceSize,
+        sourceSha256: old.sourceSha256,
+        now: clock.now(),
+      });
+      metrics.buildTransitions.inc({ to: 'queued' });
+      ctx.hint('builds');
+      request.log.info({ buildId: build.id, retryOf: old.id }, 'build retried');
+      return reply.code(201).send({ build });
+    },
+  );
+
+  // --- worker side (build token) ----------------------------------------------
+  r.get(
+    '/builds/:id/source',
+    {
+      config: { auth: 'build' },
+      schema: { tags: ['worker builds'], summary: 'The source tarball', produces: ['application/gzip'] },
+    },
+    async (request, reply) => {
+      const ref = claimsOf(request);
+      const build = await checkAttemptCurrent(ref);
+      const key = await store.getSourceKey(ref.buildId);
+      const size = await blobs.size(key);
+      reply.header('content-type', 'application/gzip').header('x-checksum-sha256', build.sourceSha256);
+      if (size !== undefined) reply.header('content-length', String(size));
+      if (size === 0) return reply.send(Buffer.alloc(0));
+      return reply.send(await blobs.get(key));
+    },
+  );
+
+  r.post(
+    '/builds/:id/start',
+    {
+      config: { auth: 'build' },
+      attachValidation: true,
+      schema: {
+        tags: ['worker builds'],
+        params: IdParamsSchema,
+        body: StartRequestSchema,
+        response: { 200: BuildEnvelopeSchema, ...errors },
+      },
+    },
+    async (request) => {
+      const ref = claimsOf(request);
+      checkBodyAttempt(request, ref);
+      const bodyError = deferredBodyError(request);
+      if (bodyError) {
+        await checkAttemptCurrent(ref);
+        throw bodyError;
+      }
+      const before = await store.getBuild(ref.buildId);
+      const build = await store.startBuild(ref, clock.now(), config.leaseMs);
+      if (before.state !== 'running' && build.state === 'running') metrics.buildTransitions.inc({ to: 'running' });
+      ctx.hint('logs', build.id);
+      return { build };
+    },
+  );
+
+  r.post(
+    '/builds/:id/logs',
+    {
+      config: { auth: 'build' },
+      attachValidation: true,
+      schema: {
+        tags: ['worker builds'],
+        summary: 'Append a log chunk (idempotent by attempt and seq)',
+        params: IdParamsSchema,
+        body: LogChunkRequestSchema,
+        response: { 200: LogChunkResponseSchema, ...errors },
+      },
+    },
+    async (request) => {
+      const ref = claimsOf(request);
+      checkBodyAttempt(request, ref);
+      const bodyError = deferredBodyError(request);
+      if (bodyError) {
+        await store.checkWritable(ref);
+        throw bodyError;
+      }
+      const body = request.body;
+      let data: Buffer;
+      if (body.encoding === 'base64') {
+        if (!/^[A-Za-z0-9+/]*={0,2}$/.test(body.data) || body.data.length % 4 === 1) {
+          await store.checkWritable(ref);
+          throw new ApiError('VALIDATION_FAILED', 'data is not valid base64');
+        }
+        data = Buffer.from(body.data, 'base64');
+      } else {
+        data = Buffer.from(body.data, 'utf8');
+      }
+      const result = await store.appendLog({ ...ref, seq: body.seq, offset: body.offset, data, now: clock.now() });
+      ctx.hint('logs', ref.buildId);
+      return result;
+    },
+  );
+
+  r.put(
+    '/builds/:id/artifacts/*',
+    {
+      config: { auth: 'build' },
+      attachValidation: true,
+      schema: {
+        tags: ['worker builds'],
+        summary: 'Upload an artifact (streamed; X-Checksum-SHA256 required)',
+        params: ArtifactPathParams,
+        consumes: ['application/octet-stream'],
+        response: { 200: ArtifactListSchema.properties.artifacts.items, 201: ArtifactListSchema.properties.artifacts.items, ...errors, 413: ErrorBodySchema, 422: ErrorBodySchema },
+      },
+    },
+    async (request, reply) => {
+      const ref = claimsOf(request);
+      // Lease first, before a single byte of the body is read.
+      await store.checkWritable(ref);
+      const name = request.params['*'];
+      const problem = artifactNameProblem(name);
+      if (problem) throw new ApiError('VALIDATION_FAILED', `name: ${problem}`);
+      const declared = request.headers[CHECKSUM_HEADER];
+      if (typeof declared !== 'string' || !SHA256_HEX.test(declared.trim().toLowerCase())) {
+        throw new ApiError('VALIDATION_FAILED', 'header X-Checksum-SHA256 must be the lowercase hex SHA-256 of the body');
+      }
+      const sha256 = declared.trim().toLowerCase();
+      const length = Number(request.headers['content-length']);
+      if (Number.isFinite(length) && length > config.maxArtifactBytes) {
+        throw new ApiError('PAYLOAD_TOO_LARGE', `artifact is larger than ${config.maxArtifactBytes} bytes`);
+      }
+      let body: Readable;
+      if (isRawBody(request.body)) body = request.body;
+      else if (request.body === undefined || request.body === null) body = Readable.from([]);
+      else throw new ApiError('VALIDATION_FAILED', 'content-type must be application/octet-stream');
+      const blobKey = `artifacts/${ref.buildId}/${ref.attempt}/${sha256}`;
+      const stored = await blobs.put(blobKey, body, { maxBytes: config.maxArtifactBytes, expectSha256: sha256 });
+      const { created } = await store.recordArtifact({ ...ref, name, size: stored.size, sha256, blobKey, now: clock.now() });
+      request.log.info({ buildId: ref.buildId, attempt: ref.attempt, name, size: stored.size, created }, 'artifact stored');
+      return reply.code(created ? 201 : 200).send({ name, size: stored.size, sha256 });
+    },
+  );
+
+  r.post(
+    '/builds/:id/finish',
+    {
+      config: { auth: 'build' },
+      attachValidation: true,
+      schema: {
+        tags: ['worker builds'],
+        summary: "Report the attempt's outcome (its last write)",
+        params: IdParamsSchema,
+        body: FinishRequestSchema,
+        response: { 200: BuildEnvelopeSchema, ...errors },
+      },
+    },
+    async (request) => {
+      const ref = claimsOf(request);
+      checkBodyAttempt(request, ref);
+      const bodyError = deferredBodyError(request);
+      if (bodyError) {
+        await checkAttemptCurrent(ref);
+        throw bodyError;
+      }
+      const body = request.body;
+      const before = await store.getBuild(ref.buildId);
+      const build = await store.finishBuild({
+        ...ref,
+        outcome: body.outcome,
+        exitCode: body.exitCode,
+        message: body.message ?? null,
+        now: clock.now(),
+      });
+      if (!isTerminal(before.state)) metrics.buildTransitions.inc({ to: build.state });
+      request.log.info({ buildId: build.id, attempt: ref.attempt, state: build.state, exitCode: build.exitCode }, 'build finished');
+      ctx.hint('logs', build.id);
+      ctx.hint('builds');
+      return { build };
+    },
+  );
+}
+
+/**
+ * Reads the multipart submission: `spec` (JSON, validated, defaults filled)
+ * must come before `source`, which is streamed into the blob store under
+ * `sources/<id>`. The build row is created only after the source is stored,
+ * so a failed upload leaves no build (and its blob is deleted).
+ */
+async function submitBuild(ctx: AppContext, request: FastifyRequest): Promise<Build> {
+  const { store, blobs, config, clock } = ctx;
+  if (!request.isMultipart()) {
+    throw new ApiError('VALIDATION_FAILED', 'body must be multipart/form-data with the parts "spec" then "source"');
+  }
+  const length = Number(request.headers['content-length']);
+  if (Number.isFinite(length) && length > config.maxSourceBytes + MAX_SPEC_BYTES + 64 * 1024) {
+    throw new ApiError('PAYLOAD_TOO_LARGE', `source is larger than ${config.maxSourceBytes} bytes`);
+  }
+  const id = uuidv7();
+  const sourceKey = `sources/${id}`;
+  let spec: BuildSpec | undefined;
+  let source: { size: number; sha256: string } | undefined;
+  try {
+    const parts = request.parts({
+      limits: { fileSize: config.maxSourceBytes + 1, fieldSize: MAX_SPEC_BYTES, fields: 20, files: 5, parts: 25 },
+    });
+    for await (const part of parts) {
+      if (part.fieldname === 'spec' && !source && !spec) {
+        const text = part.type === 'field' ? fieldText(part) : (await readSmall(part, MAX_SPEC_BYTES)).toString('utf8');
+        spec = parseSpec(text);
+      } else if (part.fieldname === 'source' && part.type === 'file' && !source) {
+        if (!spec) {
+          part.file.resume();
+          throw new ApiError('VALIDATION_FAILED', 'part "spec" must come before part "source"');
+        }
+        source = await blobs.put(sourceKey, part.file, { maxBytes: config.maxSourceBytes });
+        if (part.file.truncated) throw new ApiError('PAYLOAD_TOO_LARGE', `source is larger than ${config.maxSourceBytes} bytes`);
+      } else if (part.type === 'file') {
+        // Unknown or repeated parts are drained and ignored.
+        part.file.resume();
+      }
+    }
+    if (!spec) throw new ApiError('VALIDATION_FAILED', 'part "spec" is missing');
+    if (!source) throw new ApiError('VALIDATION_FAILED', 'part "source" (a .tar.gz file) is missing');
+    return await store.createBuild({ id, spec, sourceKey, sourceSize: source.size, sourceSha256: source.sha256, now: clock.now() });
+  } catch (err) {
+    if (source) await blobs.delete(sourceKey).catch(() => {});
+    if (err instanceof ApiError) throw err;
+    const e = err as { statusCode?: number; message?: string; code?: string };
+    if (e.statusCode === 413 || e.code === 'FST_REQ_FILE_TOO_LARGE') throw new ApiError('PAYLOAD_TOO_LARGE', e.message ?? 'too large');
+    if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+      throw new ApiError('VALIDATION_FAILED', `malformed multipart body: ${e.message}`);
+    }
+    if (/multipart|boundary|unexpected end|part terminated|malformed/i.test(e.message ?? '')) {
+      throw new ApiError('VALIDATION_FAILED', `malformed multipart body: ${e.message}`);
+    }
+    throw err;
+  }
+}
+
+function fieldText(part: MultipartValue): string {
+  return typeof part.value === 'string' ? part.value : String(part.value);
+}
+
+async function readSmall(part: MultipartFile, max: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of part.file) {
+    size += (chunk as Buffer).length;
+    if (size > max) {
+      part.file.resume();
+      throw new ApiError('PAYLOAD_TOO_LARGE', `part "spec" is larger than ${max} bytes`);
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+function parseSpec(text: string): BuildSpec {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new ApiError('VALIDATION_FAILED', `spec is not valid JSON: ${(err as Error).message}`);
+  }
+  if (!specCheck.Check(value)) {
+    const first = [...specCheck.Errors(value)].find((e) => e.keyword !== 'boolean') ?? [...specCheck.Errors(value)][0];
+    const where = first?.instancePath ? `spec${first.instancePath.replace(/\//g, '.')}` : 'spec';
+    const extra = (first?.params as { additionalProperties?: string[] } | undefined)?.additionalProperties;
+    throw new ApiError('VALIDATION_FAILED', `${where} ${first?.message ?? 'is invalid'}${extra ? `: ${extra.join(', ')}` : ''}`);
+  }
+  return normalizeSpec(value);
+}
+
+/** Parses `Range: bytes=…` (one range); undefined means "send it all" (RFC 9110 lets a server ignore Range). */
+export function parseRange(header: string | undefined, size: number): { start: number; end: number } | 'unsatisfiable' | undefined {
+  if (!header) return undefined;
+  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!m || (m[1] === '' && m[2] === '')) return undefined;
+  if (m[1] === '') {
+    const suffix = Number(m[2]);
+    if (suffix === 0 || size === 0) return 'unsatisfiable';
+    return { start: Math.max(0, size - suffix), end: size - 1 };
+  }
+  const start = Number(m[1]);
+  const end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
+  if (start >= size || end < start) return 'unsatisfiable';
+  return { start, end };
+}
+
+/**
+ * A live log as Server-Sent Events. Events (each `data` is JSON):
+ * `log` `{attempt, offset, text}` (offset: bytes of the attempt before this
+ * text), `attempt` `{attempt}` when following the current attempt and the
+ * build moved to a new one (offsets restart at 0), `state` `{state,
+ * attempt, cancelRequested}` when the state changes, and a last `end`
+ * `{state, attempt, exitCode, reason}` once the build is terminal and every
+ * byte was sent. Driven by 'logs' wake-ups plus a periodic re-check.
+ */
+function followLog(
+  ctx: AppContext,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  first: Build,
+  fixedAttempt: number | undefined,
+  startOffset: number,
+): FastifyReply {
+  const { store, logWake, config } = ctx;
+  const out = new PassThrough();
+  const abort = new AbortController();
+  reply.raw.on('close', () => abort.abort());
+  const send = async (event: string, data: unknown) => {
+    if (abort.signal.aborted) return;
+    if (!out.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`)) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          out.off('drain', done);
+          abort.signal.removeEventListener('abort', done);
+          resolve();
+        };
+        out.on('drain', done);
+        abort.signal.addEventListener('abort', done, { once: true });
+      });
+    }
+  };
+  void (async () => {
+    let attempt = fixedAttempt ?? first.attempt;
+    let offset = startOffset;
+    let decoder = new StringDecoder('utf8');
+    let lastState = '';
+    try {
+      while (!abort.signal.aborted && !logWake.isClosed) {
+        const generation = logWake.generation;
+        const build = await store.getBuild(first.id);
+        for (;;) {
+          const buf = await store.readLog(build.id, attempt, offset, LOG_READ_BYTES);
+          if (buf.length === 0 || abort.signal.aborted) break;
+          const text = decoder.write(buf);
+          await send('log', { attempt, offset, text });
+          offset += buf.length;
+        }
+        const stateKey = `${build.state}/${build.attempt}/${build.cancelRequested}`;
+        if (stateKey !== lastState) {
+          lastState = stateKey;
+          await send('state', { state: build.state, attempt: build.attempt, cancelRequested: build.cancelRequested });
+        }
+        if (fixedAttempt === undefined && build.attempt !== attempt) {
+          const rest = decoder.end();
+          if (rest) await send('log', { attempt, offset, text: rest });
+          attempt = build.attempt;
+          offset = 0;
+          decoder = new StringDecoder('utf8');
+          await send('attempt', { attempt });
+          continue;
+        }
+        if (isTerminal(build.state)) {
+          const rest = decoder.end();
+          if (rest) await send('log', { attempt, offset, text: rest });
+          await send('end', { state: build.state, attempt: build.attempt, exitCode: build.exitCode, reason: build.reason });
+          break;
+        }
+        await logWake.waitForChange(generation, config.logFollowRecheckMs, abort.signal);
+      }
+    } catch (err) {
+      const code = err instanceof ApiError ? err.code : 'UNAVAILABLE';
+      if (!(err instanceof ApiError)) request.log.error({ err }, 'log stream failed');
+      await send('error', { code, message: (err as Error).message }).catch(() => {});
+    } finally {
+      out.end();
+    }
+  })();
+  return reply
+    .header('content-type', 'text/event-stream; charset=utf-8')
+    .header('cache-control', 'no-cache')
+    .header('x-accel-buffering', 'no')
+    .send(out);
+}

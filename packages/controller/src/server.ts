@@ -1,0 +1,207 @@
+/**
+ * Starting and stopping a controller: store, blobs, notifier, tokens, the
+ * HTTP app and the reaper, in that order; closed in reverse.
+ */
+import { mkdir, open, rename, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
+import pg from 'pg';
+import pino from 'pino';
+import { systemClock, type Clock } from '@buildfleet/protocol';
+import { buildApp, REDACT_PATHS } from './app.js';
+import type { ControllerConfig } from './config.js';
+import { generateToken, hashToken } from './credentials.js';
+import { openBlobStore, type OpenedBlobStore } from './blobs/index.js';
+import { InProcessNotifier, PgNotifier, type Notifier } from './store/notifier.js';
+import { openStore } from './store/index.js';
+import type { Store } from './store/types.js';
+import { Reaper } from './reaper.js';
+
+/** Credentials generated on a controller's first start (printed by the CLI). */
+export interface FirstStartCredentials {
+  apiToken: string;
+  enrollmentToken: string;
+  /** `<dataDir>/credentials.json` (mode 0600) holding both and the URL. */
+  credentialsFile: string;
+}
+
+export interface RunningController {
+  /** `http://host:port` the controller listens on. */
+  url: string;
+  port: number;
+  app: FastifyInstance;
+  store: Store;
+  reaper: Reaper;
+  /** Ends parked polls (204), stops the reaper, closes the server, notifier, blobs and store. */
+  close(): Promise<void>;
+  /** Set only on the first start without BUILDFLEET_API_TOKEN. */
+  firstStart?: FirstStartCredentials;
+}
+
+export interface StartOptions {
+  clock?: Clock;
+  logger?: FastifyBaseLogger;
+  /** Start the periodic reaper (default true; the simulation drives `reaper.reapOnce`). */
+  reaper?: boolean;
+}
+
+/**
+ * Opens everything the configuration names, migrates, makes sure the
+ * tokens exist and listens. Throws when the database cannot be reached or
+ * the port is taken; whatever was opened is closed again.
+ */
+export async function startController(config: ControllerConfig, opts: StartOptions = {}): Promise<RunningController> {
+  const clock = opts.clock ?? systemClock;
+  const logger: FastifyBaseLogger =
+    opts.logger ?? (pino({ level: config.logLevel, redact: { paths: REDACT_PATHS, censor: '[redacted]' } }) as FastifyBaseLogger);
+  const cleanups: Array<() => Promise<void>> = [];
+  const closeAll = async () => {
+    for (const c of cleanups.splice(0).reverse()) {
+      try {
+        await c();
+      } catch (err) {
+        logger.warn({ err }, 'error while closing');
+      }
+    }
+  };
+  try {
+    await mkdir(config.dataDir, { recursive: true });
+    const store = await openStore({
+      databaseUrl: config.databaseUrl,
+      sqlitePath: path.join(config.dataDir, 'buildfleet.db'),
+      logger,
+    });
+    cleanups.push(() => store.close());
+    await store.migrate();
+
+    let blobs: OpenedBlobStore;
+    let notifier: Notifier;
+    if (config.databaseUrl) {
+      const pool = new pg.Pool({ connectionString: config.databaseUrl, max: 4, connectionTimeoutMillis: 5_000 });
+      pool.on('error', (err) => logger.warn({ err }, 'postgres pool error (blobs/notify)'));
+      cleanups.push(() => pool.end());
+      blobs = await openBlobStore({
+        databaseUrl: config.databaseUrl,
+        pool,
+        dataDir: config.dataDir,
+        ...(config.blobDir ? { blobDir: config.blobDir } : {}),
+        clock,
+      });
+      cleanups.push(() => blobs.close());
+      const pgNotifier = new PgNotifier({
+        pool,
+        listen: config.databaseUrl,
+        clock,
+        onError: (err, context) => logger.warn({ err, context }, 'notifier error; re-checks cover missed wake-ups'),
+      });
+      cleanups.push(() => pgNotifier.close());
+      await pgNotifier.start();
+      notifier = pgNotifier;
+    } else {
+      blobs = await openBlobStore({ dataDir: config.dataDir, clock });
+      cleanups.push(() => blobs.close());
+      notifier = new InProcessNotifier({ onError: (err) => logger.warn({ err }, 'wake-up listener failed') });
+      cleanups.push(() => notifier.close());
+    }
+
+    const firstStart = await ensureTokens(store, config, clock);
+
+    const app = await buildApp({ config, store, blobs, notifier, clock, logger });
+    cleanups.push(() => app.close());
+
+    const reaper = new Reaper({
+      store,
+      clock,
+      ackTimeoutMs: config.ackTimeoutMs,
+      leaseMs: config.leaseMs,
+      onReaped: (r) => {
+        const m = app.buildfleet.metrics.buildTransitions;
+        if (r.requeued.length) m.inc({ to: 'queued' }, r.requeued.length);
+        if (r.failed.length) m.inc({ to: 'failed' }, r.failed.length);
+        if (r.canceled.length) m.inc({ to: 'canceled' }, r.canceled.length);
+        if (r.timedOut.length) m.inc({ to: 'timed_out' }, r.timedOut.length);
+        logger.info(r, 'reaped builds');
+        if (r.requeued.length) app.buildfleet.hint('builds');
+        app.buildfleet.hint('logs');
+      },
+      onError: (err) => logger.warn({ err }, 'reap failed; retrying next round'),
+    });
+    if (opts.reaper ?? true) reaper.start();
+    cleanups.push(() => reaper.stop());
+
+    await app.listen({ host: config.host, port: config.port });
+    const address = app.server.address();
+    const port = typeof address === 'object' && address ? address.port : config.port;
+    const host = config.host.includes(':') ? `[${config.host}]` : config.host === '0.0.0.0' ? '127.0.0.1' : config.host;
+    const url = `http://${host}:${port}`;
+
+    let credentials: FirstStartCredentials | undefined;
+    if (firstStart) {
+      const credentialsFile = path.join(config.dataDir, 'credentials.json');
+      await writeFileAtomic(credentialsFile, JSON.stringify({ ...firstStart, url }, null, 2) + '\n', 0o600);
+      credentials = { ...firstStart, credentialsFile };
+    }
+    logger.info({ url, database: store.dialect, blobs: blobs.kind }, 'controller listening');
+
+    let closing: Promise<void> | undefined;
+    return {
+      url,
+      port,
+      app,
+      store,
+      reaper,
+      ...(credentials ? { firstStart: credentials } : {}),
+      close: () => (closing ??= closeAll()),
+    };
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+}
+
+/**
+ * Makes sure the API and enrollment tokens exist: configured ones are
+ * ensured (idempotent); with none configured and no API token stored yet
+ * (first start) both are generated and returned once.
+ */
+async function ensureTokens(
+  store: Store,
+  config: ControllerConfig,
+  clock: Clock,
+): Promise<{ apiToken: string; enrollmentToken: string } | undefined> {
+  const now = clock.now();
+  if (config.apiToken) await store.ensureApiToken(hashToken(config.apiToken), 'from BUILDFLEET_API_TOKEN', now);
+  if (config.enrollmentToken) {
+    await store.ensureEnrollmentToken(hashToken(config.enrollmentToken), 'from BUILDFLEET_ENROLLMENT_TOKEN', now);
+  }
+  if (config.apiToken || (await store.countApiTokens()) > 0) return undefined;
+  const apiToken = generateToken('api');
+  const enrollmentToken = config.enrollmentToken ?? generateToken('enrollment');
+  await store.ensureApiToken(hashToken(apiToken), 'generated on first start', now);
+  if (!config.enrollmentToken) await store.ensureEnrollmentToken(hashToken(enrollmentToken), 'generated on first start', now);
+  return { apiToken, enrollmentToken };
+}
+
+/** Writes a file atomically: temp file, fsync, rename (then fsync the directory). */
+export async function writeFileAtomic(file: string, content: string, mode: number): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fh = await open(tmp, 'w', mode);
+  try {
+    await fh.writeFile(content, 'utf8');
+    await fh.chmod(mode);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  try {
+    await rename(tmp, file);
+  } catch (err) {
+    await unlink(tmp).catch(() => {});
+    throw err;
+  }
+  const dir = await open(path.dirname(file), 'r').catch(() => undefined);
+  if (dir) {
+    await dir.sync().catch(() => {});
+    await dir.close();
+  }
+}

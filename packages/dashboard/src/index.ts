@@ -1,0 +1,1 @@
+export function dashboardHtml(): string { return '<!doctype html><title>buildfleet</title>'; }
