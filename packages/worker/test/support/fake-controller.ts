@@ -404,6 +404,13 @@ export class FakeController {
     return w;
   }
 
+  /** Assigns a queued build to `workerId` and returns what a poll would hand out (executor tests). */
+  assign(b: FakeBuild, workerId = 'w-test') {
+    b.state = 'assigned';
+    b.workerId = workerId;
+    return this.assigned(b);
+  }
+
   private assigned(b: FakeBuild) {
     return {
       id: b.id,

@@ -1,0 +1,198 @@
+/**
+ * Build processes: each build's script runs in its own process group, so the
+ * whole tree (the script and everything it spawned) can be signalled at once.
+ * The group id is recorded in `<stateDir>/pids/<buildId>` while it runs, so a
+ * restarted worker can stop what a previous run left behind (PROTOCOL.md
+ * "Worker duties").
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs/promises';
+import { readFileSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import type { Clock } from '@buildfleet/protocol';
+import type { Logger } from './logger.js';
+
+/** Sends `signal` to every process in group `pgid`; false when the group is gone. */
+export function signalGroup(pgid: number, signal: NodeJS.Signals): boolean {
+  try {
+    process.kill(-pgid, signal);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return false;
+    throw err;
+  }
+}
+
+interface ProcStat {
+  state: string;
+  pgrp: number;
+  startTime: string;
+}
+
+/** Linux /proc/<pid>/stat fields we need, or undefined when the process does not exist. */
+export function procStat(pid: number): ProcStat | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // The command name may contain spaces and parentheses: split after the last ')'.
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  return { state: rest[0]!, pgrp: Number(rest[2]), startTime: rest[19]! };
+}
+
+/** True while a process with this pid exists and is not a zombie. */
+export function isAlive(pid: number): boolean {
+  const st = procStat(pid);
+  if (st) return st.state !== 'Z' && st.state !== 'X';
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Live (non-zombie) processes in group `pgid` (Linux: scans /proc). */
+export function groupMembers(pgid: number): number[] {
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return [];
+  }
+  const out: number[] = [];
+  for (const e of entries) {
+    if (!/^\d+$/.test(e)) continue;
+    const st = procStat(Number(e));
+    if (st && st.pgrp === pgid && st.state !== 'Z' && st.state !== 'X') out.push(Number(e));
+  }
+  return out;
+}
+
+export interface PidRecord {
+  pgid: number;
+  /** /proc start time of the group leader (clock ticks since boot), to tell pid reuse. */
+  startTime?: string;
+}
+
+/** Pid files of running builds: `<stateDir>/pids/<buildId>`. */
+export class PidDir {
+  readonly dir: string;
+  constructor(stateDir: string) {
+    this.dir = path.join(stateDir, 'pids');
+  }
+  private file(buildId: string): string {
+    return path.join(this.dir, encodeURIComponent(buildId));
+  }
+  async record(buildId: string, pgid: number): Promise<void> {
+    await fs.mkdir(this.dir, { recursive: true });
+    const st = procStat(pgid);
+    const rec: PidRecord = { pgid, ...(st ? { startTime: st.startTime } : {}) };
+    await fs.writeFile(this.file(buildId), JSON.stringify(rec));
+  }
+  async remove(buildId: string): Promise<void> {
+    await fs.rm(this.file(buildId), { force: true });
+  }
+
+  /**
+   * Stops every process group a previous run of this worker left behind
+   * (best effort) and removes the pid files. A group is killed only when its
+   * leader is still the same process (same pid, still group leader, same
+   * start time) or, with the leader gone, when processes still carry the
+   * group id (the kernel does not reuse a pid while its group lives).
+   * Returns the killed group ids.
+   */
+  async killLeftovers(logger: Logger): Promise<number[]> {
+    let names: string[];
+    try {
+      names = await fs.readdir(this.dir);
+    } catch {
+      return [];
+    }
+    const killed: number[] = [];
+    for (const name of names) {
+      const file = path.join(this.dir, name);
+      try {
+        const rec = JSON.parse(await fs.readFile(file, 'utf8')) as PidRecord;
+        const pgid = rec.pgid;
+        if (Number.isInteger(pgid) && pgid > 1 && pgid !== process.pid) {
+          const leader = procStat(pgid);
+          const leaderOk = leader !== undefined && leader.pgrp === pgid && (!rec.startTime || rec.startTime === leader.startTime);
+          const orphans = leader === undefined ? groupMembers(pgid) : [];
+          if (leaderOk || orphans.length > 0) {
+            if (signalGroup(pgid, 'SIGKILL')) {
+              killed.push(pgid);
+              logger.warn({ buildId: decodeURIComponent(name), pgid }, 'killed a build process group left behind by a previous run');
+            }
+          }
+        }
+      } catch (err) {
+        logger.warn({ file, err: (err as Error).message }, 'could not check a leftover pid file');
+      }
+      await fs.rm(file, { force: true });
+    }
+    return killed;
+  }
+}
+
+export interface SpawnedBuild {
+  child: ChildProcess;
+  pgid: number;
+  /** Resolves when the script's process exited: exit code, or the signal that ended it. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves when the output pipe closed. */
+  closed: Promise<void>;
+}
+
+/**
+ * Runs `script` with `sh -c` in a new process group (detached: the child is
+ * its group's leader), stdout and stderr merged into ONE pipe by the shell
+ * itself (`exec 2>&1`), so the log keeps the order the script wrote in.
+ */
+export function spawnScript(script: string, opts: { cwd: string; env: NodeJS.ProcessEnv }): SpawnedBuild {
+  const child = spawn('/bin/sh', ['-c', 'exec 2>&1; exec /bin/sh -c "$1"', 'buildfleet-build', script], {
+    cwd: opts.cwd,
+    env: opts.env,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.once('exit', (code, signal) => resolve({ code, signal }));
+    child.once('error', () => resolve({ code: 127, signal: null }));
+  });
+  const closed = new Promise<void>((resolve) => {
+    if (!child.stdout) return resolve();
+    child.stdout.once('close', () => resolve());
+  });
+  if (child.pid === undefined) {
+    return { child, pgid: -1, exited, closed };
+  }
+  return { child, pgid: child.pid, exited, closed };
+}
+
+/**
+ * Stops a process group: SIGTERM, then SIGKILL after `graceMs` on the clock
+ * unless `exited` settled first. With `graceMs` 0 it sends SIGKILL at once.
+ */
+export async function stopGroup(pgid: number, exited: Promise<unknown>, graceMs: number, clock: Clock): Promise<void> {
+  if (pgid <= 0) return;
+  if (graceMs <= 0) {
+    signalGroup(pgid, 'SIGKILL');
+    return;
+  }
+  if (!signalGroup(pgid, 'SIGTERM')) return;
+  const ac = new AbortController();
+  const timedOut = await Promise.race([
+    exited.then(() => false),
+    clock.sleep(graceMs, ac.signal).then(
+      () => true,
+      () => false,
+    ),
+  ]);
+  ac.abort();
+  // Even when the leader exited in time, children it left in the group get SIGKILL.
+  signalGroup(pgid, 'SIGKILL');
+  void timedOut;
+}

@@ -1,0 +1,123 @@
+/**
+ * A build's source: downloaded as a stream to a file next to the workspace,
+ * checked entry by entry, then unpacked into the workspace. An archive with
+ * any entry that would land outside the workspace fails the build with a
+ * message naming the entry (it is not silently skipped): absolute paths, `..`
+ * segments, links whose target leaves the workspace, entries written through
+ * a symlink, and device/fifo entries.
+ */
+import fs from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import * as tar from 'tar';
+
+/** The archive is unsafe to unpack; `message` names the entry and why. */
+export class UnsafeArchiveError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UnsafeArchiveError';
+  }
+}
+
+/** Writes a fetch body to `file` as a stream; returns the byte count. */
+export async function saveBody(body: globalThis.ReadableStream<Uint8Array> | null, file: string): Promise<number> {
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  if (!body) {
+    await fs.writeFile(file, '');
+    return 0;
+  }
+  let bytes = 0;
+  const counted = Readable.fromWeb(body as unknown as WebReadableStream<Uint8Array>);
+  counted.on('data', (c: Buffer) => (bytes += c.length));
+  await pipeline(counted, createWriteStream(file));
+  return bytes;
+}
+
+const ALLOWED_TYPES = new Set(['File', 'OldFile', 'ContiguousFile', 'Directory', 'SymbolicLink', 'Link', 'GNUDumpDir']);
+// Metadata entries carry no path of their own.
+const META_TYPES = new Set(['ExtendedHeader', 'GlobalExtendedHeader', 'NextFileHasLongPath', 'NextFileHasLongLinkpath', 'OldExtendedHeader']);
+
+/** A workspace-relative path with no `..` escape, or an UnsafeArchiveError. */
+function inside(rel: string, what: string): string {
+  if (rel.includes('\0')) throw new UnsafeArchiveError(`${what}: path contains NUL`);
+  if (path.posix.isAbsolute(rel) || /^[A-Za-z]:[\\/]/.test(rel)) throw new UnsafeArchiveError(`${what}: absolute path ${JSON.stringify(rel)}`);
+  const norm = path.posix.normalize(rel);
+  if (norm === '..' || norm.startsWith('../')) throw new UnsafeArchiveError(`${what}: ${JSON.stringify(rel)} leads outside the workspace`);
+  if (rel.split('/').includes('..')) throw new UnsafeArchiveError(`${what}: ${JSON.stringify(rel)} has a '..' segment`);
+  return norm.replace(/\/+$/, '');
+}
+
+/**
+ * Reads every entry header of a `.tar.gz` and throws UnsafeArchiveError for
+ * the first that could write outside the workspace.
+ */
+export async function checkArchive(file: string): Promise<void> {
+  const symlinks = new Set<string>();
+  let problem: UnsafeArchiveError | undefined;
+  await tar.t({
+    file,
+    strict: true,
+    onReadEntry: (entry) => {
+      if (problem) return;
+      try {
+        const type = String(entry.type);
+        if (META_TYPES.has(type)) return;
+        const where = `archive entry ${JSON.stringify(entry.path)}`;
+        if (!ALLOWED_TYPES.has(type)) throw new UnsafeArchiveError(`${where}: entry type ${type} is not allowed`);
+        const rel = inside(entry.path, where);
+        // No entry may be written through a symlink the archive created.
+        const parts = rel.split('/');
+        for (let i = 1; i <= parts.length; i++) {
+          const prefix = parts.slice(0, i).join('/');
+          if (symlinks.has(prefix)) throw new UnsafeArchiveError(`${where}: goes through the symlink ${JSON.stringify(prefix)}`);
+        }
+        if (type === 'SymbolicLink') {
+          const target = entry.linkpath ?? '';
+          if (path.posix.isAbsolute(target)) throw new UnsafeArchiveError(`${where}: symlink to the absolute path ${JSON.stringify(target)}`);
+          const resolved = path.posix.normalize(path.posix.join(path.posix.dirname(rel), target));
+          if (resolved === '..' || resolved.startsWith('../')) throw new UnsafeArchiveError(`${where}: symlink target ${JSON.stringify(target)} leads outside the workspace`);
+          symlinks.add(rel);
+        } else if (type === 'Link') {
+          inside(entry.linkpath ?? '', `${where}: hard link target`);
+        }
+      } catch (err) {
+        problem = err instanceof UnsafeArchiveError ? err : new UnsafeArchiveError(String(err));
+      }
+    },
+  });
+  if (problem) throw problem;
+}
+
+/** After unpacking: every symlink in the workspace must resolve inside it (catches link chains). */
+async function checkSymlinks(workspace: string): Promise<void> {
+  const root = await fs.realpath(workspace);
+  const entries = await fs.readdir(workspace, { recursive: true, withFileTypes: true });
+  for (const e of entries) {
+    if (!e.isSymbolicLink()) continue;
+    const full = path.join(e.parentPath, e.name);
+    let real: string;
+    try {
+      real = await fs.realpath(full);
+    } catch {
+      continue; // dangling inside the workspace: harmless
+    }
+    if (real !== root && !real.startsWith(root + path.sep)) {
+      throw new UnsafeArchiveError(`archive entry ${JSON.stringify(path.relative(workspace, full))}: symlink resolves outside the workspace`);
+    }
+  }
+}
+
+/**
+ * Unpacks a `.tar.gz` into `workspace` after `checkArchive`. An empty file
+ * is an empty source. Throws UnsafeArchiveError or tar's error.
+ */
+export async function unpackSource(file: string, workspace: string): Promise<void> {
+  const st = await fs.stat(file);
+  if (st.size === 0) return;
+  await checkArchive(file);
+  await tar.x({ file, cwd: workspace, strict: true, preserveOwner: false, noChmod: false });
+  await checkSymlinks(workspace);
+}

@@ -1,0 +1,284 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { EventEmitter } from 'node:events';
+import { createHash } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { FakeClock, systemClock, type BuildSpecInput, type Clock } from '@buildfleet/protocol';
+import { ControllerClient } from '../src/http.js';
+import { Executor, type BuildResult } from '../src/executor.js';
+import { PidDir, isAlive } from '../src/process.js';
+import { silentLogger } from '../src/logger.js';
+import { FakeController } from './support/fake-controller.js';
+import { tempDir, testConfig } from './support/harness.js';
+import { tarGz } from './support/tarball.js';
+import { alivePids, pidsFromLog } from './support/procs.js';
+import { waitFor } from './support/wait.js';
+
+let fake: FakeController;
+let dir: string;
+let executors: Executor[] = [];
+
+beforeEach(async () => {
+  fake = await FakeController.start();
+  dir = await tempDir();
+});
+afterEach(async () => {
+  for (const e of executors) e.stopAll('lost', 'test over');
+  await Promise.all(executors.map((e) => e.idle()));
+  executors = [];
+  await fake.close();
+  await fs.rm(dir, { recursive: true, force: true });
+});
+
+function makeExecutor(opts: { clock?: Clock; cancelGraceMs?: number; logChunkBytes?: number } = {}) {
+  const clock = opts.clock ?? systemClock;
+  const config = testConfig(fake, dir, { cancelGraceMs: opts.cancelGraceMs ?? 2_000 });
+  const client = new ControllerClient({ urls: config.controllerUrls, clock, requestTimeoutMs: config.requestTimeoutMs });
+  const events = new EventEmitter();
+  const ex = new Executor({
+    client,
+    clock,
+    config,
+    logger: silentLogger,
+    events,
+    workerId: () => 'w-test',
+    retryBaseMs: 1,
+    retryMaxMs: 5,
+    ...(opts.logChunkBytes ? { logChunkBytes: opts.logChunkBytes } : {}),
+  });
+  executors.push(ex);
+  return { ex, events, config };
+}
+
+function launch(ex: Executor, spec: BuildSpecInput, source?: Buffer) {
+  const b = fake.addBuild(spec, source ?? tarGz([{ path: 'hello.txt', data: 'hello from the source\n' }]));
+  const run = ex.launch(fake.assign(b))!;
+  return { b, run };
+}
+
+const logOf = (id: string) => fake.logText(id).toString('utf8');
+
+describe('executor', () => {
+  it('runs the script in a fresh workspace with the source unpacked and reports the exit code', async () => {
+    const { ex, config } = makeExecutor();
+    const ok = launch(ex, { script: 'cat hello.txt; echo "id=$BUILDFLEET_BUILD_ID attempt=$BUILDFLEET_BUILD_ATTEMPT x=$X"; pwd', env: { X: 'y' } });
+    const bad = launch(ex, { script: 'echo failing >&2; exit 3' });
+    const [r1, r2] = await Promise.all([ok.run.done, bad.run.done]);
+    expect(r1).toMatchObject({ reported: true, outcome: 'succeeded', exitCode: 0 });
+    expect(r2).toMatchObject({ reported: true, outcome: 'failed', exitCode: 3 });
+    expect(fake.builds.get(ok.b.id)!.finish).toMatchObject({ attempt: 1, outcome: 'succeeded', exitCode: 0 });
+    expect(fake.builds.get(bad.b.id)!.finish).toMatchObject({ outcome: 'failed', exitCode: 3 });
+    const log = logOf(ok.b.id);
+    expect(log).toContain('hello from the source');
+    expect(log).toContain(`id=${ok.b.id} attempt=1 x=y`);
+    expect(log).toContain(path.join(config.stateDir, 'workspaces', `${ok.b.id}-1`));
+    expect(logOf(bad.b.id)).toContain('failing');
+    // Workspaces are deleted afterwards; no pid file stays.
+    expect(await fs.readdir(path.join(config.stateDir, 'workspaces'))).toEqual([]);
+    expect(await fs.readdir(path.join(config.stateDir, 'pids'))).toEqual([]);
+    // Start came before any log, finish after the last one.
+    const order = fake.requests.filter((r) => r.url.includes(ok.b.id)).map((r) => r.route);
+    expect(order[0]).toBe('start');
+    expect(order.at(-1)).toBe('finish');
+  });
+
+  it('does not leak the worker credentials into the build environment', async () => {
+    process.env.BUILDFLEET_ENROLLMENT_TOKEN = 'bfe_secret_should_not_leak';
+    try {
+      const { ex } = makeExecutor();
+      const { b, run } = launch(ex, { script: 'env' });
+      await run.done;
+      expect(logOf(b.id)).not.toContain('bfe_secret_should_not_leak');
+    } finally {
+      delete process.env.BUILDFLEET_ENROLLMENT_TOKEN;
+    }
+  });
+
+  it('streams >1 MiB of stdout and stderr as contiguous chunks, in write order, stored once despite lost answers', async () => {
+    const { ex } = makeExecutor();
+    fake.dropNextAnswer('logs', 3); // stored by the controller, answer lost: the worker must re-send the same chunk
+    const n = 15_000;
+    const { b, run } = launch(ex, {
+      script: `i=0; while [ $i -lt ${n} ]; do echo "out $i abcdefghijklmnopqrstuvwxyz0123456789"; echo "err $i abcdefghijklmnopqrstuvwxyz0123456789" >&2; i=$((i+1)); done`,
+    });
+    const r = await run.done;
+    expect(r.outcome).toBe('succeeded');
+    const fb = fake.builds.get(b.id)!;
+    expect(fb.logBytes).toBeGreaterThan(1024 * 1024);
+    let offset = 0;
+    fb.chunks.forEach((c, i) => {
+      expect(c.seq).toBe(i);
+      expect(c.offset).toBe(offset);
+      offset += Buffer.from(c.data, 'base64').length;
+    });
+    expect(fb.logBytes).toBe(offset);
+    const lines = logOf(b.id).split('\n');
+    const expected: string[] = [];
+    for (let i = 0; i < n; i++) expected.push(`out ${i} abcdefghijklmnopqrstuvwxyz0123456789`, `err ${i} abcdefghijklmnopqrstuvwxyz0123456789`);
+    expect(lines.slice(0, 2 * n)).toEqual(expected);
+    // Every dropped answer was followed by a re-send of the same (seq, offset, data).
+    const logReqs = fake.of('logs');
+    const dropped = logReqs.filter((x) => x.status === 0);
+    expect(dropped).toHaveLength(3);
+    for (const d of dropped) {
+      const again = logReqs.find((x) => x.n > d.n);
+      expect(again!.body).toEqual(d.body);
+    }
+  });
+
+  it('a script past timeoutSeconds is stopped (SIGTERM, grace, SIGKILL) and reported timed_out', async () => {
+    const clock = new FakeClock();
+    const { ex, events } = makeExecutor({ clock, cancelGraceMs: 5_000 });
+    const running = new Promise<{ pgid: number }>((resolve) => events.once('build:running', resolve));
+    // Ignores SIGTERM (inherited by the sleep), so only the SIGKILL after the grace period ends it.
+    const { b, run } = launch(ex, { script: 'trap "" TERM; echo started; sleep 300; echo never', timeoutSeconds: 2 });
+    const { pgid } = await running;
+    await clock.advance(2_000); // timeout → SIGTERM
+    expect(isAlive(pgid)).toBe(true);
+    await clock.advance(5_000); // grace → SIGKILL
+    const r = await run.done;
+    expect(r).toMatchObject({ outcome: 'timed_out', reported: true });
+    expect(fake.builds.get(b.id)!.finish).toMatchObject({ outcome: 'timed_out', exitCode: 137 });
+    expect(isAlive(pgid)).toBe(false);
+    expect(logOf(b.id)).not.toContain('never');
+  });
+
+  it('cancel kills the whole process tree, grandchildren included, and reports canceled', async () => {
+    const { ex } = makeExecutor({ cancelGraceMs: 2_000 });
+    const { b, run } = launch(ex, {
+      script: [
+        'sleep 300 & echo "PID $!"',
+        'sh -c "sleep 300 & echo PID \\$!; wait" &',
+        '(sleep 300 & echo "PID $!"; wait) & echo "PID $!"',
+        'echo "PID $$"',
+        'sleep 0.2; echo ready',
+        'wait',
+      ].join('\n'),
+    });
+    await waitFor(() => logOf(b.id).includes('ready'), { what: 'the build to be ready', timeoutMs: 10_000 });
+    const pids = pidsFromLog(logOf(b.id));
+    expect(pids.length).toBe(5);
+    expect(alivePids(pids)).toEqual(pids);
+    ex.stop(b.id, 'canceled', 'canceled by test');
+    const r = await run.done;
+    expect(r).toMatchObject({ outcome: 'canceled', reported: true });
+    expect(fake.builds.get(b.id)!.finish).toMatchObject({ outcome: 'canceled' });
+    expect(alivePids(pids)).toEqual([]);
+  });
+
+  it('(g) LEASE_LOST on a log write kills the process tree at once and drops the build (no finish)', async () => {
+    const { ex, events } = makeExecutor({ cancelGraceMs: 60_000 });
+    const dropped = new Promise<BuildResult>((resolve) => events.once('build:dropped', resolve));
+    const { b, run } = launch(ex, {
+      script: 'trap "" TERM; sleep 300 & echo "PID $!"; echo "PID $$"; echo ready; while :; do echo tick; sleep 0.02; done',
+    });
+    await waitFor(() => logOf(b.id).includes('ready'), { what: 'the build to be ready', timeoutMs: 10_000 });
+    const pids = pidsFromLog(logOf(b.id));
+    expect(alivePids(pids)).toHaveLength(2);
+    fake.loseLease(b.id);
+    const r = await run.done;
+    expect(await dropped).toBe(r);
+    expect(r.reported).toBe(false);
+    expect(r.dropReason).toMatch(/lease lost/);
+    // TERM is ignored and the grace is a minute: only an immediate SIGKILL ends it this fast.
+    expect(alivePids(pids)).toEqual([]);
+    expect(fake.count('finish')).toBe(0);
+    expect(fake.of('logs').some((x) => x.status === 409)).toBe(true);
+  });
+
+  it.each([
+    ['a ../ path', [{ path: '../evil.txt', data: 'x' }], /outside|'\.\.'/],
+    ['an absolute path', [{ path: '/tmp/bf-evil-abs.txt', data: 'x' }], /absolute/],
+    ['a symlink to an absolute path', [{ path: 'link', type: 'SymbolicLink' as const, linkpath: '/etc' }], /absolute/],
+    ['a symlink leaving the workspace', [{ path: 'a/link', type: 'SymbolicLink' as const, linkpath: '../../..' }], /outside/],
+    [
+      'a file written through a symlink',
+      [
+        { path: 'link', type: 'SymbolicLink' as const, linkpath: 'sub' },
+        { path: 'link/evil.txt', data: 'x' },
+      ],
+      /through the symlink/,
+    ],
+    ['a hard link to a file outside', [{ path: 'hard', type: 'Link' as const, linkpath: '../../outside' }], /outside|'\.\.'/],
+  ])('a source with %s fails the build with a clear message and writes nothing outside', async (_name, entries, pattern) => {
+    const { ex, config } = makeExecutor();
+    const { b, run } = launch(ex, { script: 'echo should-not-run' }, tarGz([{ path: 'ok.txt', data: 'fine' }, ...entries]));
+    const r = await run.done;
+    expect(r).toMatchObject({ outcome: 'failed', reported: true, exitCode: null });
+    expect(r.message).toMatch(pattern);
+    expect(r.message).toMatch(/could not prepare the source/);
+    expect(logOf(b.id)).toContain(r.message!);
+    expect(logOf(b.id)).not.toContain('should-not-run');
+    const everything = await fs.readdir(dir, { recursive: true });
+    expect(everything.filter((f) => /evil|outside/.test(f))).toEqual([]);
+    expect(await fs.readdir(path.join(config.stateDir, 'workspaces'))).toEqual([]);
+    await expect(fs.stat('/tmp/bf-evil-abs.txt')).rejects.toThrow();
+  });
+
+  it('uploads artifacts matching the globs with their SHA-256, skipping symlinks that leave the workspace', async () => {
+    const { ex } = makeExecutor();
+    const { b, run } = launch(ex, {
+      script: [
+        'mkdir -p out/nested',
+        'printf "artifact a\\n" > out/a.txt',
+        'head -c 300000 /dev/urandom > out/nested/b.bin',
+        'ln -s /etc/hostname out/escape.txt',
+        'echo not-an-artifact > other.txt',
+      ].join('\n'),
+      artifacts: ['out/**'],
+    });
+    const r = await run.done;
+    expect(r.outcome).toBe('succeeded');
+    const arts = fake.builds.get(b.id)!.artifacts;
+    expect([...arts.keys()].sort()).toEqual(['out/a.txt', 'out/nested/b.bin']);
+    const a = arts.get('out/a.txt')!;
+    expect(a.data.toString()).toBe('artifact a\n');
+    expect(a.sha256).toBe(createHash('sha256').update('artifact a\n').digest('hex'));
+    const bin = arts.get('out/nested/b.bin')!;
+    expect(bin.size).toBe(300_000);
+    expect(bin.sha256).toBe(createHash('sha256').update(bin.data).digest('hex'));
+    expect(logOf(b.id)).not.toMatch(/escape\.txt uploaded/);
+    // Artifacts and logs come before finish.
+    const routes = fake.requests.filter((x) => x.url.includes(b.id)).map((x) => x.route);
+    expect(routes.lastIndexOf('artifact')).toBeLessThan(routes.indexOf('finish'));
+    expect(routes.lastIndexOf('logs')).toBeLessThan(routes.indexOf('finish'));
+  });
+
+  it('a build the controller canceled before start is dropped without running', async () => {
+    const { ex } = makeExecutor();
+    const b = fake.addBuild({ script: 'echo ran' });
+    const assigned = fake.assign(b);
+    fake.cancel(b.id);
+    const run = ex.launch(assigned)!;
+    const r = await run.done;
+    expect(r).toMatchObject({ reported: false });
+    expect(r.dropReason).toMatch(/INVALID_TRANSITION/);
+    expect(fake.count('logs')).toBe(0);
+  });
+
+  it('ignores a re-delivered build that already runs', async () => {
+    const { ex } = makeExecutor();
+    const { b, run } = launch(ex, { script: 'sleep 0.1' });
+    expect(ex.launch(fake.assign(fake.builds.get(b.id)!))).toBeUndefined();
+    await run.done;
+    expect(fake.builds.get(b.id)!.starts).toBe(1);
+  });
+
+  it('on start, kills process groups a previous run left behind (and only verified group leaders)', async () => {
+    const { ex, config } = makeExecutor();
+    const child = spawn('/bin/sh', ['-c', 'sleep 300 & wait'], { detached: true, stdio: 'ignore' });
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    const pids = new PidDir(config.stateDir);
+    await pids.record('left-behind', child.pid!);
+    // A pid file naming a process that is not a group leader (this test process's parent group member) is left alone.
+    const notLeader = process.pid;
+    await fs.writeFile(path.join(pids.dir, 'not-a-leader'), JSON.stringify({ pgid: notLeader }));
+    const killed = await ex.cleanupLeftovers();
+    expect(killed).toEqual([child.pid]);
+    await exited;
+    expect(isAlive(child.pid!)).toBe(false);
+    expect(isAlive(process.pid)).toBe(true);
+    expect(await fs.readdir(pids.dir)).toEqual([]);
+  });
+});
