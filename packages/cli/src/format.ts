@@ -14,7 +14,7 @@ export function outcome(build: Build): string {
   let s = build.state as string;
   if (build.cancelRequested && !['canceled', 'succeeded', 'failed', 'timed_out'].includes(build.state)) s += ' (cancel requested)';
   if (build.state === 'failed' && build.exitCode !== null) s += ` (exit code ${build.exitCode})`;
-  else if (build.reason && build.state !== 'succeeded') s += ` (${build.reason})`;
+  else if (build.reason && build.state !== 'succeeded' && build.reason !== build.state) s += ` (${build.reason})`;
   return s;
 }
 

@@ -84,7 +84,8 @@ export async function submitDirectory(
     opts.onPacked?.(files, bytes);
     const boundary = `----buildfleet${randomBytes(12).toString('hex')}`;
     const head = Buffer.from(
-      `--${boundary}\r\nContent-Disposition: form-data; name="spec"\r\nContent-Type: application/json\r\n\r\n` +
+      // A plain text field: some multipart parsers turn an application/json part into an object.
+      `--${boundary}\r\nContent-Disposition: form-data; name="spec"\r\n\r\n` +
         `${JSON.stringify(spec)}\r\n` +
         `--${boundary}\r\nContent-Disposition: form-data; name="source"; filename="source.tar.gz"\r\n` +
         `Content-Type: application/gzip\r\n\r\n`,
