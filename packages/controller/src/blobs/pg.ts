@@ -7,6 +7,7 @@ import { Readable } from 'node:stream';
 import type pg from 'pg';
 import { ApiError, systemClock, type Clock } from '@buildfleet/protocol';
 import { CHUNK_BYTES, checkKey, meteredChunks, resolveRange, type Meter } from './common.js';
+import { mapDbError as mapError } from '../store/errors.js';
 import type { BlobStore, PutResult } from './types.js';
 
 /** Advisory lock taken while creating the tables ("bfblob" in ASCII). */
@@ -15,20 +16,6 @@ const INIT_LOCK = 0x626662_6c6f62;
 const TMP_PREFIX = '.tmp/';
 /** Temp chunks older than this at `init()` belong to a crashed upload. 1 hour, ms. */
 const STALE_TMP_MS = 3_600_000;
-
-/** SQLSTATE classes that mean "the database is not reachable right now". */
-function isUnavailable(err: unknown): boolean {
-  const code = (err as { code?: unknown })?.code;
-  if (typeof code !== 'string') return err instanceof Error && /timeout|terminat|Connection/i.test(err.message);
-  return code.startsWith('08') || code.startsWith('57P') || code === '53300' || ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND'].includes(code);
-}
-
-/** Maps driver errors to UNAVAILABLE (store contract); ApiErrors pass through. */
-function mapError(err: unknown): unknown {
-  if (err instanceof ApiError) return err;
-  if (isUnavailable(err)) return new ApiError('UNAVAILABLE', `database unavailable: ${(err as Error).message}`);
-  return err;
-}
 
 /**
  * `put` inserts each 1 MiB chunk in its own statement under a temporary key
