@@ -1,0 +1,154 @@
+/**
+ * Long polls park and wake on events, not on timers: a parked poll answers
+ * as soon as a build is submitted (the periodic re-check is set to a minute
+ * here, so only the wake-up can explain a fast answer).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { paths, type Build, type PollResponse } from '@buildfleet/protocol';
+import { waitFor } from '../support/wait.js';
+import { API_TOKEN, errorCode, startHarness, type Harness } from './harness.js';
+
+let h: Harness;
+beforeAll(async () => {
+  h = await startHarness({ pollWaitMs: 30_000, pollRecheckMs: 60_000 });
+});
+afterAll(async () => {
+  await h?.close();
+});
+
+const parked = () => h.ctl.app.buildfleet.pollWake.size;
+const poll = (workerId: string, token: string, waitMs: number, freeSlots = 1, signal?: AbortSignal) =>
+  h.req('POST', paths.poll(workerId, waitMs), { token, json: { freeSlots, activeBuildIds: [] }, signal });
+
+describe('long poll', () => {
+  it('a parked poll answers as soon as a matching build is submitted', async () => {
+    const label = 'wake-test';
+    const reg = await h.registerOk({ labels: [label] });
+    const started = performance.now();
+    const answer = poll(reg.workerId, reg.accessToken, 20_000);
+    await waitFor(() => parked() === 1, { what: 'the poll to park' });
+    const build = await h.submitOk({ script: 'x', labels: [label] });
+    const res = await answer;
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as PollResponse;
+    expect(body.builds.map((b) => b.id)).toEqual([build.id]);
+    // Far below the 20 s wait and the 60 s re-check: the wake-up did it.
+    expect(performance.now() - started).toBeLessThan(10_000);
+    expect(parked()).toBe(0);
+  });
+
+  it('a build the worker cannot run does not end the park; the wait does (204)', async () => {
+    const reg = await h.registerOk({ labels: ['only-this'] });
+    const answer = poll(reg.workerId, reg.accessToken, 400);
+    await waitFor(() => parked() === 1, { what: 'the poll to park' });
+    await h.submitOk({ script: 'x', labels: ['something-else'] });
+    const res = await answer;
+    expect(res.status).toBe(204);
+  });
+
+  it('freeSlots 0 answers 204 at once even with a matching build queued', async () => {
+    const reg = await h.registerOk({ labels: ['zero-slots'] });
+    await h.submitOk({ script: 'x', labels: ['zero-slots'] });
+    const res = await poll(reg.workerId, reg.accessToken, 20_000, 0);
+    expect(res.status).toBe(204);
+    // The build is still there for the next poll with a slot.
+    const res2 = await poll(reg.workerId, reg.accessToken, 0, 1);
+    expect(res2.status).toBe(200);
+  });
+
+  it('waitMs is capped by the controller', async () => {
+    const capped = await startHarness({ pollWaitMs: 300, pollRecheckMs: 60_000 });
+    try {
+      const reg = await capped.registerOk();
+      const t0 = performance.now();
+      const res = await capped.req('POST', paths.poll(reg.workerId, 600_000), { token: reg.accessToken, json: { freeSlots: 1, activeBuildIds: [] } });
+      expect(res.status).toBe(204);
+      expect(performance.now() - t0).toBeLessThan(10_000);
+    } finally {
+      await capped.close();
+    }
+  });
+
+  it('a parked poll of a worker deleted meanwhile answers 404 WORKER_NOT_FOUND', async () => {
+    const reg = await h.registerOk({ labels: ['deleted-while-parked'] });
+    const answer = poll(reg.workerId, reg.accessToken, 20_000);
+    await waitFor(() => parked() === 1, { what: 'the poll to park' });
+    expect((await h.req('DELETE', paths.worker(reg.workerId), { token: API_TOKEN })).status).toBe(200);
+    const res = await answer;
+    expect(res.status).toBe(404);
+    expect(await errorCode(res)).toBe('WORKER_NOT_FOUND');
+  });
+
+  it('a parked poll whose token was rotated by a re-registration answers 401', async () => {
+    const reg = await h.registerOk({ labels: ['rotated-while-parked'] });
+    const answer = poll(reg.workerId, reg.accessToken, 20_000);
+    await waitFor(() => parked() === 1, { what: 'the poll to park' });
+    const again = await h.register({ labels: ['rotated-while-parked'], workerId: reg.workerId, workerSecret: reg.workerSecret });
+    expect(again.status).toBe(200);
+    const res = await answer;
+    expect(res.status).toBe(401);
+    expect(await errorCode(res)).toBe('TOKEN_INVALID');
+  });
+
+  it('a client that goes away ends its park', async () => {
+    const reg = await h.registerOk({ labels: ['goes-away'] });
+    const abort = new AbortController();
+    const answer = poll(reg.workerId, reg.accessToken, 20_000, 1, abort.signal).catch((e: unknown) => e);
+    await waitFor(() => parked() === 1, { what: 'the poll to park' });
+    abort.abort();
+    await answer;
+    await waitFor(() => parked() === 0, { what: 'the park to end' });
+    // The build submitted now is not lost to the gone poll.
+    const b = await h.submitOk({ script: 'x', labels: ['goes-away'] });
+    const res = await poll(reg.workerId, reg.accessToken, 0);
+    expect(((await res.json()) as PollResponse).builds.map((x) => x.id)).toEqual([b.id]);
+  });
+
+  it('closing the controller answers parked polls with 204', async () => {
+    const own = await startHarness({ pollWaitMs: 30_000, pollRecheckMs: 60_000 });
+    const reg = await own.registerOk();
+    const answer = own.req('POST', paths.poll(reg.workerId, 30_000), { token: reg.accessToken, json: { freeSlots: 1, activeBuildIds: [] } });
+    await waitFor(() => own.ctl.app.buildfleet.pollWake.size === 1, { what: 'the poll to park' });
+    const closing = own.close();
+    const res = await answer;
+    expect(res.status).toBe(204);
+    await closing;
+  });
+});
+
+describe('drain', () => {
+  it('a draining worker gets no new builds, keeps its running ones and hears draining in heartbeats', async () => {
+    const label = 'drain-test';
+    const reg = await h.registerOk({ labels: [label], maxConcurrentBuilds: 2 });
+    const first = await h.submitOk({ script: 'x', labels: [label] });
+    const got = (await (await poll(reg.workerId, reg.accessToken, 0)).json()) as PollResponse;
+    const a = got.builds[0]!;
+    expect(a.id).toBe(first.id);
+    expect((await h.req('POST', paths.start(a.id), { token: a.buildToken, json: { attempt: 1 } })).status).toBe(200);
+
+    const drain = await h.req('POST', paths.drain(reg.workerId), { token: API_TOKEN });
+    expect(drain.status).toBe(200);
+    expect(((await drain.json()) as { worker: { status: string } }).worker.status).toBe('draining');
+
+    await h.submitOk({ script: 'y', labels: [label] });
+    const none = await poll(reg.workerId, reg.accessToken, 300);
+    expect(none.status).toBe(204);
+
+    const hb = await h.req('POST', paths.heartbeat(reg.workerId), { token: reg.accessToken, json: { activeBuildIds: [a.id] } });
+    const hbBody = (await hb.json()) as { cancel: string[]; abandon: string[]; draining?: boolean };
+    expect(hbBody).toMatchObject({ cancel: [], abandon: [], draining: true });
+
+    const fin = await h.req('POST', paths.finish(a.id), { token: a.buildToken, json: { attempt: 1, outcome: 'succeeded', exitCode: 0 } });
+    expect(((await fin.json()) as { build: Build }).build.state).toBe('succeeded');
+
+    const workers = (await (await h.req('GET', paths.workers(), { token: API_TOKEN })).json()) as { workers: Array<{ id: string; status: string }> };
+    expect(workers.workers.find((w) => w.id === reg.workerId)?.status).toBe('draining');
+    await expectNotFound(h.req('POST', paths.drain('no-such-worker'), { token: API_TOKEN }));
+  });
+});
+
+async function expectNotFound(p: Promise<Response>) {
+  const res = await p;
+  expect(res.status).toBe(404);
+  expect(await errorCode(res)).toBe('WORKER_NOT_FOUND');
+}
