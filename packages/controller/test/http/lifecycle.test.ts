@@ -1,0 +1,202 @@
+/**
+ * Controller lifecycle: first-start credentials, restarts on the same data
+ * directory, the reaper's restart grace (driven by a FakeClock), and the
+ * live log stream (SSE).
+ */
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FakeClock, paths, type Build, type PollResponse, type RegisterResponse } from '@buildfleet/protocol';
+import { loadControllerConfig } from '../../src/config.js';
+import { startController } from '../../src/server.js';
+import { API_TOKEN, ENROLLMENT_TOKEN, startHarness, type Harness } from './harness.js';
+
+describe('first start', () => {
+  let dataDir: string;
+  beforeAll(async () => {
+    dataDir = await mkdtemp(path.join(tmpdir(), 'bf-first-'));
+  });
+  afterAll(async () => {
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('generates both tokens once, writes credentials.json (0600) and keeps them across a restart', async () => {
+    const config = loadControllerConfig({}, { port: 0, dataDir, logLevel: 'silent' });
+    const first = await startController(config);
+    let apiToken: string;
+    try {
+      expect(first.firstStart).toBeDefined();
+      apiToken = first.firstStart!.apiToken;
+      expect(apiToken).toMatch(/^bfa_/);
+      expect(first.firstStart!.enrollmentToken).toMatch(/^bfe_/);
+      const file = first.firstStart!.credentialsFile;
+      expect(file).toBe(path.join(dataDir, 'credentials.json'));
+      const saved = JSON.parse(await readFile(file, 'utf8')) as Record<string, string>;
+      expect(saved).toEqual({ apiToken, enrollmentToken: first.firstStart!.enrollmentToken, url: first.url });
+      expect((await stat(file)).mode & 0o777).toBe(0o600);
+      const res = await fetch(first.url + paths.builds(), { headers: { authorization: `Bearer ${apiToken}` } });
+      expect(res.status).toBe(200);
+      const reg = await fetch(first.url + paths.register(), {
+        method: 'POST',
+        headers: { authorization: `Bearer ${first.firstStart!.enrollmentToken}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ name: 'w', labels: [], maxConcurrentBuilds: 1, version: 't' }),
+      });
+      expect(reg.status).toBe(201);
+    } finally {
+      await first.close();
+    }
+    const second = await startController(config);
+    try {
+      expect(second.firstStart).toBeUndefined();
+      const res = await fetch(second.url + paths.builds(), { headers: { authorization: `Bearer ${apiToken}` } });
+      expect(res.status).toBe(200);
+    } finally {
+      await second.close();
+    }
+  });
+});
+
+describe('reaper', () => {
+  it('leaves leases alone for leaseMs after start, then requeues an unacknowledged build as a new attempt', async () => {
+    const clock = new FakeClock();
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'bf-reap-'));
+    const config = loadControllerConfig(
+      {},
+      {
+        port: 0,
+        dataDir,
+        logLevel: 'silent',
+        apiToken: API_TOKEN,
+        enrollmentToken: ENROLLMENT_TOKEN,
+        ackTimeoutMs: 1_000,
+        leaseMs: 10_000,
+        heartbeatIntervalMs: 1_000,
+      },
+    );
+    const ctl = await startController(config, { clock, reaper: false });
+    try {
+      const req = (method: string, p: string, token: string, json?: unknown, body?: FormData) =>
+        fetch(ctl.url + p, {
+          method,
+          headers: { authorization: `Bearer ${token}`, ...(json !== undefined ? { 'content-type': 'application/json' } : {}) },
+          body: body ?? (json !== undefined ? JSON.stringify(json) : undefined),
+        });
+      const form = new FormData();
+      form.append('spec', JSON.stringify({ script: 'x' }));
+      form.append('source', new Blob([new Uint8Array([1])]), 's.tar.gz');
+      const build = ((await (await req('POST', paths.builds(), API_TOKEN, undefined, form)).json()) as { build: Build }).build;
+      const reg = (await (await req('POST', paths.register(), ENROLLMENT_TOKEN, { name: 'w', labels: [], maxConcurrentBuilds: 1, version: 't' })).json()) as RegisterResponse;
+      const poll = (await (await req('POST', paths.poll(reg.workerId, 0), reg.accessToken, { freeSlots: 1, activeBuildIds: [] })).json()) as PollResponse;
+      expect(poll.builds[0]!.id).toBe(build.id);
+
+      await clock.advance(5_000); // past the ack deadline, inside the restart grace
+      expect(ctl.reaper.reapsLeases).toBe(false);
+      expect((await ctl.reaper.reapOnce()).requeued).toEqual([]);
+      const held = ((await (await req('GET', paths.build(build.id), API_TOKEN)).json()) as { build: Build }).build;
+      expect(held).toMatchObject({ state: 'assigned', attempt: 1 });
+
+      await clock.advance(6_000); // grace over
+      expect(ctl.reaper.reapsLeases).toBe(true);
+      expect((await ctl.reaper.reapOnce()).requeued).toEqual([build.id]);
+      const requeued = ((await (await req('GET', paths.build(build.id), API_TOKEN)).json()) as { build: Build }).build;
+      expect(requeued).toMatchObject({ state: 'queued', attempt: 2, workerId: null });
+      const metrics = await (await fetch(ctl.url + '/metrics')).text();
+      expect(metrics).toMatch(/buildfleet_build_transitions_total\{to="queued"\} 2/);
+    } finally {
+      await ctl.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('runs on its own every min(ackTimeoutMs, leaseMs)/4 on the injected clock', async () => {
+    const clock = new FakeClock();
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'bf-reap2-'));
+    const config = loadControllerConfig({}, { port: 0, dataDir, logLevel: 'silent', apiToken: API_TOKEN, ackTimeoutMs: 400, leaseMs: 2_000, heartbeatIntervalMs: 500 });
+    const ctl = await startController(config, { clock });
+    const rounds: number[] = [];
+    const original = ctl.store.reap.bind(ctl.store);
+    ctl.store.reap = async (o) => {
+      rounds.push(clock.monotonic());
+      return original(o);
+    };
+    try {
+      await clock.advance(100);
+      await clock.advance(100);
+      await clock.advance(100);
+      expect(rounds).toEqual([100, 200, 300]);
+    } finally {
+      await ctl.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('log stream (SSE)', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ logFollowRecheckMs: 60_000 });
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  it('streams log text as it arrives and ends with the final state', async () => {
+    await h.submitOk({ script: 'x', labels: ['sse'] });
+    const reg = await h.registerOk({ labels: ['sse'] });
+    const a = ((await (await h.req('POST', paths.poll(reg.workerId, 0), { token: reg.accessToken, json: { freeSlots: 1, activeBuildIds: [] } })).json()) as PollResponse).builds[0]!;
+    await h.req('POST', paths.start(a.id), { token: a.buildToken, json: { attempt: 1 } });
+    await h.req('POST', paths.logs(a.id), { token: a.buildToken, json: { attempt: 1, seq: 0, offset: 0, data: 'one\n' } });
+
+    const res = await h.req('GET', paths.logs(a.id), { token: API_TOKEN, headers: { accept: 'text/event-stream' } });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    let buffered = '';
+    const events: Array<{ event: string; data: Record<string, unknown> }> = [];
+    const next = async (): Promise<{ event: string; data: Record<string, unknown> } | undefined> => {
+      for (;;) {
+        const end = buffered.indexOf('\n\n');
+        if (end >= 0) {
+          const block = buffered.slice(0, end);
+          buffered = buffered.slice(end + 2);
+          const event = /^event: (.*)$/m.exec(block)?.[1] ?? 'message';
+          const data = JSON.parse(/^data: (.*)$/m.exec(block)?.[1] ?? '{}') as Record<string, unknown>;
+          events.push({ event, data });
+          return { event, data };
+        }
+        const { value, done } = await reader.read();
+        if (done) return undefined;
+        buffered += decoder.decode(value, { stream: true });
+      }
+    };
+    const until = async (pred: (e: { event: string; data: Record<string, unknown> }) => boolean) => {
+      for (;;) {
+        const e = await next();
+        if (!e) throw new Error(`stream ended before the expected event; got ${JSON.stringify(events)}`);
+        if (pred(e)) return e;
+      }
+    };
+    expect((await until((e) => e.event === 'log')).data).toEqual({ attempt: 1, offset: 0, text: 'one\n' });
+    // New text arrives through the 'logs' wake-up (the re-check is a minute away).
+    await h.req('POST', paths.logs(a.id), { token: a.buildToken, json: { attempt: 1, seq: 1, offset: 4, data: 'two\n' } });
+    expect((await until((e) => e.event === 'log')).data).toEqual({ attempt: 1, offset: 4, text: 'two\n' });
+    await h.req('POST', paths.finish(a.id), { token: a.buildToken, json: { attempt: 1, outcome: 'failed', exitCode: 2 } });
+    const end = await until((e) => e.event === 'end');
+    expect(end.data).toMatchObject({ state: 'failed', attempt: 1, exitCode: 2 });
+    expect(await next()).toBeUndefined();
+  });
+
+  it('follow=1 on a finished build sends everything from the offset and ends', async () => {
+    await h.submitOk({ script: 'x', labels: ['sse2'] });
+    const reg = await h.registerOk({ labels: ['sse2'] });
+    const a = ((await (await h.req('POST', paths.poll(reg.workerId, 0), { token: reg.accessToken, json: { freeSlots: 1, activeBuildIds: [] } })).json()) as PollResponse).builds[0]!;
+    await h.req('POST', paths.start(a.id), { token: a.buildToken, json: { attempt: 1 } });
+    await h.req('POST', paths.logs(a.id), { token: a.buildToken, json: { attempt: 1, seq: 0, offset: 0, data: 'héllo wörld' } });
+    await h.req('POST', paths.finish(a.id), { token: a.buildToken, json: { attempt: 1, outcome: 'succeeded', exitCode: 0 } });
+    const text = await (await h.req('GET', `${paths.logs(a.id)}?follow=1&offset=0`, { token: API_TOKEN })).text();
+    expect(text).toContain('event: log\ndata: {"attempt":1,"offset":0,"text":"héllo wörld"}');
+    expect(text).toMatch(/event: end\ndata: \{"state":"succeeded"/);
+  });
+});
