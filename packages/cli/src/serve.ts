@@ -142,8 +142,23 @@ function printControllerBanner(controller: RunningController, dataDir: string, b
 
 async function startLocalController(o: ServiceFlags, extra: Record<string, unknown>): Promise<RunningController> {
   const mod = await loadControllerModule();
-  const config = mod.loadControllerConfig(process.env, controllerOverrides(o, extra));
-  return mod.startController(config);
+  const config = mod.loadControllerConfig(process.env, controllerOverrides(o, extra)) as { host?: string; port?: number };
+  try {
+    return await mod.startController(config);
+  } catch (err) {
+    throw startupError(err, config);
+  }
+}
+
+/** Startup failures a user can fix, as one line; anything else unchanged. */
+function startupError(err: unknown, config: { host?: string; port?: number }): unknown {
+  const code = (err as { code?: unknown }).code;
+  if (code === 'EADDRINUSE')
+    return new CliError(`${config.host}:${config.port} is already in use: is buildfleet already running? (set BUILDFLEET_PORT or --port)`);
+  if (code === 'EACCES') return new CliError(`not allowed to listen on ${config.host}:${config.port} (${(err as Error).message})`);
+  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === '28P01' || code === '3D000')
+    return new CliError(`cannot open the database: ${(err as Error).message} (check DATABASE_URL)`);
+  return err;
 }
 
 /** Submits the bundled example through the public API and follows it to the end. */
