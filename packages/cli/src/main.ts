@@ -29,9 +29,14 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
-/** ConfigError from the controller or worker packages names the bad option: expected. */
+/**
+ * Expected failures of the services: ConfigError (controller or worker) names
+ * the bad option; SessionFatalError is a worker that cannot register at all
+ * (bad enrollment token, identity held by a newer instance).
+ */
 function configErrorLine(err: unknown): string | undefined {
   if (err instanceof Error && err.name === 'ConfigError') return `configuration: ${err.message}`;
+  if (err instanceof Error && err.name === 'SessionFatalError') return `worker stopped: ${err.message}`;
   return undefined;
 }
 
