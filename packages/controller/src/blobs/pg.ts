@@ -61,7 +61,12 @@ export class PgBlobStore implements BlobStore {
         PRIMARY KEY (key, idx))`);
       // Sources are gzip and artifacts mostly compressed already: skip TOAST
       // compression, keep out-of-line storage (substring reads stay cheap).
-      await c.query('ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL');
+      // Only once: ALTER TABLE takes an exclusive lock that would stall the
+      // blob reads of controllers already running.
+      const storage = await c.query<{ s: string }>(
+        `SELECT attstorage AS s FROM pg_attribute WHERE attrelid = 'blob_chunks'::regclass AND attname = 'data'`,
+      );
+      if (storage.rows[0]?.s !== 'e') await c.query('ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL');
       await c.query('COMMIT');
     } catch (err) {
       await c.query('ROLLBACK').catch(() => {});

@@ -40,6 +40,8 @@ describePg('PgBlobStore', () => {
     try {
       await Promise.all(pools.map((p) => new PgBlobStore(p).init()));
       await new PgBlobStore(pools[0]!).init();
+      const storage = await pool.query(`SELECT attstorage FROM pg_attribute WHERE attrelid = 'blob_chunks'::regclass AND attname = 'data'`);
+      expect(storage.rows).toEqual([{ attstorage: 'e' }]);
     } finally {
       await Promise.all(pools.map((p) => p.end()));
     }
