@@ -4,7 +4,7 @@
  * same `BUILDFLEET_BLOB_DIR`.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { dirname, join, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import { ApiError, systemClock, type Clock } from '@buildfleet/protocol';
@@ -16,8 +16,10 @@ const TMP_PREFIX = '.tmp-';
 /** Temp files older than this at `init()` belong to a crashed upload. 1 hour, ms. */
 const STALE_TMP_MS = 3_600_000;
 
+/** ENOTDIR: a key below another key's file (`a/b` when `a` is a blob) does not exist either. */
 function isNotFound(err: unknown): boolean {
-  return (err as NodeJS.ErrnoException)?.code === 'ENOENT';
+  const code = (err as NodeJS.ErrnoException)?.code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
 }
 
 /**
@@ -73,7 +75,11 @@ export class FsBlobStore implements BlobStore {
   async put(key: string, body: Readable, opts: { maxBytes?: number; expectSha256?: string } = {}): Promise<PutResult> {
     const file = this.pathOf(key);
     const dir = dirname(file);
-    await mkdir(dir, { recursive: true });
+    await mkdir(dir, { recursive: true }).catch((err: NodeJS.ErrnoException) => {
+      // A blob already sits where this key needs a directory (`a` vs `a/b`).
+      if (err.code === 'ENOTDIR' || err.code === 'EEXIST') throw new ApiError('VALIDATION_FAILED', `blob key ${key} nests under another blob`);
+      throw err;
+    });
     const tmp = join(dir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
     const fh = await open(tmp, 'wx', 0o644);
     let open_ = true;
@@ -107,8 +113,10 @@ export class FsBlobStore implements BlobStore {
     try {
       // Reading through the open descriptor keeps serving these bytes even if
       // the key is replaced or deleted meanwhile.
-      const { size } = await fh.stat();
-      const r = resolveRange(size, range);
+      const st = await fh.stat();
+      // A key that is a prefix of other keys is a directory here, not a blob.
+      if (!st.isFile()) throw new ApiError('NOT_FOUND', `blob ${key} not found`);
+      const r = resolveRange(st.size, range);
       if (r.end < r.start) {
         await fh.close();
         return Readable.from([]);
@@ -122,7 +130,8 @@ export class FsBlobStore implements BlobStore {
 
   async size(key: string): Promise<number | undefined> {
     try {
-      return (await stat(this.pathOf(key))).size;
+      const st = await stat(this.pathOf(key));
+      return st.isFile() ? st.size : undefined;
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw err;
@@ -130,7 +139,14 @@ export class FsBlobStore implements BlobStore {
   }
 
   async delete(key: string): Promise<void> {
-    await rm(this.pathOf(key), { force: true });
+    const file = this.pathOf(key);
+    try {
+      await unlink(file);
+    } catch (err) {
+      // Absent, or a directory (a prefix of other keys): nothing to delete.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'EISDIR' && code !== 'EPERM' && code !== 'ENOTDIR') throw err;
+    }
   }
 }
 

@@ -173,6 +173,18 @@ export function blobStoreContract(harness: () => BlobHarness): void {
     await h.store.delete('sources/missing');
   });
 
+  it('does not take a prefix of other keys for a blob', async () => {
+    await h.store.put('artifacts/b6/1/z', streamOf(Buffer.from('z')));
+    for (const key of ['artifacts', 'artifacts/b6', 'artifacts/b6/1']) {
+      await expectCode(h.store.get(key), 'NOT_FOUND');
+      expect(await h.store.size(key)).toBeUndefined();
+      await h.store.delete(key);
+    }
+    await expectCode(h.store.get('artifacts/b6/1/z/deeper'), 'NOT_FOUND');
+    expect(await h.store.size('artifacts/b6/1/z/deeper')).toBeUndefined();
+    expect((await read(h.store, 'artifacts/b6/1/z')).toString()).toBe('z');
+  });
+
   it('deletes a blob', async () => {
     await h.store.put('sources/del', streamOf(randomBytes(MiB + 1)));
     await h.store.delete('sources/del');

@@ -37,6 +37,12 @@ describe('FsBlobStore', () => {
     expect((await readdir(base)).sort()).toEqual(['root']);
   });
 
+  it('refuses a key that would nest under an existing blob (a file cannot be a directory)', async () => {
+    await h.store.put('sources/n', streamOf(Buffer.from('n')));
+    await expect(h.store.put('sources/n/deeper', streamOf(Buffer.from('x')))).rejects.toMatchObject({ code: 'VALIDATION_FAILED' });
+    expect(await h.store.size('sources/n')).toBe(1);
+  });
+
   it('keeps serving an open read after the key is replaced', async () => {
     const a = Buffer.alloc(3 * 1024 * 1024, 1);
     await h.store.put('sources/r', streamOf(a));

@@ -72,6 +72,13 @@ export async function createTestDatabase(): Promise<TestDatabase> {
     url: withDatabase(TEST_PG_URL, name),
     drop: () =>
       admin(async (c) => {
+        // pool.end() resolves before its connections have closed; terminating
+        // them then makes the closing client emit an unhandled FATAL 57P01.
+        // So give connections up to 1 s to leave, then terminate the rest.
+        const deadline = performance.now() + 1_000;
+        const count = async () =>
+          Number((await c.query('SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [name])).rows[0].n);
+        while ((await count()) > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
         await c.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [name]);
         await c.query(`DROP DATABASE IF EXISTS ${name}`);
       }),
