@@ -8,7 +8,7 @@
  * and only then report body problems (400), which were deferred
  * (`attachValidation` + `deferredBodyError`).
  */
-import fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify';
 import type { FastifyBaseLogger } from 'fastify';
 import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
@@ -59,6 +59,29 @@ export function loggerOptions(level: string): FastifyServerOptions['logger'] {
   return { level, redact: { paths: REDACT_PATHS, censor: '[redacted]' } };
 }
 
+/**
+ * Answers an HTTP-level parse error (malformed request line or headers, data
+ * after `Connection: close`, …) with the protocol's error body instead of
+ * fastify's own shape, then closes the socket.
+ */
+function protocolClientError(err: Error & { code?: string }, socket: import('node:net').Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const timeout = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+  const tooLarge = err.code === 'HPE_HEADER_OVERFLOW';
+  const [status, text, code] = timeout
+    ? [408, 'Request Timeout', 'VALIDATION_FAILED']
+    : tooLarge
+      ? [431, 'Request Header Fields Too Large', 'PAYLOAD_TOO_LARGE']
+      : [400, 'Bad Request', 'VALIDATION_FAILED'];
+  const body = JSON.stringify({ error: { code, message: `malformed HTTP request (${err.code ?? 'parse error'})` } });
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${text}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy();
+}
+
 declare module 'fastify' {
   interface FastifyInstance {
     /** The controller's shared parts (wake channels, metrics) for server.ts and tests. */
@@ -85,6 +108,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     forceCloseConnections: true,
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 2000 },
     ajv: { customOptions: { coerceTypes: 'array', removeAdditional: false, allErrors: false } },
+    clientErrorHandler: protocolClientError,
+    // Errors fastify raises before routing (a URL that does not decode).
+    frameworkErrors: (error, _request, reply: FastifyReply) => {
+      void reply.code(400).type('application/json; charset=utf-8').send(new ApiError('VALIDATION_FAILED', error.message).toBody());
+    },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   const tokens = await BuildTokens.fromStore(store);

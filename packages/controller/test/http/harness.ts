@@ -124,6 +124,7 @@ export function rawRequest(
   body?: Uint8Array | string,
 ): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }> {
   const u = new URL(baseUrl);
+  if (body !== undefined) headers = { ...headers, 'content-length': String(Buffer.byteLength(body)) };
   return new Promise((resolve, reject) => {
     const req = httpRequest(
       { host: u.hostname, port: Number(u.port), method, path: rawPath, headers, agent: false },
