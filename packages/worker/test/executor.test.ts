@@ -132,10 +132,21 @@ describe('executor', () => {
     const { ex, events } = makeExecutor({ clock, cancelGraceMs: 5_000 });
     const running = new Promise<{ pgid: number }>((resolve) => events.once('build:running', resolve));
     // Ignores SIGTERM (inherited by the sleep), so only the SIGKILL after the grace period ends it.
-    const { b, run } = launch(ex, { script: 'trap "" TERM; echo started; sleep 300; echo never', timeoutSeconds: 2 });
+    const { b, run } = launch(ex, { script: 'trap "" TERM; echo started; sleep 300; echo never', timeoutSeconds: 10 });
     const { pgid } = await running;
-    await clock.advance(2_000); // timeout → SIGTERM
+    const t0 = clock.monotonic();
+    // The trap must be in place before the timeout: wait for "started" (log flushes run on the fake clock).
+    await waitFor(
+      async () => {
+        await clock.advance(10);
+        return logOf(b.id).includes('started');
+      },
+      { what: 'the script to start', timeoutMs: 10_000 },
+    );
+    expect(run.phase).toBe('running');
+    await clock.advance(10_000 - (clock.monotonic() - t0)); // timeout → SIGTERM, which the script ignores
     expect(isAlive(pgid)).toBe(true);
+    expect(run.phase).toBe('running');
     await clock.advance(5_000); // grace → SIGKILL
     const r = await run.done;
     expect(r).toMatchObject({ outcome: 'timed_out', reported: true });
