@@ -64,6 +64,7 @@ describePg('PgNotifier', () => {
   /** One controller: its own pool and notifier, as in production. */
   async function controller(): Promise<PgNotifier> {
     const pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pool.on('error', () => {});
     pools.push(pool);
     const n = new PgNotifier({ pool, listen: db.url, clock: systemClock, initialBackoffMs: 20, maxBackoffMs: 200 });
     notifiers.push(n);
@@ -110,6 +111,7 @@ describePg('PgNotifier', () => {
     const a = await controller();
     const states: boolean[] = [];
     const pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pool.on('error', () => {});
     pools.push(pool);
     const b = new PgNotifier({
       pool,
