@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { paths, type AssignedBuild, type Build, type PollResponse } from '@buildfleet/protocol';
+import { createTestDatabase, describePg, type TestDatabase } from '../support/pg.js';
 import { API_TOKEN, errorCode, sha256, startHarness, type Harness } from './harness.js';
 
 describe('a build from submit to download (SQLite)', () => {
@@ -9,6 +10,28 @@ describe('a build from submit to download (SQLite)', () => {
   });
   afterAll(async () => {
     await h?.close();
+  });
+  flowTests(() => h);
+});
+
+describePg('a build from submit to download (PostgreSQL, blobs in PostgreSQL)', () => {
+  let h: Harness;
+  let db: TestDatabase;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    h = await startHarness({ databaseUrl: db.url });
+  });
+  afterAll(async () => {
+    await h?.close();
+    await db?.drop();
+  });
+  flowTests(() => h);
+});
+
+function flowTests(get: () => Harness): void {
+  let h: Harness;
+  beforeAll(() => {
+    h = get();
   });
 
   it('submits, assigns, starts, logs, uploads, finishes and downloads with checksum', async () => {
@@ -144,4 +167,4 @@ describe('a build from submit to download (SQLite)', () => {
     expect(page.headers.get('content-type')).toMatch(/text\/html/);
     expect(await page.text()).toMatch(/buildfleet/);
   });
-});
+}

@@ -5,6 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { paths, type Build, type PollResponse } from '@buildfleet/protocol';
+import { createTestDatabase, describePg, type TestDatabase } from '../support/pg.js';
 import { waitFor } from '../support/wait.js';
 import { API_TOKEN, errorCode, startHarness, type Harness } from './harness.js';
 
@@ -152,3 +153,35 @@ async function expectNotFound(p: Promise<Response>) {
   expect(res.status).toBe(404);
   expect(await errorCode(res)).toBe('WORKER_NOT_FOUND');
 }
+
+describePg('long poll across two controllers on one PostgreSQL', () => {
+  let db: TestDatabase;
+  let a: Harness;
+  let b: Harness;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    a = await startHarness({ databaseUrl: db.url, pollWaitMs: 30_000, pollRecheckMs: 60_000 });
+    b = await startHarness({ databaseUrl: db.url, pollWaitMs: 30_000, pollRecheckMs: 60_000 });
+  });
+  afterAll(async () => {
+    await a?.close();
+    await b?.close();
+    await db?.drop();
+  });
+
+  it('a poll parked on controller A answers when the build is submitted on controller B (NOTIFY)', async () => {
+    const reg = await a.registerOk({ labels: ['cross'] });
+    const started = performance.now();
+    const answer = a.req('POST', paths.poll(reg.workerId, 20_000), { token: reg.accessToken, json: { freeSlots: 1, activeBuildIds: [] } });
+    await waitFor(() => a.ctl.app.buildfleet.pollWake.size === 1, { what: 'the poll to park on A' });
+    const build = await b.submitOk({ script: 'x', labels: ['cross'] });
+    const res = await answer;
+    expect(res.status).toBe(200);
+    const got = (await res.json()) as PollResponse;
+    expect(got.builds.map((x) => x.id)).toEqual([build.id]);
+    // The build token from A works on B: both derive it from the key in the database.
+    const start = await b.req('POST', paths.start(build.id), { token: got.builds[0]!.buildToken, json: { attempt: 1 } });
+    expect(start.status).toBe(200);
+    expect(performance.now() - started).toBeLessThan(10_000);
+  });
+});
