@@ -7,7 +7,7 @@
  * wake-up costs latency, never correctness.
  */
 import pg from 'pg';
-import type { Clock } from '@buildfleet/protocol';
+import type { Clock, TimerHandle } from '@buildfleet/protocol';
 
 /** What changed: queued/assigned builds, log bytes of a build, workers. */
 export type WakeTopic = 'builds' | 'logs' | 'workers';
@@ -115,6 +115,14 @@ export interface PgNotifierOptions {
   initialBackoffMs?: number;
   /** Longest retry delay, ms (default 10,000). */
   maxBackoffMs?: number;
+  /**
+   * How often the LISTEN connection is asked `SELECT 1`, ms (default 30,000;
+   * 0 disables). A connection whose peer vanished without a FIN (host
+   * down, network cut) raises no error for hours; the ping notices.
+   */
+  pingIntervalMs?: number;
+  /** A ping not answered within this many ms counts as a lost connection (default 10,000). */
+  pingTimeoutMs?: number;
   onError?: NotifierErrorHandler;
   /** Told when the LISTEN connection comes up or goes down (logs, metrics, tests). */
   onState?: (state: { listening: boolean; failures: number }) => void;
@@ -130,8 +138,9 @@ export interface PgNotifierOptions {
  * while it was down are lost, so after each reconnect it delivers a keyless
  * wake-up for every topic ('builds' first): everyone looks again.
  *
- * A silently dead network path is noticed only by TCP keepalive (enabled);
- * the HTTP layer's periodic re-check covers that window.
+ * A silently dead connection is noticed by a periodic `SELECT 1` on the
+ * injected clock (`pingIntervalMs`); until then the HTTP layer's periodic
+ * re-check covers that window.
  */
 export class PgNotifier implements Notifier {
   private readonly listeners: Listeners;
@@ -144,6 +153,8 @@ export class PgNotifier implements Notifier {
   private connecting: Promise<void> | undefined;
   private everListened = false;
   private readonly abort = new AbortController();
+  private pingTimer: TimerHandle | undefined;
+  private pingDeadline: TimerHandle | undefined;
   private firstListen: { promise: Promise<void>; resolve: () => void };
 
   constructor(private readonly opts: PgNotifierOptions) {
@@ -192,8 +203,38 @@ export class PgNotifier implements Notifier {
     this.firstListen.resolve();
     const c = this.client;
     this.client = undefined;
+    this.stopPing();
     await this.connecting?.catch(() => {});
     if (c) await c.end().catch(() => {});
+  }
+
+  private schedulePing(c: pg.Client): void {
+    const every = this.opts.pingIntervalMs ?? 30_000;
+    if (every <= 0) return;
+    this.pingTimer = this.opts.clock.setTimeout(() => {
+      this.pingTimer = undefined;
+      if (this.client !== c) return;
+      this.pingDeadline = this.opts.clock.setTimeout(() => {
+        this.pingDeadline = undefined;
+        const ms = this.opts.pingTimeoutMs ?? 10_000;
+        this.lost(c, new Error(`LISTEN connection did not answer a ping within ${ms}ms`), true);
+      }, this.opts.pingTimeoutMs ?? 10_000);
+      c.query('SELECT 1').then(
+        () => {
+          if (this.client !== c) return;
+          this.opts.clock.clearTimeout(this.pingDeadline);
+          this.pingDeadline = undefined;
+          this.schedulePing(c);
+        },
+        (err: unknown) => this.lost(c, err),
+      );
+    }, every);
+  }
+
+  private stopPing(): void {
+    this.opts.clock.clearTimeout(this.pingTimer);
+    this.opts.clock.clearTimeout(this.pingDeadline);
+    this.pingTimer = this.pingDeadline = undefined;
   }
 
   private setState(listening: boolean): void {
@@ -223,6 +264,7 @@ export class PgNotifier implements Notifier {
         this.failures = 0;
         this.everListened = true;
         this.setState(true);
+        this.schedulePing(c);
         this.firstListen.resolve();
         if (reconnect) for (const t of ['builds', 'workers', 'logs'] as const) this.listeners.emit(t, undefined);
         return;
@@ -268,12 +310,17 @@ export class PgNotifier implements Notifier {
     }
   }
 
-  private lost(c: pg.Client, err: unknown): void {
+  private lost(c: pg.Client, err: unknown, unresponsive = false): void {
     if (this.client !== c) return; // a failed connect attempt, or already handled
     this.client = undefined;
+    this.stopPing();
     c.removeAllListeners();
     c.on('error', () => {});
     c.end().catch(() => {});
+    // A peer that stopped answering will not complete the polite goodbye
+    // either: drop the socket so it does not linger. (pg.Client has no
+    // public destroy; its connection's stream is the net.Socket.)
+    if (unresponsive) (c as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
     if (this.closed) return;
     if (err) this.onError(err, 'LISTEN connection lost');
     this.setState(false);

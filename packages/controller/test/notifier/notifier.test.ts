@@ -191,4 +191,57 @@ describePg('PgNotifier', () => {
       await admin.end();
     }
   });
+
+  // Freezing the backend with SIGSTOP makes a connection that is open but
+  // never answers (a vanished host): no error, no FIN. Needs a local server
+  // and permission to signal its processes.
+  const canFreeze = process.getuid?.() === 0 && /@(127\.0\.0\.1|localhost)[:/]/.test(TEST_PG_URL);
+  it.skipIf(!canFreeze)('notices a LISTEN connection that stopped answering, by a ping on the injected clock', async () => {
+    const clock = new FakeClock();
+    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    pool.on('error', () => {});
+    pools.push(pool);
+    const states: boolean[] = [];
+    const n = new PgNotifier({
+      pool,
+      listen: { connectionString: db.url, application_name: 'notifier-frozen' },
+      clock,
+      pingIntervalMs: 1_000,
+      pingTimeoutMs: 500,
+      onState: (st) => states.push(st.listening),
+    });
+    notifiers.push(n);
+    await n.start();
+    const r = recorder();
+    n.subscribe(r.listener);
+    const admin = new pg.Client({ connectionString: db.url });
+    await admin.connect();
+    const pidOf = async () =>
+      (
+        await admin.query<{ pid: number }>(
+          `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'notifier-frozen'`,
+        )
+      ).rows.map((x) => x.pid);
+    const [frozen] = await pidOf();
+    expect(frozen).toBeTypeOf('number');
+    process.kill(frozen!, 'SIGSTOP');
+    try {
+      // One ping answered late is fine; no answer by the deadline is a lost connection.
+      await clock.advance(1_000);
+      expect(n.listening).toBe(true);
+      await clock.advance(500);
+      await waitFor(() => states.includes(false) && n.listening, { what: 'a new LISTEN connection after the ping timed out' });
+      expect(states).toEqual([true, false, true]);
+      await waitFor(() => r.wakes.some(([t, k]) => t === 'builds' && k === undefined), { what: 'the synthetic wake-up' });
+      const pids = await pidOf();
+      expect(pids).toContain(frozen);
+      expect(pids.length).toBe(2);
+    } finally {
+      process.kill(frozen!, 'SIGCONT');
+      await admin.query('SELECT pg_terminate_backend($1)', [frozen]);
+      await admin.end();
+    }
+    await pool.query(`SELECT pg_notify('buildfleet', 'logs:after-freeze')`);
+    await waitFor(() => r.wakes.some(([t, k]) => t === 'logs' && k === 'after-freeze'), { what: 'delivery on the new connection' });
+  });
 });
