@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ROOT, childEnv, runCli, servicesAvailable, startFleet, waitFor, type E2eFleet } from './support.js';
+import { ENROLLMENT_TOKEN, ROOT, childEnv, runCli, servicesAvailable, startFleet, startService, waitFor, type E2eFleet } from './support.js';
 
 const ready = await servicesAvailable();
 
@@ -189,6 +189,54 @@ describe.skipIf(!ready)('buildfleet end to end', () => {
     const down = await runCli(['list'], childEnv({ BUILDFLEET_CONTROLLER_URL: `http://127.0.0.1:${port}`, BUILDFLEET_API_TOKEN: 'bfa_x' }));
     expect(down.code).toBe(3);
     expect(down.stderr).toMatch(/connection refused/);
+  });
+
+  // These two stop workers, so they run last: the first drains the fleet's worker.
+  it('a worker drains on SIGTERM: the running build finishes, then the worker exits 0', async () => {
+    const proj = join(scratch, 'drain');
+    const marker = join(scratch, 'drain-marker');
+    await mkdir(proj, { recursive: true });
+    const script = `echo started; while [ ! -e '${marker}' ]; do sleep 0.05; done; echo finished`;
+    const sub = await runCli(['submit', proj, '--script', script], fleet.cliEnv);
+    expect(sub.code, sub.stderr).toBe(0);
+    const id = firstLine(sub.stdout);
+    await waitFor(async () => (await logOf(id)).includes('started'), 'the build to start');
+
+    fleet.worker.proc.kill('SIGTERM');
+    await waitFor(() => /draining/.test(fleet.worker.output()), 'the worker to say it drains');
+    expect(fleet.worker.proc.exitCode).toBeNull();
+    await writeFile(marker, '');
+    expect(await fleet.worker.exited).toBe(0);
+    const { build } = await fleet.api<{ build: Build }>(`/api/v1/builds/${id}`);
+    expect(build.state).toBe('succeeded');
+    expect(await logOf(id)).toContain('finished');
+  });
+
+  it('a second SIGTERM cancels the running builds and the worker exits', async () => {
+    const worker = startService(
+      ['worker'],
+      childEnv({
+        BUILDFLEET_CONTROLLER_URL: fleet.url,
+        BUILDFLEET_ENROLLMENT_TOKEN: ENROLLMENT_TOKEN,
+        BUILDFLEET_DATA_DIR: join(scratch, 'worker-2'),
+      }),
+    );
+    try {
+      const proj = join(scratch, 'second-sigterm');
+      await mkdir(proj, { recursive: true });
+      const sub = await runCli(['submit', proj, '--script', 'echo started; sleep 1000'], fleet.cliEnv);
+      expect(sub.code, sub.stderr).toBe(0);
+      const id = firstLine(sub.stdout);
+      await waitFor(async () => (await logOf(id)).includes('started'), 'the build to start on the new worker', 30_000);
+
+      worker.proc.kill('SIGTERM');
+      await waitFor(() => /draining/.test(worker.output()), 'the worker to say it drains');
+      worker.proc.kill('SIGTERM');
+      expect(await worker.exited).toBe(0);
+      await waitFor(async () => (await fleet.api<{ build: Build }>(`/api/v1/builds/${id}`)).build.state === 'canceled', 'state canceled');
+    } finally {
+      await worker.stop();
+    }
   });
 });
 

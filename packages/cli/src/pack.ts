@@ -66,8 +66,13 @@ export async function listSourceFiles(root: string): Promise<string[]> {
  */
 export async function packSource(root: string, outFile: string): Promise<{ files: number; bytes: number }> {
   const files = await listSourceFiles(root);
-  if (files.length === 0) throw new CliError(`${root} has no files to build (everything is ignored?)`);
-  await tarCreate({ gzip: true, cwd: root, file: outFile, portable: true, noDirRecurse: true }, files);
+  if (files.length === 0) {
+    // A build may need only its script. An archive of just the root directory
+    // entry, because some tar readers refuse an archive without entries.
+    await tarCreate({ gzip: true, cwd: root, file: outFile, portable: true, noDirRecurse: true }, ['.']);
+  } else {
+    await tarCreate({ gzip: true, cwd: root, file: outFile, portable: true, noDirRecurse: true }, files);
+  }
   const { size } = await lstat(outFile);
   return { files: files.length, bytes: size };
 }

@@ -121,3 +121,19 @@ describe('submitDirectory', () => {
     });
   });
 });
+
+describe('packSource', () => {
+  it('packs an empty project as an archive with only its root entry (a build may need only its script)', async () => {
+    const { packSource } = await import('../src/pack.js');
+    const tgz = `${dir}.tar.gz`;
+    try {
+      const r = await packSource(dir, tgz);
+      expect(r.files).toBe(0);
+      const into = await mkdtemp(join(tmpdir(), 'bf-cli-empty-'));
+      await extract({ file: tgz, cwd: into });
+      await rm(into, { recursive: true, force: true });
+    } finally {
+      await rm(tgz, { force: true });
+    }
+  });
+});
