@@ -64,7 +64,7 @@ export async function* meteredChunks(body: Readable, limits: PutLimits, meter: M
   let buf = Buffer.allocUnsafe(CHUNK_BYTES);
   let pos = 0;
   for await (const raw of body.iterator({ destroyOnReturn: false })) {
-    const data: Buffer = typeof raw === 'string' ? Buffer.from(raw) : (raw as Buffer);
+    const data = toBuffer(raw);
     meter.size += data.length;
     if (max !== undefined && meter.size > max) {
       throw new ApiError('PAYLOAD_TOO_LARGE', `body exceeds ${max} bytes`);
@@ -89,6 +89,14 @@ export async function* meteredChunks(body: Readable, limits: PutLimits, meter: M
   }
   meter.sha256 = digest;
   if (pos > 0) yield buf.subarray(0, pos);
+}
+
+/** Object-mode streams may yield strings or plain Uint8Arrays; byte streams yield Buffers. */
+function toBuffer(raw: unknown): Buffer {
+  if (Buffer.isBuffer(raw)) return raw;
+  if (typeof raw === 'string') return Buffer.from(raw);
+  if (raw instanceof Uint8Array) return Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+  throw new ApiError('VALIDATION_FAILED', 'body stream yielded something other than bytes');
 }
 
 /**

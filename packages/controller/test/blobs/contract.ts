@@ -166,6 +166,12 @@ export function blobStoreContract(harness: () => BlobHarness): void {
     expect(await h.inFlightBytes()).toBe(0);
   });
 
+  it('accepts object-mode bodies of strings and Uint8Arrays', async () => {
+    const body = Readable.from(['ab', new Uint8Array([99, 100]), Buffer.from('e')]);
+    expect(await h.store.put('sources/mixed', body)).toEqual({ size: 5, sha256: sha256(Buffer.from('abcde')) });
+    expect((await read(h.store, 'sources/mixed')).toString()).toBe('abcde');
+  });
+
   it('reports a missing key', async () => {
     await expectCode(h.store.get('sources/missing'), 'NOT_FOUND');
     await expectCode(h.store.get('sources/missing', { start: 0, end: 0 }), 'NOT_FOUND');
