@@ -457,7 +457,7 @@ export class Executor {
 
   /** Removes workspaces and kills process groups a previous run left behind. */
   async cleanupLeftovers(): Promise<number[]> {
-    const killed = await this.pids.killLeftovers(this.deps.logger);
+    const killed = await this.pids.killLeftovers(this.deps.logger, this.deps.clock);
     const ws = path.join(this.deps.config.stateDir, 'workspaces');
     await fs.rm(ws, { recursive: true, force: true }).catch(() => undefined);
     await fs.mkdir(ws, { recursive: true });

@@ -102,9 +102,10 @@ export class PidDir {
    * leader is still the same process (same pid, still group leader, same
    * start time) or, with the leader gone, when processes still carry the
    * group id (the kernel does not reuse a pid while its group lives).
+   * With a `clock`, waits (up to ~2 s) until the killed groups are gone.
    * Returns the killed group ids.
    */
-  async killLeftovers(logger: Logger): Promise<number[]> {
+  async killLeftovers(logger: Logger, clock?: Clock): Promise<number[]> {
     let names: string[];
     try {
       names = await fs.readdir(this.dir);
@@ -132,6 +133,10 @@ export class PidDir {
         logger.warn({ file, err: (err as Error).message }, 'could not check a leftover pid file');
       }
       await fs.rm(file, { force: true });
+    }
+    // SIGKILL is asynchronous: wait (bounded) until the groups are really gone.
+    if (clock) {
+      for (let i = 0; i < 200 && killed.some((g) => isAlive(g) || groupMembers(g).length > 0); i++) await clock.sleep(10);
     }
     return killed;
   }

@@ -7,7 +7,8 @@
  * a symlink, and device/fifo entries.
  */
 import fs from 'node:fs/promises';
-import { createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { createGunzip } from 'node:zlib';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -91,6 +92,18 @@ export async function checkArchive(file: string): Promise<void> {
   if (problem) throw problem;
 }
 
+/** True when the gzip holds nothing but zero bytes (a tar with no entries). */
+async function isEmptyTar(file: string): Promise<boolean> {
+  try {
+    for await (const chunk of createReadStream(file).pipe(createGunzip())) {
+      if ((chunk as Buffer).some((b) => b !== 0)) return false;
+    }
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** After unpacking: every symlink in the workspace must resolve inside it (catches link chains). */
 async function checkSymlinks(workspace: string): Promise<void> {
   const root = await fs.realpath(workspace);
@@ -117,7 +130,13 @@ async function checkSymlinks(workspace: string): Promise<void> {
 export async function unpackSource(file: string, workspace: string): Promise<void> {
   const st = await fs.stat(file);
   if (st.size === 0) return;
-  await checkArchive(file);
+  try {
+    await checkArchive(file);
+  } catch (err) {
+    // An archive of an empty directory is only end-of-archive blocks, which tar calls unrecognized.
+    if ((err as { code?: string }).code === 'TAR_BAD_ARCHIVE' && (await isEmptyTar(file))) return;
+    throw err;
+  }
   await tar.x({ file, cwd: workspace, strict: true, preserveOwner: false, noChmod: false });
   await checkSymlinks(workspace);
 }
