@@ -15,6 +15,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import pg from 'pg';
 import { isTerminal, systemClock, type Build } from '@buildfleet/protocol';
 import { ApiClient } from '../packages/cli/src/client.js';
 import { loadControllerModule, loadWorkerModule, type RunningWorker } from '../packages/cli/src/services.js';
@@ -49,7 +50,25 @@ function summary(name: string, ms: number[]): string {
 
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'bf-bench-'));
-  const databaseUrl = values.postgres ? (process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres') : undefined;
+  // --postgres without DATABASE_URL: a throwaway database, dropped at the end.
+  let databaseUrl = values.postgres ? process.env.DATABASE_URL : undefined;
+  let dropDb: (() => Promise<void>) | undefined;
+  if (values.postgres && !databaseUrl) {
+    const admin = 'postgres://postgres@127.0.0.1:5432/postgres';
+    const name = `buildfleet_bench_${process.pid}`;
+    const run = async (sql: string) => {
+      const c = new pg.Client({ connectionString: admin });
+      await c.connect();
+      try {
+        await c.query(sql);
+      } finally {
+        await c.end();
+      }
+    };
+    await run(`CREATE DATABASE ${name}`);
+    databaseUrl = `postgres://postgres@127.0.0.1:5432/${name}`;
+    dropDb = () => run(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  }
   const cmod = await loadControllerModule();
   const wmod = await loadWorkerModule();
   const controller = await cmod.startController(
@@ -135,6 +154,7 @@ async function main(): Promise<void> {
   } finally {
     await Promise.all(workers.map((w) => w.stop({ drain: false }).catch(() => undefined)));
     await controller.close();
+    await dropDb?.();
     await rm(dir, { recursive: true, force: true });
   }
 }
