@@ -205,7 +205,17 @@ export class PgNotifier implements Notifier {
     this.client = undefined;
     this.stopPing();
     await this.connecting?.catch(() => {});
-    if (c) await c.end().catch(() => {});
+    if (c) {
+      // end() waits for the server's goodbye, which a vanished peer never
+      // sends: give it 2 s on the clock, then drop the socket.
+      const ac = new AbortController();
+      const giveUp = this.opts.clock.sleep(2_000, ac.signal).then(
+        () => destroySocket(c),
+        () => {},
+      );
+      await Promise.race([c.end().catch(() => {}), giveUp]);
+      ac.abort();
+    }
   }
 
   private schedulePing(c: pg.Client): void {
@@ -318,14 +328,18 @@ export class PgNotifier implements Notifier {
     c.on('error', () => {});
     c.end().catch(() => {});
     // A peer that stopped answering will not complete the polite goodbye
-    // either: drop the socket so it does not linger. (pg.Client has no
-    // public destroy; its connection's stream is the net.Socket.)
-    if (unresponsive) (c as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+    // either: drop the socket so it does not linger.
+    if (unresponsive) destroySocket(c);
     if (this.closed) return;
     if (err) this.onError(err, 'LISTEN connection lost');
     this.setState(false);
     this.connecting = this.connectLoop();
   }
+}
+
+/** pg.Client has no public destroy; its connection's stream is the net.Socket. */
+function destroySocket(c: pg.Client): void {
+  (c as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
 }
 
 /**

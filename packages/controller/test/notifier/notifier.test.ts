@@ -244,4 +244,33 @@ describePg('PgNotifier', () => {
     await pool.query(`SELECT pg_notify('buildfleet', 'logs:after-freeze')`);
     await waitFor(() => r.wakes.some(([t, k]) => t === 'logs' && k === 'after-freeze'), { what: 'delivery on the new connection' });
   });
+
+  it.skipIf(!canFreeze)('close() does not hang on a LISTEN connection that stopped answering', async () => {
+    const clock = new FakeClock();
+    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    pool.on('error', () => {});
+    pools.push(pool);
+    const n = new PgNotifier({ pool, listen: { connectionString: db.url, application_name: 'notifier-closing' }, clock });
+    await n.start();
+    const admin = new pg.Client({ connectionString: db.url });
+    await admin.connect();
+    const { rows } = await admin.query<{ pid: number }>(
+      `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'notifier-closing'`,
+    );
+    const pid = rows[0]!.pid;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      let closed = false;
+      const closing = n.close().then(() => (closed = true));
+      await clock.advance(1_000);
+      expect(closed).toBe(false); // still waiting for the goodbye
+      await clock.advance(1_000);
+      await waitFor(() => closed, { what: 'close() to give up on the frozen connection' });
+      await closing;
+    } finally {
+      process.kill(pid, 'SIGCONT');
+      await admin.query('SELECT pg_terminate_backend($1)', [pid]);
+      await admin.end();
+    }
+  });
 });
