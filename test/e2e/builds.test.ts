@@ -9,9 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ENROLLMENT_TOKEN, ROOT, childEnv, runCli, servicesAvailable, startFleet, startService, waitFor, type E2eFleet } from './support.js';
-
-const ready = await servicesAvailable();
+import { ENROLLMENT_TOKEN, ROOT, childEnv, runCli, startFleet, startService, waitFor, type E2eFleet } from './support.js';
 
 interface Build {
   id: string;
@@ -26,7 +24,6 @@ let fleet: E2eFleet;
 let scratch: string;
 
 beforeAll(async () => {
-  if (!ready) return;
   fleet = await startFleet();
   scratch = await mkdtemp(join(tmpdir(), 'bf-e2e-scratch-'));
 }, 90_000);
@@ -46,7 +43,7 @@ async function logOf(id: string): Promise<string> {
   return r.stdout;
 }
 
-describe.skipIf(!ready)('buildfleet end to end', () => {
+describe('buildfleet end to end', () => {
   it('builds the bundled example: tests run in the build, the artifact matches the controller SHA-256 and a local build', async () => {
     const out = join(scratch, 'hello-artifacts');
     const r = await runCli(['submit', 'examples/hello-c', '--follow', '--download', out], fleet.cliEnv);

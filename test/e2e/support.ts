@@ -189,29 +189,3 @@ export async function startFleet(opts: { workerEnv?: Record<string, string> } = 
   }
 }
 
-/**
- * Whether the controller and worker packages export what the CLI runs
- * (`startController`, `startWorker`). While they are being written the e2e
- * suites skip with a loud message instead of failing on a missing export; in
- * CI (CI=true) a missing export fails.
- */
-export async function servicesAvailable(): Promise<boolean> {
-  const missing: string[] = [];
-  try {
-    const c = (await import('@buildfleet/controller')) as Record<string, unknown>;
-    if (typeof c.startController !== 'function') missing.push('@buildfleet/controller startController');
-  } catch (e) {
-    missing.push(`@buildfleet/controller (${(e as Error).message})`);
-  }
-  try {
-    const w = (await import('@buildfleet/worker')) as Record<string, unknown>;
-    if (typeof w.startWorker !== 'function') missing.push('@buildfleet/worker startWorker');
-  } catch (e) {
-    missing.push(`@buildfleet/worker (${(e as Error).message})`);
-  }
-  if (missing.length === 0) return true;
-  const msg = `e2e: not runnable yet, missing ${missing.join(', ')}`;
-  if (process.env.CI === 'true') throw new Error(msg);
-  console.warn(`\n!!! ${msg}: SKIPPING end-to-end tests !!!\n`);
-  return false;
-}

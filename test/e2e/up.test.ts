@@ -7,20 +7,17 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { childEnv, runCli, servicesAvailable, startService, waitFor } from './support.js';
-
-const ready = await servicesAvailable();
+import { childEnv, runCli, startService, waitFor } from './support.js';
 
 let dir: string;
 beforeAll(async () => {
-  if (!ready) return;
   dir = await mkdtemp(join(tmpdir(), 'bf-e2e-up-'));
 });
 afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-describe.skipIf(!ready)('buildfleet up', () => {
+describe('buildfleet up', () => {
   it('prints the credentials, builds the example on first start, and drains on SIGTERM', async () => {
     const dataDir = join(dir, 'data');
     const up = startService(['up'], childEnv({ BUILDFLEET_PORT: '0', BUILDFLEET_DATA_DIR: dataDir }));
@@ -50,7 +47,7 @@ describe.skipIf(!ready)('buildfleet up', () => {
       expect((await stat(credFile)).mode & 0o777).toBe(0o600);
 
       // The CLI finds the token in the data dir's credentials.json by itself.
-      const status = await runCli(['status', buildLine[1], '--json'], childEnv({ BUILDFLEET_CONTROLLER_URL: url!, BUILDFLEET_DATA_DIR: dataDir }));
+      const status = await runCli(['status', buildLine[1]!, '--json'], childEnv({ BUILDFLEET_CONTROLLER_URL: url!, BUILDFLEET_DATA_DIR: dataDir }));
       expect(status.code, status.stderr).toBe(0);
       expect(JSON.parse(status.stdout).state).toBe('succeeded');
 

@@ -18,7 +18,14 @@ import { followBuild } from './follow.js';
 import { outcome } from './format.js';
 import { readCredentials } from './settings.js';
 import { formatBytes, loadSpec, submitDirectory } from './submit.js';
-import { loadControllerModule, loadWorkerModule, type RunningController, type RunningWorker } from './services.js';
+import {
+  loadControllerModule,
+  loadWorkerModule,
+  type ControllerConfig,
+  type RunningController,
+  type RunningWorker,
+  type WorkerConfigOverrides,
+} from './services.js';
 
 /** examples/hello-c of this checkout (src/ and dist/ sit at the same depth). */
 export const EXAMPLE_DIR = fileURLToPath(new URL('../../../examples/hello-c', import.meta.url));
@@ -49,8 +56,10 @@ interface ServiceFlags {
   example?: boolean;
 }
 
-function controllerOverrides(o: ServiceFlags, extra: Record<string, unknown> = {}): Record<string, unknown> {
-  const r: Record<string, unknown> = { ...extra };
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+
+function controllerOverrides(o: ServiceFlags, extra: Partial<ControllerConfig> = {}): Partial<ControllerConfig> {
+  const r: Partial<Mutable<ControllerConfig>> = { ...extra };
   if (o.host !== undefined) r.host = o.host;
   if (o.port !== undefined) r.port = o.port;
   if (o.dataDir !== undefined) r.dataDir = o.dataDir;
@@ -58,8 +67,8 @@ function controllerOverrides(o: ServiceFlags, extra: Record<string, unknown> = {
   return r;
 }
 
-function workerOverrides(o: ServiceFlags, extra: Record<string, unknown> = {}): Record<string, unknown> {
-  const r: Record<string, unknown> = { ...extra };
+function workerOverrides(o: ServiceFlags, extra: WorkerConfigOverrides = {}): WorkerConfigOverrides {
+  const r: Mutable<WorkerConfigOverrides> = { ...extra };
   if (o.controllerUrl !== undefined) r.controllerUrls = o.controllerUrl;
   if (o.labels !== undefined) r.labels = o.labels;
   if (o.concurrency !== undefined) r.maxConcurrentBuilds = o.concurrency;
@@ -141,9 +150,9 @@ function printControllerBanner(controller: RunningController, dataDir: string, b
   say('');
 }
 
-async function startLocalController(o: ServiceFlags, extra: Record<string, unknown>): Promise<RunningController> {
+async function startLocalController(o: ServiceFlags, extra: Partial<ControllerConfig>): Promise<RunningController> {
   const mod = await loadControllerModule();
-  const config = mod.loadControllerConfig(process.env, controllerOverrides(o, extra)) as { host?: string; port?: number };
+  const config = mod.loadControllerConfig(process.env, controllerOverrides(o, extra));
   try {
     return await mod.startController(config);
   } catch (err) {
@@ -152,7 +161,7 @@ async function startLocalController(o: ServiceFlags, extra: Record<string, unkno
 }
 
 /** Startup failures a user can fix, as one line; anything else unchanged. */
-function startupError(err: unknown, config: { host?: string; port?: number }): unknown {
+function startupError(err: unknown, config: { host: string; port: number }): unknown {
   const code = (err as { code?: unknown }).code;
   if (code === 'EADDRINUSE')
     return new CliError(`${config.host}:${config.port} is already in use: is buildfleet already running? (set BUILDFLEET_PORT or --port)`);
@@ -221,7 +230,7 @@ export function addServiceCommands(program: Command): void {
           workerOverrides({ ...o, controllerUrl: controller.url, dataDir }, enrollmentToken ? { enrollmentToken } : {}),
         );
         worker = await wmod.startWorker(wconfig);
-        say(`Local worker started${worker.workerId ? ` (${worker.workerId})` : ''}; add more with "buildfleet worker".`);
+        say(`Local worker started (${worker.workerId}); add more with "buildfleet worker".`);
         const apiToken = process.env[ENV.apiToken] || controller.firstStart?.apiToken || creds?.apiToken;
 
         const exampleAbort = new AbortController();
@@ -285,7 +294,7 @@ export function addServiceCommands(program: Command): void {
       const mod = await loadWorkerModule();
       const config = mod.loadWorkerConfig(process.env, workerOverrides(o));
       const worker = await mod.startWorker(config);
-      say(`worker started${worker.workerId ? ` (${worker.workerId})` : ''}`);
+      say(`worker ${worker.workerId} started`);
       await runWorkerUntilStopped(worker, 'worker');
       say('worker stopped');
       process.exitCode = EXIT.succeeded;
