@@ -148,7 +148,11 @@ export class BuildRun {
     this.deps.logger.info({ buildId: this.id, attempt: this.attempt, reason, message }, 'stopping build');
     if (reason === 'lost') {
       this.abort.abort(new Dropped(message ?? 'lease lost'));
-      if (this.proc) signalGroup(this.proc.pgid, 'SIGKILL');
+      if (this.proc) {
+        signalGroup(this.proc.pgid, 'SIGKILL');
+        // The pipe may be paused for backpressure; nobody reads it any more.
+        this.proc.child.stdout?.destroy();
+      }
       this.logs?.close();
       return;
     }
@@ -261,7 +265,7 @@ export class BuildRun {
     try {
       await this.write(async () => {
         const res = await client.send({ method: 'GET', path: this.build.sourceUrl, token: this.build.buildToken, signal: this.abort.signal });
-        await saveBody(res.body, srcFile);
+        await saveBody(res.body, srcFile, { clock, ms: config.requestTimeoutMs });
       });
       await unpackSource(srcFile, this.workspace);
     } catch (err) {
@@ -384,7 +388,8 @@ export class BuildRun {
             body,
             headers: { [CHECKSUM_HEADER]: sha256, 'content-length': String(st.size) },
             signal: this.abort.signal,
-            timeoutMs: Math.max(this.deps.client.requestTimeoutMs, 60_000),
+            // Until the answer arrives: the base timeout plus one second per MiB (a floor of 1 MiB/s).
+            timeoutMs: this.deps.client.requestTimeoutMs + Math.ceil(st.size / (1024 * 1024)) * 1000,
           });
         });
         this.note(`artifact ${name} uploaded (${st.size} bytes, sha256 ${sha256})`);

@@ -105,6 +105,7 @@ export class LogStreamer {
         }
       } catch (err) {
         this.failure = err;
+        this.release();
       } finally {
         this.pumping = undefined;
       }
@@ -127,5 +128,14 @@ export class LogStreamer {
     this.opts.clock.clearTimeout(this.timer);
     this.timer = undefined;
     if (this.failure === undefined) this.failure = new Error('log streamer closed');
+    this.release();
+  }
+
+  /** Uploading stopped for good: a paused producer must not wait for a drain that never comes. */
+  private release(): void {
+    if (this.paused) {
+      this.paused = false;
+      this.opts.backpressure?.(false);
+    }
   }
 }

@@ -14,6 +14,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import * as tar from 'tar';
+import type { Clock, TimerHandle } from '@buildfleet/protocol';
 
 /** The archive is unsafe to unpack; `message` names the entry and why. */
 export class UnsafeArchiveError extends Error {
@@ -23,17 +24,40 @@ export class UnsafeArchiveError extends Error {
   }
 }
 
-/** Writes a fetch body to `file` as a stream; returns the byte count. */
-export async function saveBody(body: globalThis.ReadableStream<Uint8Array> | null, file: string): Promise<number> {
+/**
+ * Writes a fetch body to `file` as a stream; returns the byte count. With
+ * `idle`, a body that delivers no bytes for `idle.ms` (on the clock) is
+ * aborted with a "stalled" error: a hung download must not hold a build
+ * forever while its heartbeats keep the lease alive.
+ */
+export async function saveBody(
+  body: globalThis.ReadableStream<Uint8Array> | null,
+  file: string,
+  idle?: { clock: Clock; ms: number },
+): Promise<number> {
   await fs.mkdir(path.dirname(file), { recursive: true });
   if (!body) {
     await fs.writeFile(file, '');
     return 0;
   }
   let bytes = 0;
-  const counted = Readable.fromWeb(body as unknown as WebReadableStream<Uint8Array>);
-  counted.on('data', (c: Buffer) => (bytes += c.length));
-  await pipeline(counted, createWriteStream(file));
+  const src = Readable.fromWeb(body as unknown as WebReadableStream<Uint8Array>);
+  let timer: TimerHandle | undefined;
+  const arm = () => {
+    if (!idle) return;
+    idle.clock.clearTimeout(timer);
+    timer = idle.clock.setTimeout(() => src.destroy(new Error(`source download stalled: no data for ${idle.ms}ms`)), idle.ms);
+  };
+  src.on('data', (c: Buffer) => {
+    bytes += c.length;
+    arm();
+  });
+  arm();
+  try {
+    await pipeline(src, createWriteStream(file));
+  } finally {
+    idle?.clock.clearTimeout(timer);
+  }
   return bytes;
 }
 
