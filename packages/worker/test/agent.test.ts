@@ -220,4 +220,28 @@ describe('agent', () => {
     expect(err.code).toBe('IDENTITY_CONFLICT');
     await expect(a.done).rejects.toThrow(/two processes share one identity file/);
   });
+
+  it('a lost poll answer: the controller re-delivers the claimed build and it runs once', async () => {
+    const w = await start();
+    await fake.waitForRequest('poll');
+    fake.dropNextAnswer('poll');
+    const finished = nextEvent<BuildResult>(w, 'build:finish');
+    const b = fake.addBuild({ script: 'echo once' });
+    expect((await finished).buildId).toBe(b.id);
+    expect(fake.of('poll').some((p) => p.status === 0)).toBe(true);
+    expect(fake.builds.get(b.id)!.starts).toBe(1);
+    expect(logOf(b.id).match(/^once$/gm)).toHaveLength(1);
+  });
+
+  it('fails over to the next controller URL when the first does not answer', async () => {
+    const net = await import('node:net');
+    const srv = net.createServer();
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    const dead = `http://127.0.0.1:${(srv.address() as { port: number }).port}`;
+    await new Promise<void>((r) => srv.close(() => r()));
+    const w = await start(undefined, { controllerUrls: [dead, fake.url] });
+    const finished = nextEvent<BuildResult>(w, 'build:finish');
+    const b = fake.addBuild({ script: 'echo via failover' });
+    expect(await finished).toMatchObject({ buildId: b.id, outcome: 'succeeded' });
+  });
 });

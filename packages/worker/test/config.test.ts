@@ -1,0 +1,51 @@
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadWorkerConfig } from '../src/config.js';
+
+describe('loadWorkerConfig', () => {
+  it('reads PROTOCOL.md names, with defaults, and freezes the result', () => {
+    const c = loadWorkerConfig({
+      BUILDFLEET_CONTROLLER_URL: 'http://a:7700/, http://b:7700',
+      BUILDFLEET_ENROLLMENT_TOKEN: 'bfe_x',
+      BUILDFLEET_DATA_DIR: '/tmp/bf-data',
+      BUILDFLEET_LABELS: 'linux, x64,,linux',
+      BUILDFLEET_CONCURRENCY: '3',
+    });
+    expect(c.controllerUrls).toEqual(['http://a:7700', 'http://b:7700']);
+    expect(c.enrollmentToken).toBe('bfe_x');
+    expect(c.stateDir).toBe(path.join('/tmp/bf-data', 'worker'));
+    expect(c.labels).toEqual(['linux', 'x64']);
+    expect(c.maxConcurrentBuilds).toBe(3);
+    expect(c.cancelGraceMs).toBe(10_000);
+    expect(c.name).toBe(os.hostname());
+    expect(Object.isFrozen(c)).toBe(true);
+    expect(Object.isFrozen(c.labels)).toBe(true);
+  });
+
+  it('defaults to the local controller, concurrency 1, ./.buildfleet', () => {
+    const c = loadWorkerConfig({});
+    expect(c.controllerUrls).toEqual(['http://127.0.0.1:7700']);
+    expect(c.maxConcurrentBuilds).toBe(1);
+    expect(c.dataDir).toBe(path.resolve('.buildfleet'));
+    expect(c.enrollmentToken).toBeUndefined();
+  });
+
+  it('overrides win over the environment', () => {
+    const c = loadWorkerConfig({ BUILDFLEET_CONCURRENCY: '3' }, { maxConcurrentBuilds: 5, labels: ['gpu'], controllerUrls: 'http://c:1' });
+    expect(c.maxConcurrentBuilds).toBe(5);
+    expect(c.labels).toEqual(['gpu']);
+    expect(c.controllerUrls).toEqual(['http://c:1']);
+  });
+
+  it.each([
+    [{ BUILDFLEET_CONCURRENCY: '0' }, /BUILDFLEET_CONCURRENCY/],
+    [{ BUILDFLEET_CONCURRENCY: 'two' }, /BUILDFLEET_CONCURRENCY/],
+    [{ BUILDFLEET_CONTROLLER_URL: 'not a url' }, /BUILDFLEET_CONTROLLER_URL/],
+    [{ BUILDFLEET_CONTROLLER_URL: 'ftp://x' }, /http/],
+    [{ BUILDFLEET_CONTROLLER_URL: ' , ' }, /empty/],
+  ])('rejects %o naming the option', (env, msg) => {
+    expect(() => loadWorkerConfig(env)).toThrow(ConfigError);
+    expect(() => loadWorkerConfig(env)).toThrow(msg);
+  });
+});
