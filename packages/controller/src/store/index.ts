@@ -35,6 +35,11 @@ export interface OpenStoreOptions {
   hooks?: StoreHooks;
   /** PostgreSQL pool size (default 10). */
   poolSize?: number;
+  /**
+   * PostgreSQL lock and statement timeout, ms (default 5000, PROTOCOL.md "a
+   * lock wait timed out" → UNAVAILABLE). Tests shorten it.
+   */
+  lockTimeoutMs?: number;
 }
 
 /**
@@ -81,8 +86,8 @@ export async function openStore(options: OpenStoreOptions): Promise<SqlStore & S
       // The protocol's "a lock wait longer than 5 s is UNAVAILABLE", for every
       // statement on every connection (the same as SET LOCAL in each transaction,
       // without a round trip).
-      lock_timeout: 5_000,
-      statement_timeout: 5_000,
+      lock_timeout: options.lockTimeoutMs ?? 5_000,
+      statement_timeout: options.lockTimeoutMs ?? 5_000,
       types: pgTypes as never,
     });
     // An idle client losing its connection must not crash the controller; the next query reports it.
