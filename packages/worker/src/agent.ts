@@ -23,6 +23,7 @@ import {
 } from '@buildfleet/protocol';
 import type { WorkerConfig } from './config.js';
 import { Executor } from './executor.js';
+import type { ScriptRunner } from './process.js';
 import { ControllerClient, TransportError, type Transport } from './http.js';
 import { IdentityStore } from './identity.js';
 import { defaultLogger, type Logger } from './logger.js';
@@ -40,6 +41,8 @@ export interface StartWorkerOptions {
   /** Log chunk cut size (bytes) and interval (ms). */
   logChunkBytes?: number;
   logFlushMs?: number;
+  /** Runs build scripts (default: real `sh -c` process groups; the simulation injects a fake one). */
+  runner?: ScriptRunner;
 }
 
 /**
@@ -94,6 +97,7 @@ export async function startWorker(config: WorkerConfig, opts: StartWorkerOptions
     workerId: () => session.workerId,
     ...(opts.logChunkBytes ? { logChunkBytes: opts.logChunkBytes } : {}),
     ...(opts.logFlushMs ? { logFlushMs: opts.logFlushMs } : {}),
+    ...(opts.runner ? { runner: opts.runner } : {}),
   });
   session = new Session({
     client,

@@ -34,7 +34,7 @@ import type { WorkerConfig } from './config.js';
 import type { ControllerClient } from './http.js';
 import type { Logger } from './logger.js';
 import { LogStreamer } from './logs.js';
-import { PidDir, spawnScript, stopGroup, signalGroup, type SpawnedBuild } from './process.js';
+import { PidDir, systemRunner, type ScriptRunner, type SpawnedBuild } from './process.js';
 import { withRetry } from './retry.js';
 import { saveBody, unpackSource } from './source.js';
 
@@ -76,6 +76,8 @@ export interface ExecutorDeps {
   /** Backoff of build-write retries (ms). */
   retryBaseMs?: number;
   retryMaxMs?: number;
+  /** Runs and signals build scripts (default `systemRunner`: `sh -c` in a process group; the simulation fakes it). */
+  runner?: ScriptRunner;
 }
 
 const SIGNAL_NUMBERS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGTERM: 15, SIGPIPE: 13, SIGABRT: 6, SIGSEGV: 11 };
@@ -110,6 +112,7 @@ export class BuildRun {
   private readonly abort = new AbortController();
   private startedMono: number | undefined;
   private readonly notes: string[] = [];
+  private readonly runner: ScriptRunner;
 
   constructor(
     readonly build: AssignedBuild,
@@ -119,6 +122,7 @@ export class BuildRun {
     this.id = build.id;
     this.attempt = build.attempt;
     this.workspace = path.join(deps.config.stateDir, 'workspaces', `${safeName(build.id)}-${build.attempt}`);
+    this.runner = deps.runner ?? systemRunner;
     this.done = this.run();
   }
 
@@ -149,7 +153,7 @@ export class BuildRun {
     if (reason === 'lost') {
       this.abort.abort(new Dropped(message ?? 'lease lost'));
       if (this.proc) {
-        signalGroup(this.proc.pgid, 'SIGKILL');
+        this.runner.signalGroup(this.proc.pgid, 'SIGKILL');
         // The pipe may be paused for backpressure; nobody reads it any more.
         this.proc.child.stdout?.destroy();
       }
@@ -157,7 +161,7 @@ export class BuildRun {
       return;
     }
     if (this.proc && this._phase === 'running') {
-      void stopGroup(this.proc.pgid, this.proc.exited, this.deps.config.cancelGraceMs, this.deps.clock);
+      void this.runner.stopGroup(this.proc.pgid, this.proc.exited, this.deps.config.cancelGraceMs, this.deps.clock);
     }
   }
 
@@ -222,7 +226,7 @@ export class BuildRun {
             : this.abort.signal.aborted
               ? (this.stopMessage ?? 'stopped')
               : `worker error: ${(err as Error).message}`;
-      if (this.proc) signalGroup(this.proc.pgid, 'SIGKILL');
+      if (this.proc) this.runner.signalGroup(this.proc.pgid, 'SIGKILL');
       const out: BuildResult = { ...base, reported: false, exitCode: null, message: null, dropReason: reason };
       logger.warn({ ...base, reason }, 'build dropped');
       events.emit('build:dropped', out);
@@ -294,19 +298,19 @@ export class BuildRun {
       BUILDFLEET_WORKER_NAME: config.name,
     };
     this._phase = 'running';
-    const proc = spawnScript(spec.script, { cwd: this.workspace, env });
+    const proc = this.runner.spawnScript(spec.script, { cwd: this.workspace, env });
     this.proc = proc;
     // Attach before any await: Node discards output of a child that exits while nobody listens.
     proc.child.stdout?.on('data', (chunk: Buffer) => this.logs!.write(chunk));
     if (proc.pgid > 0) await this.pids.record(this.id, proc.pgid);
-    if (this.currentStop() === 'lost') signalGroup(proc.pgid, 'SIGKILL');
-    else if (this.currentStop()) void stopGroup(proc.pgid, proc.exited, config.cancelGraceMs, clock);
+    if (this.currentStop() === 'lost') this.runner.signalGroup(proc.pgid, 'SIGKILL');
+    else if (this.currentStop()) void this.runner.stopGroup(proc.pgid, proc.exited, config.cancelGraceMs, clock);
     this.deps.events.emit('build:running', { buildId: this.id, attempt: this.attempt, pgid: proc.pgid });
     const timeout = clock.setTimeout(() => this.stop('timed_out', `timed out after ${spec.timeoutSeconds}s`), spec.timeoutSeconds * 1000);
     const exit = await proc.exited;
     clock.clearTimeout(timeout);
     // Whatever the script left running in its group goes with it (and releases the pipe).
-    signalGroup(proc.pgid, 'SIGKILL');
+    this.runner.signalGroup(proc.pgid, 'SIGKILL');
     await proc.closed;
     await this.pids.remove(this.id);
     if (this.abort.signal.aborted) throw this.abort.signal.reason;

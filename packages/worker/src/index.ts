@@ -9,3 +9,4 @@ export { Executor, BuildRun, sha256File, type BuildResult, type StopReason } fro
 export { LogStreamer, type LogChunk } from './logs.js';
 export { UnsafeArchiveError, checkArchive, unpackSource } from './source.js';
 export { defaultLogger, silentLogger, type Logger } from './logger.js';
+export { systemRunner, type ScriptRunner, type SpawnedBuild } from './process.js';

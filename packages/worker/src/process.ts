@@ -201,3 +201,18 @@ export async function stopGroup(pgid: number, exited: Promise<unknown>, graceMs:
   signalGroup(pgid, 'SIGKILL');
   void timedOut;
 }
+
+/**
+ * How the executor starts and signals build scripts. The default is the
+ * real thing (`systemRunner`); the deterministic simulation (packages/sim)
+ * injects one whose "processes" run on its fake clock. Group ids a runner
+ * hands out that are not positive are never recorded in the pid directory.
+ */
+export interface ScriptRunner {
+  spawnScript(script: string, opts: { cwd: string; env: NodeJS.ProcessEnv }): SpawnedBuild;
+  signalGroup(pgid: number, signal: NodeJS.Signals): boolean;
+  stopGroup(pgid: number, exited: Promise<unknown>, graceMs: number, clock: Clock): Promise<void>;
+}
+
+/** Real `sh -c` processes in their own process groups. */
+export const systemRunner: ScriptRunner = { spawnScript, signalGroup, stopGroup };
