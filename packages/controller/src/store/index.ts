@@ -36,8 +36,9 @@ export interface OpenStoreOptions {
   /** PostgreSQL pool size (default 10). */
   poolSize?: number;
   /**
-   * PostgreSQL lock and statement timeout, ms (default 5000, PROTOCOL.md "a
-   * lock wait timed out" → UNAVAILABLE). Tests shorten it.
+   * How long a transaction waits for a lock, ms (default 5000; PROTOCOL.md "a
+   * lock wait timed out" → UNAVAILABLE): PostgreSQL lock and statement
+   * timeout, SQLite busy_timeout. Tests shorten it.
    */
   lockTimeoutMs?: number;
 }
@@ -99,7 +100,7 @@ export async function openStore(options: OpenStoreOptions): Promise<SqlStore & S
   if (!path) throw new Error('openStore: sqlitePath is required without a PostgreSQL databaseUrl');
   const database = new Database(path);
   database.pragma('journal_mode = WAL');
-  database.pragma('busy_timeout = 5000');
+  database.pragma(`busy_timeout = ${Math.trunc(options.lockTimeoutMs ?? 5_000)}`);
   database.pragma('foreign_keys = ON');
   database.pragma('synchronous = NORMAL');
   const db = new Kysely<DB>({ dialect: immediateSqliteDialect({ database }) });

@@ -217,7 +217,10 @@ export interface Store {
    * Re-registration / token refresh (case 2) in one transaction holding the
    * worker's row lock: keeps id, status, labels and held builds, rotates only
    * the access token. A new `bootId` hands running builds not in
-   * `activeBuildIds` to the lost-build policy. Throws WORKER_NOT_FOUND,
+   * `activeBuildIds` to the lost-build policy (attempt reason
+   * `worker_restarted`); a restart also takes the request's name, labels,
+   * maxConcurrentBuilds and version, a refresh (same bootId) keeps them.
+   * Counts as the worker's first authenticated call. Throws WORKER_NOT_FOUND,
    * TOKEN_INVALID (wrong secret), IDENTITY_CONFLICT (superseded bootId).
    */
   reregister(input: ReregisterInput): Promise<RegisterResult>;
@@ -239,6 +242,7 @@ export interface Store {
   poll(input: PollInput): Promise<HeldBuild[]>;
   /** Extends the lease of each listed running build this worker owns. */
   heartbeat(input: HeartbeatInput): Promise<HeartbeatResult>;
+  /** `connected`: seen within `leaseMs` of `now`; `activeBuildCount`: builds it holds (assigned or running). */
   listWorkers(now: number, leaseMs: number): Promise<Worker[]>;
   /** Throws WORKER_NOT_FOUND. */
   getWorker(id: string, now: number, leaseMs: number): Promise<Worker>;
