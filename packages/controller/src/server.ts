@@ -13,7 +13,7 @@ import type { ControllerConfig } from './config.js';
 import { generateToken, hashToken } from './credentials.js';
 import { openBlobStore, type OpenedBlobStore } from './blobs/index.js';
 import { InProcessNotifier, PgNotifier, type Notifier } from './store/notifier.js';
-import { openStore } from './store/index.js';
+import { openStore, type StoreHooks } from './store/index.js';
 import type { Store } from './store/types.js';
 import { Reaper } from './reaper.js';
 
@@ -43,6 +43,8 @@ export interface StartOptions {
   logger?: FastifyBaseLogger;
   /** Start the periodic reaper (default true; the simulation drives `reaper.reapOnce`). */
   reaper?: boolean;
+  /** Test-only barriers inside store transactions (see `StoreHooks`); never set in production. */
+  storeHooks?: StoreHooks;
 }
 
 /**
@@ -70,6 +72,7 @@ export async function startController(config: ControllerConfig, opts: StartOptio
       databaseUrl: config.databaseUrl,
       sqlitePath: path.join(config.dataDir, 'buildfleet.db'),
       logger,
+      ...(opts.storeHooks ? { hooks: opts.storeHooks } : {}),
     });
     cleanups.push(() => store.close());
     await store.migrate();
