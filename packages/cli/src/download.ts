@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, rename, rm } from 'node:fs/promises';
+import { chmod, mkdir, open, rename, rm } from 'node:fs/promises';
 import { dirname, join, resolve, sep } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -66,12 +66,27 @@ export async function downloadArtifacts(
       await rm(part, { force: true });
       throw new CliError(`artifact ${a.name}: checksum mismatch (expected ${a.sha256}, ${a.size} bytes; got ${sha256}, ${size} bytes)`);
     }
+    // The protocol carries no file mode; programs (ELF or #!) are made executable so `./out/app` runs.
+    if (await looksExecutable(part)) await chmod(part, 0o755);
     await rename(part, dest);
     const got = { ...a, path: dest };
     done.push(got);
     onFile?.(got);
   }
   return done;
+}
+
+/** True when the file starts with an ELF header or a `#!` line. */
+async function looksExecutable(file: string): Promise<boolean> {
+  const fh = await open(file, 'r');
+  try {
+    const head = Buffer.alloc(4);
+    const { bytesRead } = await fh.read(head, 0, 4, 0);
+    if (bytesRead >= 4 && head.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) return true;
+    return bytesRead >= 2 && head[0] === 0x23 && head[1] === 0x21;
+  } finally {
+    await fh.close();
+  }
 }
 
 /** Default download directory for a build: `./artifacts/<id>`. */

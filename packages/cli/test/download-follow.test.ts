@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { systemClock } from '@buildfleet/protocol';
@@ -46,6 +46,8 @@ describe('downloadArtifacts', () => {
     const got = await downloadArtifacts(client, 'b1', out);
     expect(got.map((a) => a.name)).toEqual(['build/hello', 'report.txt']);
     expect(await readFile(join(out, 'build/hello'))).toEqual(bin);
+    expect((await stat(join(out, 'build/hello'))).mode & 0o111).not.toBe(0);
+    expect((await stat(join(out, 'report.txt'))).mode & 0o111).toBe(0);
     expect(sha(await readFile(join(out, 'report.txt')))).toBe(got[1]!.sha256);
   });
 
