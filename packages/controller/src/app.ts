@@ -250,7 +250,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   app.get('/openapi.json', { schema: hide }, async () => app.swagger());
   const html = dashboardHtml();
-  app.get('/', { schema: hide }, async (_request, reply) => reply.type('text/html; charset=utf-8').send(html));
+  app.get('/', { schema: hide }, async (_request, reply) =>
+    reply.type('text/html; charset=utf-8').header('cache-control', 'no-cache').header('x-frame-options', 'DENY').send(html),
+  );
+  app.get('/favicon.ico', { schema: hide }, async (_request, reply) => reply.code(204).send());
 
   await app.register(
     async (api) => {

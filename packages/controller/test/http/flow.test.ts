@@ -165,6 +165,12 @@ function flowTests(get: () => Harness): void {
     const page = await h.req('GET', '/');
     expect(page.status).toBe(200);
     expect(page.headers.get('content-type')).toMatch(/text\/html/);
-    expect(await page.text()).toMatch(/buildfleet/);
+    const html = await page.text();
+    expect(html).toMatch(/<title>buildfleet<\/title>/);
+    // No external resources, and the inline script at least compiles.
+    expect(html).not.toMatch(/<(script|link|img)[^>]+(src|href)=["']?https?:/i);
+    const script = /<script>([\s\S]*)<\/script>/.exec(html)?.[1] ?? '';
+    expect(script.length).toBeGreaterThan(1000);
+    expect(() => new Function(script)).not.toThrow();
   });
 }
