@@ -21,7 +21,7 @@ import { BuildTokens } from './credentials.js';
 import type { Store } from './store/types.js';
 import type { BlobStore } from './blobs/types.js';
 import { authenticateApi, authenticateBuild } from './http/auth.js';
-import { installBodyParsers } from './http/body.js';
+import { installBodyParsers, isRawBody } from './http/body.js';
 import type { AppContext, Notifier, WakeTopic } from './http/context.js';
 import { RETRY_AFTER_SECONDS, toApiError } from './http/errors.js';
 import { createMetrics, type ControllerMetrics } from './http/metrics.js';
@@ -222,6 +222,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     else if (error.code === 'UNAVAILABLE') request.log.warn({ err: error.message }, 'store unavailable');
     else request.log.debug({ code: error.code, message: error.message }, 'request refused');
     if (error.status === 503 || error.status === 429) reply.header('retry-after', String(RETRY_AFTER_SECONDS));
+    // An upload refused before (or while) its body was read: close the
+    // connection instead of reading the rest of a possibly huge body.
+    if (isRawBody(request.body) && !request.body.readableEnded) reply.header('connection', 'close');
     return reply.code(error.status).type('application/json; charset=utf-8').send(error.toBody());
   });
 

@@ -7,9 +7,11 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FakeClock, paths, type Build, type PollResponse, type RegisterResponse } from '@buildfleet/protocol';
+import pino from 'pino';
+import { ApiError, FakeClock, paths, type Build, type PollResponse, type RegisterResponse } from '@buildfleet/protocol';
 import { loadControllerConfig } from '../../src/config.js';
 import { startController } from '../../src/server.js';
+import { REDACT_PATHS } from '../../src/app.js';
 import { API_TOKEN, ENROLLMENT_TOKEN, startHarness, type Harness } from './harness.js';
 
 describe('first start', () => {
@@ -198,5 +200,75 @@ describe('log stream (SSE)', () => {
     const text = await (await h.req('GET', `${paths.logs(a.id)}?follow=1&offset=0`, { token: API_TOKEN })).text();
     expect(text).toContain('event: log\ndata: {"attempt":1,"offset":0,"text":"héllo wörld"}');
     expect(text).toMatch(/event: end\ndata: \{"state":"succeeded"/);
+  });
+});
+
+describe('operations', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness();
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  it('a store that is unreachable answers 503 UNAVAILABLE with Retry-After, and /readyz says so', async () => {
+    const store = h.ctl.store;
+    const ping = store.ping.bind(store);
+    const getBuild = store.getBuild.bind(store);
+    const down = async (): Promise<never> => {
+      throw new ApiError('UNAVAILABLE', 'database unreachable');
+    };
+    store.ping = down;
+    store.getBuild = down;
+    try {
+      const ready = await h.req('GET', '/readyz');
+      expect(ready.status).toBe(503);
+      expect(ready.headers.get('retry-after')).toMatch(/^\d+$/);
+      const res = await h.req('GET', paths.build('any'), { token: API_TOKEN });
+      expect(res.status).toBe(503);
+      expect(res.headers.get('retry-after')).toMatch(/^\d+$/);
+      expect(((await res.json()) as { error: { code: string } }).error.code).toBe('UNAVAILABLE');
+      expect((await h.req('GET', '/healthz')).status).toBe(200);
+    } finally {
+      store.ping = ping;
+      store.getBuild = getBuild;
+    }
+    expect((await h.req('GET', '/readyz')).status).toBe(200);
+  });
+});
+
+describe('logging', () => {
+  it('never writes a token or secret to the log', async () => {
+    const lines: string[] = [];
+    const logger = pino(
+      { level: 'trace', redact: { paths: REDACT_PATHS, censor: '[redacted]' } },
+      { write: (line: string) => void lines.push(line) },
+    );
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'bf-log-'));
+    const ctl = await startController(loadControllerConfig({}, { port: 0, dataDir, logLevel: 'trace' }), { logger: logger as never });
+    try {
+      const { apiToken, enrollmentToken } = ctl.firstStart!;
+      const reg = await fetch(ctl.url + paths.register(), {
+        method: 'POST',
+        headers: { authorization: `Bearer ${enrollmentToken}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ name: 'w', labels: [], maxConcurrentBuilds: 1, version: 't' }),
+      });
+      const body = (await reg.json()) as RegisterResponse;
+      await fetch(ctl.url + paths.heartbeat(body.workerId), {
+        method: 'POST',
+        headers: { authorization: `Bearer ${body.accessToken}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ activeBuildIds: [] }),
+      });
+      await fetch(ctl.url + paths.builds(), { headers: { authorization: `Bearer ${apiToken}` } });
+      await fetch(ctl.url + paths.builds(), { headers: { authorization: `Bearer bfa_wrong-token-000000000000` } });
+      expect(lines.length).toBeGreaterThan(5);
+      const all = lines.join('\n');
+      for (const secret of [apiToken, enrollmentToken, body.accessToken, body.workerSecret!]) expect(all).not.toContain(secret);
+      expect(all).not.toContain('bfa_wrong-token');
+    } finally {
+      await ctl.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
   });
 });
