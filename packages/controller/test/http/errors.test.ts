@@ -5,14 +5,32 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { paths, type AssignedBuild, type Build, type PollResponse, type RegisterResponse } from '@buildfleet/protocol';
+import { createTestDatabase, describePg, type TestDatabase } from '../support/pg.js';
 import { API_TOKEN, ENROLLMENT_TOKEN, errorCode, rawRequest, sha256, startHarness, type Harness } from './harness.js';
 
 let h: Harness;
-beforeAll(async () => {
-  h = await startHarness({ maxArtifactBytes: 1000 });
+
+describe('error paths (SQLite)', () => {
+  beforeAll(async () => {
+    h = await startHarness({ maxArtifactBytes: 1000 });
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+  errorTests();
 });
-afterAll(async () => {
-  await h?.close();
+
+describePg('error paths (PostgreSQL)', () => {
+  let db: TestDatabase;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    h = await startHarness({ maxArtifactBytes: 1000, databaseUrl: db.url });
+  });
+  afterAll(async () => {
+    await h?.close();
+    await db?.drop();
+  });
+  errorTests();
 });
 
 /** Submits a build and has a fresh worker claim it (and start it unless told). */
@@ -36,6 +54,7 @@ async function expectError(res: Response | Promise<Response>, status: number, co
   expect({ status: r.status, code: got }).toEqual({ status, code });
 }
 
+function errorTests(): void {
 describe('conventions', () => {
   it('unknown routes are 404 NOT_FOUND with an error body', async () => {
     await expectError(h.req('GET', '/api/v1/nothing-here'), 404, 'NOT_FOUND');
@@ -431,3 +450,4 @@ describe('enrollment tokens', () => {
     await expectError(h.req('POST', paths.enrollmentTokens(), { token: API_TOKEN, json: { expiresAt: 'tomorrow' } }), 400, 'VALIDATION_FAILED');
   });
 });
+}
