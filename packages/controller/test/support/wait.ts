@@ -6,7 +6,7 @@
 import type { EventEmitter } from 'node:events';
 
 export interface WaitOptions {
-  /** Give up after this many ms (default 5000). */
+  /** Give up after this many ms (default 10000: generous, a loaded 2-core CI box is slow). */
   timeoutMs?: number;
   /** What is awaited, named in the timeout error. */
   what: string;
@@ -22,7 +22,7 @@ export interface WaitOptions {
  * thrown by `cond` is rethrown at once.
  */
 export async function waitFor(cond: () => boolean | Promise<boolean>, opts: WaitOptions): Promise<void> {
-  const timeoutMs = opts.timeoutMs ?? 5_000;
+  const timeoutMs = opts.timeoutMs ?? 10_000;
   const intervalMs = opts.intervalMs ?? 10;
   const deadline = performance.now() + timeoutMs;
   let wake: (() => void) | undefined;
