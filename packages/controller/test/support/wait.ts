@@ -56,9 +56,9 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, opts: Wait
 
 /**
  * Resolves with the arguments of the next `event` on `emitter`; rejects when
- * `error` is emitted first or after `timeoutMs` (default 5000) naming the event.
+ * `error` is emitted first or after `timeoutMs` (default 10000) naming the event.
  */
-export function once(emitter: EventEmitter, event: string, timeoutMs = 5_000): Promise<unknown[]> {
+export function once(emitter: EventEmitter, event: string, timeoutMs = 10_000): Promise<unknown[]> {
   return new Promise((resolve, reject) => {
     const onEvent = (...args: unknown[]) => {
       cleanup();
