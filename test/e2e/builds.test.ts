@@ -43,7 +43,8 @@ async function logOf(id: string): Promise<string> {
   return r.stdout;
 }
 
-describe('buildfleet end to end', () => {
+// Real processes on a shared 2-core machine: generous per-test limits; the waits inside are conditions.
+describe('buildfleet end to end', { timeout: 120_000 }, () => {
   it('builds the bundled example: tests run in the build, the artifact matches the controller SHA-256 and a local build', async () => {
     const out = join(scratch, 'hello-artifacts');
     const r = await runCli(['submit', 'examples/hello-c', '--follow', '--download', out], fleet.cliEnv);
@@ -116,7 +117,7 @@ describe('buildfleet end to end', () => {
     const id = firstLine(sub.stdout);
 
     const log = await waitFor(async () => {
-      const l = await logOf(id);
+      const l = await fleet.log(id);
       return (l.match(/^pid \d+$/gm)?.length ?? 0) >= 5 && l.includes('ready') ? l : undefined;
     }, 'the build to print its process ids');
     const pids = [...log.matchAll(/^pid (\d+)$/gm)].map((m) => Number(m[1]));
@@ -196,7 +197,7 @@ describe('buildfleet end to end', () => {
     const sub = await runCli(['submit', proj, '--script', script], fleet.cliEnv);
     expect(sub.code, sub.stderr).toBe(0);
     const id = firstLine(sub.stdout);
-    await waitFor(async () => (await logOf(id)).includes('started'), 'the build to start');
+    await waitFor(async () => (await fleet.log(id)).includes('started'), 'the build to start');
 
     fleet.worker.proc.kill('SIGTERM');
     await waitFor(() => /draining/.test(fleet.worker.output()), 'the worker to say it drains');
@@ -205,7 +206,7 @@ describe('buildfleet end to end', () => {
     expect(await fleet.worker.exited).toBe(0);
     const { build } = await fleet.api<{ build: Build }>(`/api/v1/builds/${id}`);
     expect(build.state).toBe('succeeded');
-    expect(await logOf(id)).toContain('finished');
+    expect(await fleet.log(id)).toContain('finished');
   });
 
   it('a second SIGTERM cancels the running builds and the worker exits', async () => {
@@ -223,7 +224,7 @@ describe('buildfleet end to end', () => {
       const sub = await runCli(['submit', proj, '--script', 'echo started; sleep 1000'], fleet.cliEnv);
       expect(sub.code, sub.stderr).toBe(0);
       const id = firstLine(sub.stdout);
-      await waitFor(async () => (await logOf(id)).includes('started'), 'the build to start on the new worker', 30_000);
+      await waitFor(async () => (await fleet.log(id)).includes('started'), 'the build to start on the new worker', 30_000);
 
       worker.proc.kill('SIGTERM');
       await waitFor(() => /draining/.test(worker.output()), 'the worker to say it drains');

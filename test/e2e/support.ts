@@ -34,7 +34,7 @@ export function childEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
 }
 
 /** Resolves when `cond` returns a truthy value (which it returns); throws at the deadline naming `what`. */
-export async function waitFor<T>(cond: () => T | Promise<T>, what: string, timeoutMs = 20_000, intervalMs = 50): Promise<NonNullable<T>> {
+export async function waitFor<T>(cond: () => T | Promise<T>, what: string, timeoutMs = 30_000, intervalMs = 50): Promise<NonNullable<T>> {
   const deadline = performance.now() + timeoutMs;
   let lastError: unknown;
   for (;;) {
@@ -115,6 +115,8 @@ export interface E2eFleet {
   cliEnv: NodeJS.ProcessEnv;
   /** Authenticated JSON GET against the user API. */
   api<T>(path: string): Promise<T>;
+  /** A build's log (current attempt) over HTTP: cheaper than a CLI process inside a wait loop. */
+  log(id: string): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -159,6 +161,11 @@ export async function startFleet(opts: { workerEnv?: Record<string, string> } = 
       if (!res.ok) throw new Error(`GET ${path}: ${res.status} ${await res.text()}`);
       return (await res.json()) as T;
     };
+    const log = async (id: string): Promise<string> => {
+      const res = await fetch(`${url}/api/v1/builds/${encodeURIComponent(id)}/logs`, { headers: { authorization: `Bearer ${API_TOKEN}` } });
+      if (!res.ok) throw new Error(`logs of ${id}: ${res.status} ${await res.text()}`);
+      return res.text();
+    };
     const w = worker;
     await waitFor(
       async () => {
@@ -175,6 +182,7 @@ export async function startFleet(opts: { workerEnv?: Record<string, string> } = 
       worker: w,
       cliEnv: childEnv({ BUILDFLEET_CONTROLLER_URL: url, BUILDFLEET_API_TOKEN: API_TOKEN }),
       api,
+      log,
       async close() {
         await w.stop();
         await controller.stop();

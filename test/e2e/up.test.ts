@@ -17,7 +17,7 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-describe('buildfleet up', () => {
+describe('buildfleet up', { timeout: 120_000 }, () => {
   it('prints the credentials, builds the example on first start, and drains on SIGTERM', async () => {
     const dataDir = join(dir, 'data');
     const up = startService(['up'], childEnv({ BUILDFLEET_PORT: '0', BUILDFLEET_DATA_DIR: dataDir }));
@@ -28,7 +28,7 @@ describe('buildfleet up', () => {
           return /build (\S+) (succeeded|failed|canceled|timed_out)/.exec(up.output());
         },
         'the example build to end',
-        60_000,
+        90_000,
       );
       const out = up.output();
       expect(buildLine[2], out).toBe('succeeded');
