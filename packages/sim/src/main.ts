@@ -1,0 +1,97 @@
+/**
+ * `npm run sim -- --seeds N`: runs the deterministic simulation for seeds
+ * 1..N (or `--start S --seeds N`: S..S+N-1, or one `--seed S`), prints one
+ * line per failing seed with its violations, the trace tail and the command
+ * that replays it, then `N passed, M failed`; exits 1 on any failure.
+ *
+ * Options: --trace (print the whole trace of each seed run), --workers N,
+ * --builds N, --digest (print each seed's trace digest, to compare runs),
+ * --quiet (no progress dots).
+ *
+ * Determinism needs file I/O to complete in the order it was started, so the
+ * process re-runs itself with UV_THREADPOOL_SIZE=1 when that is not set.
+ */
+import { spawnSync } from 'node:child_process';
+
+if (process.env.UV_THREADPOOL_SIZE !== '1') {
+  const r = spawnSync(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+    stdio: 'inherit',
+    env: { ...process.env, UV_THREADPOOL_SIZE: '1' },
+  });
+  process.exit(r.status ?? 1);
+}
+
+const { runSeed } = await import('./simulate.js');
+
+interface Args {
+  start: number;
+  count: number;
+  trace: boolean;
+  digest: boolean;
+  quiet: boolean;
+  workers?: number;
+  builds?: number;
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = { start: 1, count: 100, trace: false, digest: false, quiet: false };
+  const num = (i: number, name: string) => {
+    const n = Number(argv[i]);
+    if (!Number.isInteger(n) || n < 0) throw new Error(`${name} needs a non-negative integer, got ${argv[i]}`);
+    return n;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--seeds') a.count = num(++i, arg);
+    else if (arg === '--start') a.start = num(++i, arg);
+    else if (arg === '--seed') {
+      a.start = num(++i, arg);
+      a.count = 1;
+    } else if (arg === '--trace') a.trace = true;
+    else if (arg === '--digest') a.digest = true;
+    else if (arg === '--quiet') a.quiet = true;
+    else if (arg === '--workers') a.workers = num(++i, arg);
+    else if (arg === '--builds') a.builds = num(++i, arg);
+    else if (arg === '--help' || arg === '-h') {
+      console.log('usage: npm run sim -- [--seeds N] [--start S] [--seed S] [--trace] [--digest] [--workers N] [--builds N] [--quiet]');
+      process.exit(0);
+    } else throw new Error(`unknown option ${arg}`);
+  }
+  return a;
+}
+
+let args: Args;
+try {
+  args = parseArgs(process.argv.slice(2));
+} catch (err) {
+  console.error((err as Error).message);
+  process.exit(2);
+}
+
+let passed = 0;
+let failed = 0;
+const failedSeeds: number[] = [];
+const t0 = performance.now();
+for (let seed = args.start; seed < args.start + args.count; seed++) {
+  const r = await runSeed({ seed, ...(args.workers ? { workers: args.workers } : {}), ...(args.builds ? { builds: args.builds } : {}) });
+  if (args.trace) for (const e of r.trace.events) console.log(e);
+  if (args.digest) console.log(`seed ${seed} digest ${r.trace.digest()} steps ${r.stats.steps}`);
+  if (r.ok) {
+    passed++;
+    if (!args.quiet && !args.trace && !args.digest && args.count > 1) process.stdout.write(passed % 100 === 0 ? `${seed}\n` : '.');
+  } else {
+    failed++;
+    failedSeeds.push(seed);
+    const extra = [args.workers ? `--workers ${args.workers}` : '', args.builds ? `--builds ${args.builds}` : ''].filter(Boolean).join(' ');
+    console.log(`\nFAIL seed ${seed}:`);
+    for (const v of r.violations) console.log(`  - ${v}`);
+    if (!args.trace) {
+      console.log('  last events:');
+      for (const e of r.trace.tail(60)) console.log(`    ${e}`);
+    }
+    console.log(`  replay: npm run sim -- --seed ${seed} --trace${extra ? ' ' + extra : ''}`);
+  }
+}
+const secs = ((performance.now() - t0) / 1000).toFixed(1);
+console.log(`\n${passed} passed, ${failed} failed (seeds ${args.start}..${args.start + args.count - 1}, ${secs}s)${failed ? `; failing seeds: ${failedSeeds.join(' ')}` : ''}`);
+process.exit(failed ? 1 : 0);
