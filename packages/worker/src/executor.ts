@@ -246,7 +246,7 @@ export class BuildRun {
     this._phase = 'preparing';
     this.logs = new LogStreamer({
       clock,
-      ...(this.deps.logChunkBytes ? { maxChunkBytes: this.deps.logChunkBytes } : {}),
+      ...(this.deps.logChunkBytes ? { minChunkBytes: this.deps.logChunkBytes } : {}),
       ...(this.deps.logFlushMs ? { flushIntervalMs: this.deps.logFlushMs } : {}),
       send: (chunk) =>
         this.write(async () => {

@@ -1,9 +1,15 @@
 /**
  * A build's log streamer: collects output bytes and uploads them as chunks
  * with a sequence number and byte offset (STYLE.md habit 14, after
- * Buildkite's `api/chunks.go`). A chunk is cut once and never re-split, and
- * one upload is in flight at a time, so offsets stay consecutive and a retry
- * re-sends the very same (seq, offset, data) that the controller stores once.
+ * Buildkite's `api/chunks.go`).
+ *
+ * One upload is in flight at a time, so offsets stay consecutive. A chunk is
+ * cut only when it is about to be sent, and never re-split: a retry (inside
+ * `send`) re-sends the very same (seq, offset, data), which the controller
+ * stores once. A chunk is sent when at least `minChunkBytes` are pending or
+ * `flushIntervalMs` after the first pending byte; output that piles up while
+ * an upload is in flight goes out as one larger chunk (up to
+ * `maxChunkBytes`), so a chatty build costs fewer requests.
  */
 import type { Clock, TimerHandle } from '@buildfleet/protocol';
 
@@ -18,33 +24,38 @@ export interface LogStreamerOptions {
   clock: Clock;
   /** Uploads one chunk; retries are its own business. A throw stops the streamer. */
   send: (chunk: LogChunk) => Promise<void>;
-  /** Cut a chunk when this many bytes are pending (default 64 KiB). */
+  /** Send once this many bytes are pending (default 64 KiB). */
+  minChunkBytes?: number;
+  /** Largest chunk (default 1 MiB). */
   maxChunkBytes?: number;
-  /** Cut a chunk this long after the first pending byte (ms, default 250). */
+  /** Send this long after the first pending byte at the latest (ms, default 250). */
   flushIntervalMs?: number;
-  /** Bytes not yet uploaded above which `backpressure(true)` is signalled (default 8 MiB). */
+  /** Pending bytes above which `backpressure(true)` is signalled (default 8 MiB). */
   highWaterBytes?: number;
-  /** Told when the backlog crosses `highWaterBytes` (pause the producer) and drains below half (resume). */
+  /** Told when pending bytes cross `highWaterBytes` (pause the producer) and drop below half (resume). */
   backpressure?: (high: boolean) => void;
 }
 
 export class LogStreamer {
   private pending: Buffer[] = [];
   private pendingBytes = 0;
-  private readonly queue: LogChunk[] = [];
-  private queuedBytes = 0;
   private seq = 0;
+  /** Bytes already cut into chunks (sent or in flight). */
   private offset = 0;
   private timer: TimerHandle | undefined;
-  private pumping: Promise<void> | undefined;
+  /** The flush interval passed while an upload was in flight: send right after it. */
+  private due = false;
+  private inFlight: Promise<void> | undefined;
   private failure: unknown;
   private paused = false;
+  private readonly minChunk: number;
   private readonly maxChunk: number;
   private readonly interval: number;
   private readonly highWater: number;
 
   constructor(private readonly opts: LogStreamerOptions) {
-    this.maxChunk = opts.maxChunkBytes ?? 64 * 1024;
+    this.maxChunk = opts.maxChunkBytes ?? 1024 * 1024;
+    this.minChunk = Math.min(opts.minChunkBytes ?? 64 * 1024, this.maxChunk);
     this.interval = opts.flushIntervalMs ?? 250;
     this.highWater = opts.highWaterBytes ?? 8 * 1024 * 1024;
   }
@@ -64,62 +75,75 @@ export class LogStreamer {
     if (buf.length === 0) return;
     this.pending.push(buf);
     this.pendingBytes += buf.length;
-    if (this.pendingBytes >= this.maxChunk) this.cut();
-    else if (!this.timer) this.timer = this.opts.clock.setTimeout(() => ((this.timer = undefined), this.cut()), this.interval);
-  }
-
-  private cut(): void {
-    this.opts.clock.clearTimeout(this.timer);
-    this.timer = undefined;
-    if (this.pendingBytes === 0) return;
-    let all = Buffer.concat(this.pending);
-    this.pending = [];
-    this.pendingBytes = 0;
-    while (all.length > 0) {
-      const data = all.subarray(0, this.maxChunk);
-      all = all.subarray(data.length);
-      this.queue.push({ seq: this.seq++, offset: this.offset, data });
-      this.offset += data.length;
-      this.queuedBytes += data.length;
-    }
-    if (!this.paused && this.queuedBytes > this.highWater) {
+    if (!this.paused && this.pendingBytes > this.highWater) {
       this.paused = true;
       this.opts.backpressure?.(true);
     }
-    this.pump();
+    if (this.pendingBytes >= this.minChunk) this.kick(true);
+    else this.arm();
   }
 
-  private pump(): void {
-    if (this.pumping || this.failure !== undefined) return;
-    this.pumping = (async () => {
-      try {
-        while (this.queue.length > 0 && this.failure === undefined) {
-          const chunk = this.queue[0]!;
-          await this.opts.send(chunk);
-          this.queue.shift();
-          this.queuedBytes -= chunk.data.length;
-          if (this.paused && this.queuedBytes < this.highWater / 2) {
-            this.paused = false;
-            this.opts.backpressure?.(false);
-          }
-        }
-      } catch (err) {
+  private arm(): void {
+    if (this.timer || this.pendingBytes === 0) return;
+    this.timer = this.opts.clock.setTimeout(() => {
+      this.timer = undefined;
+      this.kick(true);
+    }, this.interval);
+  }
+
+  /** Starts the next upload if none is in flight and one is due (`force`) or big enough. */
+  private kick(force: boolean): void {
+    if (this.failure !== undefined || this.pendingBytes === 0) return;
+    if (this.inFlight) {
+      if (force) this.due = true;
+      return;
+    }
+    if (!force && !this.due && this.pendingBytes < this.minChunk) {
+      this.arm();
+      return;
+    }
+    this.due = false;
+    this.opts.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    const chunk = this.cut();
+    this.inFlight = this.opts.send(chunk).then(
+      () => {
+        this.inFlight = undefined;
+        this.kick(false);
+      },
+      (err: unknown) => {
+        this.inFlight = undefined;
         this.failure = err;
         this.release();
-      } finally {
-        this.pumping = undefined;
-      }
-    })();
+      },
+    );
   }
 
-  /** Cuts what is pending and resolves when everything is uploaded; throws the upload error. */
+  private cut(): LogChunk {
+    const all = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending);
+    const data = all.subarray(0, this.maxChunk);
+    const rest = all.subarray(data.length);
+    this.pending = rest.length > 0 ? [rest] : [];
+    this.pendingBytes = rest.length;
+    const chunk = { seq: this.seq++, offset: this.offset, data };
+    this.offset += data.length;
+    if (this.paused && this.pendingBytes < this.highWater / 2) {
+      this.paused = false;
+      this.opts.backpressure?.(false);
+    }
+    return chunk;
+  }
+
+  /** Sends everything pending and resolves when it is uploaded; throws the upload error. */
   async flush(): Promise<void> {
-    this.cut();
-    while (this.pumping) await this.pumping;
-    if (this.failure !== undefined) throw this.failure;
-    if (this.queue.length > 0) {
-      this.pump();
-      return this.flush();
+    for (;;) {
+      if (this.failure !== undefined) throw this.failure;
+      if (this.inFlight) {
+        await this.inFlight;
+        continue;
+      }
+      if (this.pendingBytes === 0) return;
+      this.kick(true);
     }
   }
 

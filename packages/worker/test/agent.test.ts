@@ -7,7 +7,7 @@ import { silentLogger } from '../src/logger.js';
 import { SessionFatalError } from '../src/session.js';
 import { FakeController } from './support/fake-controller.js';
 import { tempDir, testConfig } from './support/harness.js';
-import { alivePids, pidsFromLog } from './support/procs.js';
+import { alivePids, expectAllGone, pidsFromLog } from './support/procs.js';
 import { once, waitFor } from './support/wait.js';
 
 let fake: FakeController;
@@ -135,7 +135,7 @@ describe('agent', () => {
     const r = await finished;
     expect(r).toMatchObject({ outcome: 'canceled', reported: true });
     expect(fake.builds.get(b.id)!.finish).toMatchObject({ outcome: 'canceled' });
-    expect(alivePids(pids)).toEqual([]);
+    await expectAllGone(pids);
   });
 
   it('abandon from a heartbeat kills the build at once and drops it without finish', async () => {
@@ -149,7 +149,7 @@ describe('agent', () => {
     await clock.advance(1_000);
     const r = await dropped;
     expect(r.dropReason).toMatch(/abandoned/);
-    expect(alivePids([pgid])).toEqual([]);
+    await expectAllGone([pgid]);
     expect(fake.count('finish')).toBe(0);
   });
 
@@ -167,7 +167,7 @@ describe('agent', () => {
     await clock.advance(1_500);
     expect(await fenced).toBe(b.id);
     expect((await dropped).dropReason).toMatch(/fenced/);
-    expect(alivePids([pgid])).toEqual([]);
+    await expectAllGone([pgid]);
     expect(fake.count('finish')).toBe(0);
   });
 

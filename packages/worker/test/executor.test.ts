@@ -12,7 +12,7 @@ import { silentLogger } from '../src/logger.js';
 import { FakeController } from './support/fake-controller.js';
 import { tempDir, testConfig } from './support/harness.js';
 import { tarGz } from './support/tarball.js';
-import { alivePids, pidsFromLog } from './support/procs.js';
+import { alivePids, expectAllGone, pidsFromLog } from './support/procs.js';
 import { waitFor } from './support/wait.js';
 
 let fake: FakeController;
@@ -151,7 +151,7 @@ describe('executor', () => {
     const r = await run.done;
     expect(r).toMatchObject({ outcome: 'timed_out', reported: true });
     expect(fake.builds.get(b.id)!.finish).toMatchObject({ outcome: 'timed_out', exitCode: 137 });
-    expect(isAlive(pgid)).toBe(false);
+    await expectAllGone([pgid]);
     expect(logOf(b.id)).not.toContain('never');
   });
 
@@ -175,7 +175,7 @@ describe('executor', () => {
     const r = await run.done;
     expect(r).toMatchObject({ outcome: 'canceled', reported: true });
     expect(fake.builds.get(b.id)!.finish).toMatchObject({ outcome: 'canceled' });
-    expect(alivePids(pids)).toEqual([]);
+    await expectAllGone(pids);
   });
 
   it('(g) LEASE_LOST on a log write kills the process tree at once and drops the build (no finish)', async () => {
@@ -193,7 +193,7 @@ describe('executor', () => {
     expect(r.reported).toBe(false);
     expect(r.dropReason).toMatch(/lease lost/);
     // TERM is ignored and the grace is a minute: only an immediate SIGKILL ends it this fast.
-    expect(alivePids(pids)).toEqual([]);
+    await expectAllGone(pids);
     expect(fake.count('finish')).toBe(0);
     expect(fake.of('logs').some((x) => x.status === 409)).toBe(true);
   });
