@@ -212,6 +212,14 @@ describe('executor', () => {
       /through the symlink/,
     ],
     ['a hard link to a file outside', [{ path: 'hard', type: 'Link' as const, linkpath: '../../outside' }], /outside|'\.\.'/],
+    [
+      'a chain of symlinks that resolves outside',
+      [
+        { path: 'a', type: 'SymbolicLink' as const, linkpath: '.' },
+        { path: 'b', type: 'SymbolicLink' as const, linkpath: 'a/..' },
+      ],
+      /resolves outside/,
+    ],
   ])('a source with %s fails the build with a clear message and writes nothing outside', async (_name, entries, pattern) => {
     const { ex, config } = makeExecutor();
     const { b, run } = launch(ex, { script: 'echo should-not-run' }, tarGz([{ path: 'ok.txt', data: 'fine' }, ...entries]));
