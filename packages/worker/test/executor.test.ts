@@ -300,4 +300,33 @@ describe('executor', () => {
     expect(isAlive(process.pid)).toBe(true);
     expect(await fs.readdir(pids.dir)).toEqual([]);
   });
+
+  it('LEASE_LOST on finish or on an artifact upload drops the build without reporting', async () => {
+    const { ex } = makeExecutor();
+    fake.failNext('finish', 'LEASE_LOST');
+    const a = launch(ex, { script: 'echo a' });
+    expect(await a.run.done).toMatchObject({ reported: false, dropReason: expect.stringMatching(/lease lost/) });
+    fake.failNext('artifact', 'LEASE_LOST');
+    const b = launch(ex, { script: 'echo x > art.txt', artifacts: ['*.txt'] });
+    expect(await b.run.done).toMatchObject({ reported: false });
+    expect(fake.builds.get(b.b.id)!.finish).toBeUndefined();
+  });
+
+  it('retries an artifact upload whose answer was lost, with the same name and checksum (stored once)', async () => {
+    const { ex } = makeExecutor();
+    fake.dropNextAnswer('artifact');
+    const { b, run } = launch(ex, { script: 'printf data > art.txt', artifacts: ['art.txt'] });
+    expect(await run.done).toMatchObject({ outcome: 'succeeded', reported: true });
+    const puts = fake.of('artifact');
+    expect(puts.map((p) => p.status)).toEqual([0, 200]);
+    expect(fake.builds.get(b.id)!.artifacts.get('art.txt')!.data.toString()).toBe('data');
+  });
+
+  it('a log chunk the controller refuses (OFFSET_MISMATCH) does not hide the outcome', async () => {
+    const { ex } = makeExecutor();
+    fake.failNext('logs', 'OFFSET_MISMATCH');
+    const { b, run } = launch(ex, { script: 'echo hi; exit 4' });
+    expect(await run.done).toMatchObject({ outcome: 'failed', exitCode: 4, reported: true });
+    expect(fake.builds.get(b.id)!.finish).toMatchObject({ exitCode: 4 });
+  });
 });
