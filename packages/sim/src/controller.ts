@@ -17,13 +17,12 @@ import {
   loadControllerConfig,
   openStore,
   Reaper,
+  type BlobStore,
   type ControllerConfig,
   type Store,
 } from '@buildfleet/controller';
-import type { openBlobStore } from '@buildfleet/controller';
 import type { Random } from './random.js';
 
-type OpenedBlobStore = Awaited<ReturnType<typeof openBlobStore>>;
 import type { Trace } from './trace.js';
 
 export interface DbFaults {
@@ -40,7 +39,7 @@ export interface SimControllerOptions {
   clock: Clock;
   rng: Random;
   trace: Trace;
-  blobs: OpenedBlobStore;
+  blobs: BlobStore;
   config: Partial<ControllerConfig>;
   apiToken: string;
   enrollmentToken: string;

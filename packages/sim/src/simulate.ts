@@ -7,15 +7,15 @@
  * one timer at a time and lets the process settle in between, so a seed
  * always replays the same way.
  */
+import './fast-compile.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { Header } from 'tar';
 import { paths, type BuildSpec, type Clock, type TimerHandle } from '@buildfleet/protocol';
-import { openBlobStore, type Store } from '@buildfleet/controller';
-
-type OpenedBlobStore = Awaited<ReturnType<typeof openBlobStore>>;
+import type { Store } from '@buildfleet/controller';
+import { MemoryBlobStore } from './blobs.js';
 import { loadWorkerConfig, startWorker, type Logger, type RunningWorker } from '@buildfleet/worker';
 import { SimClock } from './clock.js';
 import { SimController, type DbFaults } from './controller.js';
@@ -253,7 +253,7 @@ export class World {
   readonly network: Network;
   readonly observer: Observer;
   controller!: SimController;
-  blobs!: OpenedBlobStore;
+  blobs!: MemoryBlobStore;
   nextLineage = 1;
   faultsUntil = 0;
   readonly violations: string[] = [];
@@ -319,7 +319,8 @@ export async function runSeed(opts: SimOptions): Promise<SimResult> {
     const accessTokenTtlMs = rng.int(2_000, 30_000);
     trace.add('sim', `seed ${opts.seed}: ${nWorkers} workers, ${nBuilds} builds, faults until ${faultWindow}ms, token TTL ${accessTokenTtlMs}ms, db faults ${dbFaults.before.toFixed(3)}/${dbFaults.after.toFixed(3)}`);
 
-    world.blobs = await openBlobStore({ dataDir: path.join(root, 'controller'), clock });
+    world.blobs = new MemoryBlobStore();
+    fs.mkdirSync(path.join(root, 'controller'), { recursive: true });
     world.controller = new SimController({
       dataDir: path.join(root, 'controller'),
       clock,
