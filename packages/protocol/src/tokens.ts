@@ -26,3 +26,40 @@ export function bearerToken(header: string | undefined): string | undefined {
   const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
   return m?.[1];
 }
+
+/**
+ * Field names whose values are credentials. Loggers censor them wherever
+ * they appear (PROTOCOL.md "Credentials": tokens are never logged).
+ */
+export const SECRET_FIELDS = [
+  'authorization',
+  'accessToken',
+  'workerSecret',
+  'buildToken',
+  'enrollmentToken',
+  'apiToken',
+  'token',
+  'secret',
+] as const;
+
+/**
+ * pino `redact.paths` for every `SECRET_FIELDS` name at the top level and
+ * one or two objects deep, plus the Authorization header of a logged
+ * request (`req.headers.authorization`, `headers.authorization`).
+ */
+export function secretLogPaths(): string[] {
+  const out = ['req.headers.authorization', 'headers.authorization', '*.headers.authorization'];
+  for (const f of SECRET_FIELDS) out.push(f, `*.${f}`, `*.*.${f}`);
+  return out;
+}
+
+const TOKEN_IN_TEXT = /\b(bf[aesbw]_)[A-Za-z0-9_\-.]+/g;
+
+/**
+ * Replaces every token of PROTOCOL.md's kinds inside free text (a log
+ * message, an error message or stack) with its prefix and `[redacted]`:
+ * the safety net for a token that reached a message instead of a field.
+ */
+export function redactTokens(text: string): string {
+  return text.replace(TOKEN_IN_TEXT, '$1[redacted]');
+}
