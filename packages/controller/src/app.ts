@@ -8,13 +8,23 @@
  * and only then report body problems (400), which were deferred
  * (`attachValidation` + `deferredBodyError`).
  */
-import fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify';
+import fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import pino, { type DestinationStream, type LoggerOptions } from 'pino';
 import type { FastifyBaseLogger } from 'fastify';
 import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
 import { Type } from 'typebox';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import { API_PREFIX, ApiError, ErrorBodySchema, PROTOCOL_VERSION, systemClock, type Clock } from '@buildfleet/protocol';
+import {
+  API_PREFIX,
+  ApiError,
+  ErrorBodySchema,
+  PROTOCOL_VERSION,
+  redactTokens,
+  secretLogPaths,
+  systemClock,
+  type Clock,
+} from '@buildfleet/protocol';
 import { dashboardHtml } from '@buildfleet/dashboard';
 import type { ControllerConfig } from './config.js';
 import { BuildTokens } from './credentials.js';
@@ -39,24 +49,34 @@ export interface AppDeps {
   logger?: FastifyBaseLogger;
 }
 
-/** Paths in log lines that may carry credentials; pino replaces them. */
-export const REDACT_PATHS = [
-  'req.headers.authorization',
-  'headers.authorization',
-  '*.accessToken',
-  '*.workerSecret',
-  '*.buildToken',
-  '*.token',
-  '*.apiToken',
-  '*.enrollmentToken',
-  'accessToken',
-  'workerSecret',
-  'token',
-];
+/**
+ * Paths in log lines that may carry credentials; pino replaces them
+ * (every `SECRET_FIELDS` name up to two objects deep, and the Authorization
+ * header).
+ */
+export const REDACT_PATHS = secretLogPaths();
 
-/** pino options the controller uses (also for the CLI's `up`). */
-export function loggerOptions(level: string): FastifyServerOptions['logger'] {
+/** pino options the controller uses: level and the redacted paths. */
+export function loggerOptions(level: string): LoggerOptions {
   return { level, redact: { paths: REDACT_PATHS, censor: '[redacted]' } };
+}
+
+/**
+ * A pino destination that censors every token (`bfa_…`, `bfe_…`, `bfs_…`,
+ * `bfw_…`, `bfb_…`) in each finished line before `dest` sees it: the safety
+ * net behind `REDACT_PATHS` for a token inside a message, an error's stack
+ * or a field deeper than the paths reach. Default `dest`: stdout.
+ */
+export function redactingDestination(dest: DestinationStream = pino.destination(1)): DestinationStream {
+  return { write: (line: string) => dest.write(redactTokens(line)) };
+}
+
+/**
+ * The controller's logger (PROTOCOL.md "Credentials": tokens are never
+ * logged): `loggerOptions(level)` writing through `redactingDestination(dest)`.
+ */
+export function createLogger(level: string, dest?: DestinationStream): FastifyBaseLogger {
+  return pino(loggerOptions(level), redactingDestination(dest)) as unknown as FastifyBaseLogger;
 }
 
 /**
@@ -99,7 +119,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const { config, store, blobs, notifier } = deps;
   const clock = deps.clock ?? systemClock;
   const app = fastify({
-    ...(deps.logger ? { loggerInstance: deps.logger } : { logger: loggerOptions(config.logLevel) }),
+    loggerInstance: deps.logger ?? createLogger(config.logLevel),
     bodyLimit: config.maxJsonBytes,
     // Long polls park for up to pollWaitMs; keep the socket open beyond that.
     requestTimeout: 0,

@@ -1,6 +1,6 @@
 export type * from './store/types.js';
 export type * from './blobs/types.js';
-export { buildApp, loggerOptions, REDACT_PATHS, type AppDeps } from './app.js';
+export { buildApp, createLogger, loggerOptions, redactingDestination, REDACT_PATHS, type AppDeps } from './app.js';
 export { loadControllerConfig, ConfigError, type ControllerConfig, type LogLevel } from './config.js';
 export { startController, writeFileAtomic, type RunningController, type StartOptions, type FirstStartCredentials } from './server.js';
 export { Reaper, type ReaperOptions } from './reaper.js';

@@ -6,9 +6,8 @@ import { mkdir, open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import pg from 'pg';
-import pino from 'pino';
 import { systemClock, type Clock } from '@buildfleet/protocol';
-import { buildApp, REDACT_PATHS } from './app.js';
+import { buildApp, createLogger } from './app.js';
 import type { ControllerConfig } from './config.js';
 import { generateToken, hashToken } from './credentials.js';
 import { openBlobStore, type OpenedBlobStore } from './blobs/index.js';
@@ -54,8 +53,7 @@ export interface StartOptions {
  */
 export async function startController(config: ControllerConfig, opts: StartOptions = {}): Promise<RunningController> {
   const clock = opts.clock ?? systemClock;
-  const logger: FastifyBaseLogger =
-    opts.logger ?? (pino({ level: config.logLevel, redact: { paths: REDACT_PATHS, censor: '[redacted]' } }) as FastifyBaseLogger);
+  const logger: FastifyBaseLogger = opts.logger ?? createLogger(config.logLevel);
   const cleanups: Array<() => Promise<void>> = [];
   const closeAll = async () => {
     for (const c of cleanups.splice(0).reverse()) {
