@@ -1,5 +1,6 @@
 /** The small logging surface the worker uses (pino-compatible). */
-import pino from 'pino';
+import pino, { type DestinationStream } from 'pino';
+import { redactTokens, secretLogPaths } from '@buildfleet/protocol';
 
 export interface Logger {
   debug(obj: object, msg?: string): void;
@@ -11,7 +12,15 @@ export interface Logger {
 /** A logger that drops everything (tests). */
 export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 
-/** The default logger: pino to stderr at BUILDFLEET_LOG_LEVEL (default info). */
-export function defaultLogger(): Logger {
-  return pino({ name: 'buildfleet-worker', level: process.env.BUILDFLEET_LOG_LEVEL ?? 'info' }, pino.destination(2));
+/**
+ * The default logger: pino at BUILDFLEET_LOG_LEVEL (default info) to `dest`
+ * (default stderr). Tokens are never logged (PROTOCOL.md "Credentials"):
+ * credential fields are redacted by path, and every `bf?_…` token left in a
+ * finished line (a message, an error's stack) is censored before `dest`.
+ */
+export function defaultLogger(dest: DestinationStream = pino.destination(2), level = process.env.BUILDFLEET_LOG_LEVEL ?? 'info'): Logger {
+  return pino(
+    { name: 'buildfleet-worker', level, redact: { paths: secretLogPaths(), censor: '[redacted]' } },
+    { write: (line: string) => dest.write(redactTokens(line)) },
+  );
 }
