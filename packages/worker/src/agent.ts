@@ -326,13 +326,17 @@ class Agent {
     }
   }
 
-  /** Stops every build whose lease was not renewed for `leaseMs` (self-fencing). */
+  /** Stops every build whose script still runs and whose lease was not renewed for `leaseMs` (self-fencing). */
   fenceCheck(): void {
     const now = this.clock.monotonic();
     const leaseMs = this.session.settings.leaseMs;
     for (const run of this.executor.runs.values()) {
       const started = run.leaseStartedMono;
-      if (started === undefined || run.phase === 'done') continue;
+      // Fencing stops a script that may run twice. Once the script has ended
+      // (reporting) there is nothing left to stop: its writes either land while
+      // the attempt still holds the lease (a controller back from a restart
+      // grants one lease period of grace) or get 409 LEASE_LOST and are dropped.
+      if (started === undefined || run.phase === 'done' || run.phase === 'reporting') continue;
       const last = Math.max(started, this.renewed.get(run.id) ?? -Infinity);
       if (now - last >= leaseMs) {
         this.logger.warn({ buildId: run.id, sinceMs: now - last, leaseMs }, 'lease not renewed for leaseMs: stopping the build (fencing)');
