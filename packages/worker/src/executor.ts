@@ -31,7 +31,7 @@ import {
   type LogChunkRequest,
 } from '@buildfleet/protocol';
 import type { WorkerConfig } from './config.js';
-import type { ControllerClient } from './http.js';
+import { TransportError, type ControllerClient } from './http.js';
 import type { Logger } from './logger.js';
 import { LogStreamer } from './logs.js';
 import { PidDir, systemRunner, type ScriptRunner, type SpawnedBuild } from './process.js';
@@ -269,7 +269,13 @@ export class BuildRun {
     try {
       await this.write(async () => {
         const res = await client.send({ method: 'GET', path: this.build.sourceUrl, token: this.build.buildToken, signal: this.abort.signal });
-        await saveBody(res.body, srcFile, { clock, ms: config.requestTimeoutMs });
+        try {
+          await saveBody(res.body, srcFile, { clock, ms: config.requestTimeoutMs }, this.abort.signal);
+        } catch (err) {
+          // A body cut off or stalled mid-way is a transport failure (retried); a local file error is not.
+          if (this.abort.signal.aborted || err instanceof TransportError || (err as NodeJS.ErrnoException).syscall) throw err;
+          throw new TransportError('network', `source download failed: ${(err as Error).message}`, res.url, undefined, undefined, { cause: err });
+        }
       });
       await unpackSource(srcFile, this.workspace);
     } catch (err) {
@@ -281,6 +287,7 @@ export class BuildRun {
     } finally {
       await fs.rm(srcFile, { force: true }).catch(() => undefined);
     }
+    if (this.abort.signal.aborted) throw this.abort.signal.reason;
     if (this.currentStop() === 'canceled') {
       await this.flushLogs();
       return { outcome: 'canceled', exitCode: null, message: this.stopMessage ?? 'canceled before the script started' };

@@ -34,6 +34,7 @@ export async function saveBody(
   body: globalThis.ReadableStream<Uint8Array> | null,
   file: string,
   idle?: { clock: Clock; ms: number },
+  signal?: AbortSignal,
 ): Promise<number> {
   await fs.mkdir(path.dirname(file), { recursive: true });
   if (!body) {
@@ -48,6 +49,9 @@ export async function saveBody(
     idle.clock.clearTimeout(timer);
     timer = idle.clock.setTimeout(() => src.destroy(new Error(`source download stalled: no data for ${idle.ms}ms`)), idle.ms);
   };
+  const onAbort = () => src.destroy(new Error('source download aborted'));
+  if (signal?.aborted) onAbort();
+  signal?.addEventListener('abort', onAbort, { once: true });
   src.on('data', (c: Buffer) => {
     bytes += c.length;
     arm();
@@ -57,6 +61,7 @@ export async function saveBody(
     await pipeline(src, createWriteStream(file));
   } finally {
     idle?.clock.clearTimeout(timer);
+    signal?.removeEventListener('abort', onAbort);
   }
   return bytes;
 }

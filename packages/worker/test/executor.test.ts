@@ -329,4 +329,23 @@ describe('executor', () => {
     expect(await run.done).toMatchObject({ outcome: 'failed', exitCode: 4, reported: true });
     expect(fake.builds.get(b.id)!.finish).toMatchObject({ exitCode: 4 });
   });
+
+  it('a source download that stalls mid-body is abandoned after requestTimeoutMs and retried', async () => {
+    const clock = new FakeClock();
+    const { ex } = makeExecutor({ clock });
+    fake.stallNextSource();
+    const big = tarGz([{ path: 'big.txt', data: Buffer.alloc(200_000, 'x') }, { path: 'hello.txt', data: 'hello\n' }]);
+    const { b, run } = launch(ex, { script: 'cat hello.txt; wc -c < big.txt' }, big);
+    await fake.waitForRequest('source');
+    await waitFor(
+      async () => {
+        await clock.advance(1_000); // requestTimeoutMs is 5000 in tests
+        return fake.count('source') >= 2;
+      },
+      { what: 'the source download to be retried', timeoutMs: 10_000 },
+    );
+    expect(await run.done).toMatchObject({ outcome: 'succeeded', reported: true });
+    expect(logOf(b.id)).toMatch(/hello\n\s*200000\n/);
+    expect(fake.count('source')).toBe(2);
+  });
 });

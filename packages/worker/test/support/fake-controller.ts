@@ -9,7 +9,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import {
   bearerToken,
@@ -130,6 +130,8 @@ export class FakeController {
   private readonly drops = new Map<Route, number>();
   private readonly barriers = new Map<Route, Barrier>();
   private readonly wake = new EventEmitter();
+  private stallSources = 0;
+  private readonly stalled: PassThrough[] = [];
 
   constructor(opts: FakeControllerOptions = {}) {
     this.enrollmentToken = opts.enrollmentToken ?? 'bfe_test_enrollment';
@@ -154,6 +156,7 @@ export class FakeController {
 
   async close(): Promise<void> {
     for (const b of this.barriers.values()) b.release();
+    for (const st of this.stalled) st.destroy();
     this.wake.emit('wake');
     await this.app.close();
   }
@@ -187,6 +190,10 @@ export class FakeController {
   unhold(route: Route): void {
     this.barriers.get(route)?.release();
     this.barriers.delete(route);
+  }
+  /** The next `times` source downloads send half the body and then stall. */
+  stallNextSource(times = 1): void {
+    this.stallSources += times;
   }
   /** Every current access token now answers 401 TOKEN_EXPIRED. */
   expireTokens(): void {
@@ -312,7 +319,7 @@ export class FakeController {
         rec.status = status;
         this.events.emit('answered', rec);
         reply.code(status);
-        if (body instanceof Buffer) return reply.type('application/octet-stream').send(body);
+        if (body instanceof Buffer || body instanceof PassThrough) return reply.type('application/octet-stream').send(body);
         return body === undefined ? reply.send() : reply.send(body);
       };
 
@@ -322,7 +329,21 @@ export class FakeController {
       wrap('poll', async (req) => this.poll(req as FastifyRequest<{ Params: { id: string } }>)),
     );
     this.app.post(`${P}/workers/:id/heartbeat`, wrap('heartbeat', async (req) => this.heartbeat(req)));
-    this.app.get(`${P}/builds/:id/source`, wrap('source', async (req) => [200, this.buildAuth(req, false).source]));
+    this.app.get(
+      `${P}/builds/:id/source`,
+      wrap('source', async (req) => {
+        const src = this.buildAuth(req, false).source;
+        if (this.stallSources > 0) {
+          this.stallSources--;
+          // Headers and half the body, then silence: the connection stays open.
+          const stream = new PassThrough();
+          stream.write(src.subarray(0, Math.floor(src.length / 2)));
+          this.stalled.push(stream);
+          return [200, stream];
+        }
+        return [200, src];
+      }),
+    );
     this.app.post(`${P}/builds/:id/start`, wrap('start', async (req) => this.start(req)));
     this.app.post(`${P}/builds/:id/logs`, wrap('logs', async (req) => this.logs(req)));
     this.app.put(`${P}/builds/:id/artifacts/*`, wrap('artifact', async (req) => this.artifact(req)));
