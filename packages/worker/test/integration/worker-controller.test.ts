@@ -192,4 +192,25 @@ describe('worker against the real controller', () => {
       child.kill('SIGKILL');
     }
   });
+
+  it('heartbeats cut off: the worker fences its build after leaseMs, the controller requeues it, attempt 2 succeeds', async () => {
+    ctl = await startCtl({ leaseMs: 1_500, heartbeatIntervalMs: 200, ackTimeoutMs: 5_000 });
+    let partitioned = false;
+    const transport = (url: string, init: RequestInit) =>
+      partitioned && url.endsWith('/heartbeat') ? Promise.reject(new TypeError('fetch failed (partition)')) : fetch(url, init);
+    const w = await startWorker(testConfig(ctl, dir, { cancelGraceMs: 60_000 }), { logger: silentLogger, retryBaseMs: 10, retryMaxMs: 100, transport });
+    workers.push(w);
+    const running = once(w.events, 'build:running', 10_000);
+    const build = await ctl.submit({ script: 'trap "" TERM; if [ "$BUILDFLEET_BUILD_ATTEMPT" = 1 ]; then sleep 300; fi; echo attempt $BUILDFLEET_BUILD_ATTEMPT ok' }, tarGz([]));
+    const [{ pgid }] = (await running) as [{ pgid: number }];
+    const fenced = once(w.events, 'build:fenced', 10_000);
+    partitioned = true;
+    expect(await fenced).toEqual([build.id]);
+    await waitFor(() => !isAlive(pgid), { what: 'the fenced build to be killed', timeoutMs: 2_000 });
+    partitioned = false;
+    const done = await finished(build.id, 20_000);
+    expect(done).toMatchObject({ state: 'succeeded', attempt: 2 });
+    expect(done.attempts[0]).toMatchObject({ attempt: 1 });
+    expect(done.attempts[0]!.state).not.toBe('succeeded');
+  });
 });
