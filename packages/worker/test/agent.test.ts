@@ -244,4 +244,18 @@ describe('agent', () => {
     const b = fake.addBuild({ script: 'echo via failover' });
     expect(await finished).toMatchObject({ buildId: b.id, outcome: 'succeeded' });
   });
+
+  it('a stop without drain during a drain cancels the running build', async () => {
+    const w = await start();
+    const running = nextEvent(w, 'build:running');
+    const b = fake.addBuild({ script: 'sleep 300' });
+    await running;
+    const draining = w.stop({ drain: true });
+    await flushMicrotasks();
+    expect(fake.builds.get(b.id)!.finish).toBeUndefined();
+    await w.stop();
+    await draining;
+    await w.done;
+    expect(fake.builds.get(b.id)!.finish).toMatchObject({ outcome: 'canceled' });
+  });
 });
