@@ -145,7 +145,7 @@ function printControllerBanner(controller: RunningController, dataDir: string, b
   say('');
   say('Add a worker on another machine (start this controller with BUILDFLEET_HOST=0.0.0.0 so it is reachable):');
   const host = bind && bind !== '127.0.0.1' && bind !== 'localhost' ? controller.url : controller.url.replace('127.0.0.1', '<this-host>');
-  const token = controller.firstStart?.enrollmentToken ?? '<enrollment token>';
+  const token = controller.firstStart?.enrollmentToken ?? `<enrollmentToken in ${credFile}>`;
   say(`  BUILDFLEET_CONTROLLER_URL=${host} BUILDFLEET_ENROLLMENT_TOKEN=${token} npx buildfleet worker`);
   say('');
 }

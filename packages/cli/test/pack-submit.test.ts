@@ -74,7 +74,7 @@ describe('submitDirectory', () => {
     await put('a.txt', 'alpha');
     await put('deep/b.txt', 'beta'.repeat(100_000));
     await put('out/junk', 'ignored');
-    let raw = Buffer.alloc(0);
+    let raw: Buffer = Buffer.alloc(0);
     let form: FormData | undefined;
     fake.routes.set('POST /api/v1/builds', async (req, body, res) => {
       raw = body;
