@@ -7,7 +7,20 @@ import { Type, type Static, type TSchema } from 'typebox';
 import { BUILD_STATES, TERMINAL_STATES } from './states.js';
 import { ERROR_CODES } from './errors.js';
 
-const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()]);
+/**
+ * `T` or null. A primitive schema becomes `{type, nullable: true}` rather than
+ * `anyOf [T, null]`: the controller's ajv coerces types (`coerceTypes`), and
+ * inside `anyOf` it coerces null in the first branch (a finish's `exitCode:
+ * null` was stored as 0, `message: null` as ""); `nullable` keeps null and
+ * is OpenAPI 3.0 too. Found by the simulation (packages/sim).
+ */
+const Nullable = <T extends TSchema>(schema: T) => {
+  const type = (schema as { type?: unknown }).type;
+  if (typeof type === 'string' && type !== 'object' && type !== 'array') {
+    return Type.Unsafe<Static<T> | null>({ ...schema, nullable: true });
+  }
+  return Type.Union([schema, Type.Null()]);
+};
 const Timestamp = Type.String({ description: 'ISO-8601 UTC' });
 const Id = Type.String({ minLength: 1, maxLength: 200 });
 
