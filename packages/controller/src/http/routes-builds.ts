@@ -480,7 +480,10 @@ async function submitBuild(ctx: AppContext, request: FastifyRequest): Promise<Bu
     if (!source) throw new ApiError('VALIDATION_FAILED', 'part "source" (a .tar.gz file) is missing');
     return await store.createBuild({ id, spec, sourceKey, sourceSize: source.size, sourceSha256: source.sha256, now: clock.now() });
   } catch (err) {
-    if (source) await blobs.delete(sourceKey).catch(() => {});
+    // createBuild may have committed before its error (a connection lost on
+    // COMMIT answers UNAVAILABLE): delete the source only when no build row
+    // uses it. A leaked blob is harmless; a build without its source is not.
+    if (source && !(await mayExist(store, id))) await blobs.delete(sourceKey).catch(() => {});
     if (err instanceof ApiError) throw err;
     const e = err as { statusCode?: number; message?: string; code?: string };
     if (e.statusCode === 413 || e.code === 'FST_REQ_FILE_TOO_LARGE') throw new ApiError('PAYLOAD_TOO_LARGE', e.message ?? 'too large');
@@ -491,6 +494,16 @@ async function submitBuild(ctx: AppContext, request: FastifyRequest): Promise<Bu
       throw new ApiError('VALIDATION_FAILED', `malformed multipart body: ${e.message}`);
     }
     throw err;
+  }
+}
+
+/** false only when the store says the build does not exist (any other error: it may). */
+async function mayExist(store: AppContext['store'], id: string): Promise<boolean> {
+  try {
+    await store.getBuild(id);
+    return true;
+  } catch (err) {
+    return !(err instanceof ApiError && err.code === 'BUILD_NOT_FOUND');
   }
 }
 
