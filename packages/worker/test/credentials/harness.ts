@@ -105,6 +105,8 @@ export interface Rig {
 export interface RigOptions {
   clock?: Clock;
   config?: Partial<ControllerConfig>;
+  /** Environment the controller's configuration is read from (PROTOCOL.md names); `config` wins. */
+  env?: Record<string, string>;
 }
 
 /** Starts a controller on `kind` with the harness's defaults (`config` wins). */
@@ -118,7 +120,7 @@ export async function startRig(kind: StoreKind, options: RigOptions = {}): Promi
     cleanups.push(() => dropped.drop());
   }
   const config = loadControllerConfig(
-    {},
+    options.env ?? {},
     {
       host: '127.0.0.1',
       port: 0,

@@ -209,13 +209,13 @@ for (const kind of STORES) {
       let pollSettled = false;
       const poll = r.req('POST', paths.poll(W, 0), { token: reg.accessToken, json: { freeSlots: 3, activeBuildIds: [] } }).finally(() => (pollSettled = true));
       const submits = [1, 2, 3].map((i) => r.submit({ script: `echo ${i}` }));
-      await waitFor(() => polls.calls === 1, { what: 'the poll to reach the store' });
+      await waitFor(() => polls.calls === 1, { what: 'the poll to reach the store', timeoutMs: 15_000 });
       if (kind === 'postgres') {
         // The poll's transaction is blocked on the worker's row lock (not merely slow).
         await waitFor(
           async () =>
             (await r.peek<{ n: number }>("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))[0]!.n >= 1,
-          { what: 'the poll to wait on the row lock' },
+          { what: 'the poll to wait on the row lock', timeoutMs: 15_000 },
         );
         await Promise.all(submits); // PostgreSQL: submissions do not need the worker's lock
         const queued = await r.peek<{ state: string; worker_id: string | null }>('SELECT state, worker_id FROM builds');
@@ -350,7 +350,7 @@ for (const kind of STORES) {
       );
       await waitFor(() => /RUNNING \S+ \d+/.test(first.out.text), { what: 'the worker process to run the build', timeoutMs: 20_000, intervalMs: 20 });
       const firstId = /REGISTERED (\S+)/.exec(first.out.text)![1]!;
-      await waitFor(async () => (await r.logText(build.id)).includes('attempt 1'), { what: 'the first attempt to log' });
+      await waitFor(async () => (await r.logText(build.id)).includes('attempt 1'), { what: 'the first attempt to log', timeoutMs: 15_000 });
       first.child.kill('SIGKILL');
       await first.exited;
       expect(await r.build(build.id)).toMatchObject({ state: 'running', attempt: 1, workerId: firstId });
@@ -498,6 +498,82 @@ for (const kind of STORES) {
       const restart = await r.registerOk({ workerId: reg.workerId, workerSecret: reg.workerSecret, bootId: crypto.randomUUID(), labels: ['raw'], activeBuildIds: [] }, null);
       expect(restart.builds).toEqual([]);
       expect((await r.build(b2.id)).attempts[0]).toMatchObject({ attempt: 1, reason: 'worker_restarted' });
+    });
+  });
+
+  suite(`credential rules on ${kind}`, () => {
+    let rig: Rig | undefined;
+    afterEach(async () => {
+      await rig?.close();
+      rig = undefined;
+    });
+
+    it('BUILDFLEET_ACCESS_TOKEN_TTL_MS sets the access token lifetime; past it the token is 401 TOKEN_EXPIRED, a rotated one TOKEN_INVALID', async () => {
+      const clock = new FakeClock(Date.now());
+      const r = (rig = await startRig(kind, { clock, env: { BUILDFLEET_ACCESS_TOKEN_TTL_MS: '2000' } }));
+      expect(r.config.accessTokenTtlMs).toBe(2_000);
+      const reg = await r.registerOk();
+      expect(reg.accessTokenExpiresInMs).toBe(2_000);
+      expect(Date.parse(reg.accessTokenExpiresAt)).toBe(clock.now() + 2_000);
+      const hb = (token: string) => r.req('POST', paths.heartbeat(reg.workerId), { token, json: { activeBuildIds: [] } });
+      const ok = await hb(reg.accessToken);
+      expect(ok.status).toBe(200);
+      expect(((await ok.json()) as HeartbeatResponse).accessTokenExpiresInMs).toBe(2_000);
+      await clock.advance(2_000);
+      const expired = await hb(reg.accessToken);
+      expect([expired.status, await errorCode(expired)]).toEqual([401, 'TOKEN_EXPIRED']);
+      const fresh = await r.registerOk({ workerId: reg.workerId, workerSecret: reg.workerSecret }, null);
+      expect((await hb(fresh.accessToken)).status).toBe(200);
+      const rotated = await hb(reg.accessToken);
+      expect([rotated.status, await errorCode(rotated)]).toEqual([401, 'TOKEN_INVALID']);
+    });
+
+    it('enrollment tokens: an expired one is 401 TOKEN_EXPIRED, a used-up or revoked one TOKEN_INVALID; a registrationId retry uses no extra use; a re-registration ignores the bearer', async () => {
+      const clock = new FakeClock(Date.now());
+      const r = (rig = await startRig(kind, { clock }));
+      const create = async (json: Record<string, unknown>) => {
+        const res = await r.api('POST', paths.enrollmentTokens(), json);
+        expect(res.status).toBe(201);
+        return (await res.json()) as { id: string; token: string };
+      };
+      const expiring = await create({ expiresAt: new Date(clock.now() + 1_000).toISOString() });
+      const twice = await create({ maxUses: 2 });
+      expect((await r.register({}, expiring.token)).status).toBe(201);
+      await clock.advance(1_000);
+      const late = await r.register({}, expiring.token);
+      expect([late.status, await errorCode(late)]).toEqual([401, 'TOKEN_EXPIRED']);
+
+      const registrationId = crypto.randomUUID();
+      const a = await r.registerOk({ registrationId }, twice.token);
+      const retried = await r.registerOk({ registrationId }, twice.token); // the first answer was "lost"
+      expect(retried.workerId).toBe(a.workerId);
+      const voided = await r.req('POST', paths.heartbeat(a.workerId), { token: a.accessToken, json: { activeBuildIds: [] } });
+      expect(voided.status).toBe(401); // the lost credentials are void
+      const b = await r.registerOk({}, twice.token); // second use
+      const third = await r.register({}, twice.token);
+      expect([third.status, await errorCode(third)]).toEqual([401, 'TOKEN_INVALID']);
+
+      // Re-registration needs no bearer, and a used-up, revoked or expired one does not matter.
+      expect((await r.api('DELETE', paths.enrollmentToken(twice.id))).status).toBe(204);
+      for (const bearer of [twice.token, expiring.token, ENROLLMENT_TOKEN, null]) {
+        const again = await r.registerOk({ workerId: b.workerId, workerSecret: b.workerSecret }, bearer);
+        expect(again.workerId).toBe(b.workerId);
+      }
+      const revoked = await r.register({}, twice.token);
+      expect([revoked.status, await errorCode(revoked)]).toEqual([401, 'TOKEN_INVALID']);
+      expect(await r.listWorkers()).toHaveLength(3); // the expiring token's worker, a (once, despite the retry) and b
+    });
+
+    it('a deleted worker\'s own access token gets 404 WORKER_NOT_FOUND (it wins over 401), and so does its secret', async () => {
+      const r = (rig = await startRig(kind));
+      const reg = await r.registerOk();
+      expect((await r.api('DELETE', paths.worker(reg.workerId))).status).toBe(200);
+      for (const p of [paths.poll(reg.workerId, 0), paths.heartbeat(reg.workerId)]) {
+        const res = await r.req('POST', p, { token: reg.accessToken, json: { freeSlots: 1, activeBuildIds: [] } });
+        expect([res.status, await errorCode(res)]).toEqual([404, 'WORKER_NOT_FOUND']);
+      }
+      const rereg = await r.register({ workerId: reg.workerId, workerSecret: reg.workerSecret }, null);
+      expect([rereg.status, await errorCode(rereg)]).toEqual([404, 'WORKER_NOT_FOUND']);
     });
   });
 }
