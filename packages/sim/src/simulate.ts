@@ -284,7 +284,7 @@ export class World {
   }
 
   violation(text: string): void {
-    this.violations.push(text);
+    this.violations.push(this.trace.clean(text));
     this.trace.add('checker', `VIOLATION ${text}`);
   }
 
