@@ -302,8 +302,11 @@ class Agent {
       for (const id of res.cancel) this.executor.stop(id, 'canceled', 'canceled: cancellation requested');
       for (const id of res.abandon) this.executor.stop(id, 'lost', 'abandoned: the controller says this worker no longer owns it');
       if (res.draining && !this.draining) {
-        this.logger.info({}, 'controller says this worker is draining: no new builds');
+        // POST /workers/{id}/drain acts like a first SIGTERM: no new builds,
+        // heartbeats go on, running builds finish, then the worker stops.
+        this.logger.info({}, 'controller says this worker is draining: no new builds; stopping once running builds finish');
         this.events.emit('draining');
+        void this.stop({ drain: true }).catch(() => undefined);
       }
       this.events.emit('heartbeat', res);
     } catch (err) {
