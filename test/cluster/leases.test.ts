@@ -229,6 +229,32 @@ describe('leases and faults (real processes, SQLite)', () => {
     await api.request('POST', `/api/v1/builds/${other.id}/cancel`);
   });
 
+  it('(d) POST /workers/{id}/drain during a build: no new builds, the build succeeds, then the worker exits', { timeout: 90_000 }, async () => {
+    const w = worker('wd2', ['d2']);
+    const workerId = await workerRegistered('wd2');
+    const release = join(tmp.dir, 'd2-release');
+    const build = await api.submit({ labels: ['d2'], script: `echo started; ${waitForFileSh(release)}; echo finished` });
+    await waitState(build.id, (b) => b.state === 'running', 'the build to run');
+    await api.request('POST', `/api/v1/workers/${workerId}/drain`);
+    const other = await api.submit({ labels: ['d2'], script: 'echo should not run' });
+    // The worker hears of the drain with its next heartbeat; it keeps running its build.
+    const drainedAt = Date.now();
+    await waitFor(
+      async () => {
+        const info = (await api.workers()).find((x) => x.id === workerId)!;
+        return info.lastSeenAt !== null && Date.parse(info.lastSeenAt) > drainedAt + 2 * TIMINGS.heartbeatIntervalMs;
+      },
+      'heartbeats after the drain',
+    );
+    expect(w.proc.exitCode).toBeNull();
+    await writeFile(release, '');
+    const done = await waitState(build.id, (b) => b.state === 'succeeded', 'the build to succeed');
+    expect(done.attempts).toHaveLength(1);
+    expect(await w.exited).toBe(0);
+    expect(await api.build(other.id)).toMatchObject({ state: 'queued', workerId: null });
+    await api.request('POST', `/api/v1/builds/${other.id}/cancel`);
+  });
+
   it('(e) a build saturating every core keeps its lease', { timeout: 90_000 }, async () => {
     worker('we', ['e']);
     const workerId = await workerRegistered('we');
