@@ -1,0 +1,59 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { run } from '../src/run.js';
+
+let err: string;
+let out: string;
+beforeEach(() => {
+  err = '';
+  out = '';
+  process.exitCode = undefined;
+  vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => ((err += String(c)), true));
+  vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => ((out += String(c)), true));
+});
+afterEach(() => {
+  vi.restoreAllMocks();
+  process.exitCode = undefined;
+});
+
+const argv = (...a: string[]) => ['node', 'buildfleet', ...a];
+
+describe('run', () => {
+  it('exits 3 with one line for usage errors, never a stack trace', async () => {
+    expect(await run(argv('submit', '/nonexistent/dir'))).toBe(3);
+    expect(err).toBe('buildfleet: /nonexistent/dir is not a directory\n');
+
+    err = '';
+    expect(await run(argv('submit', '.', '--env', 'NOEQUALS'))).toBe(3);
+    expect(err).toMatch(/--env expects KEY=VALUE/);
+    expect(err).not.toMatch(/\n\s+at /);
+
+    err = '';
+    expect(await run(argv('list', '--limit', 'lots'))).toBe(3);
+    expect(err).toMatch(/--limit must be an integer/);
+
+    err = '';
+    expect(await run(argv('frobnicate'))).toBe(3);
+    expect(err).toMatch(/unknown command/);
+  });
+
+  it('exits 0 for --help and --version', async () => {
+    expect(await run(argv('--version'))).toBe(0);
+    expect(out).toContain('0.1.0');
+    expect(await run(argv('submit', '--help'))).toBe(0);
+    expect(out).toContain('--artifact <glob>');
+  });
+
+  it('rejects a bad flag value and names the bad option of an invalid service configuration', async () => {
+    expect(await run(argv('controller', '--port', '99999'))).toBe(3);
+    expect(err).toMatch(/port must be an integer from 0 to 65535/);
+
+    err = '';
+    vi.stubEnv('BUILDFLEET_LEASE_MS', 'soon');
+    try {
+      expect(await run(argv('controller', '--port', '0'))).toBe(3);
+      expect(err).toMatch(/^buildfleet: configuration: BUILDFLEET_LEASE_MS must be an integer/);
+    } finally {
+      vi.unstubAllEnvs();
+    }
+  });
+});
