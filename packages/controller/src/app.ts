@@ -136,6 +136,37 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   const tokens = await BuildTokens.fromStore(store);
+  let closed = false;
+  // The 'builds' gate: a hint (a submit, a requeue, a finish, the periodic
+  // re-check) costs one `hasQueuedBuilds` query per controller, and parked
+  // polls run their claim only when something is queued. Hints arriving
+  // while a check runs are coalesced into one more check. No poll in flight
+  // (parked or checking) means nothing to wake and no query at all.
+  let gateRunning = false;
+  let gateAgain = false;
+  const wakePollsIfQueued = async (): Promise<void> => {
+    if (pollWake.interested === 0 || closed) return;
+    if (gateRunning) {
+      gateAgain = true;
+      return;
+    }
+    gateRunning = true;
+    try {
+      do {
+        gateAgain = false;
+        let queued = true;
+        try {
+          queued = await store.hasQueuedBuilds();
+        } catch (err) {
+          // Let the polls find out for themselves (they answer 503).
+          app.log.debug({ err }, 'queued-builds check failed');
+        }
+        if (queued) pollWake.wake();
+      } while (gateAgain && !closed);
+    } finally {
+      gateRunning = false;
+    }
+  };
   const metrics: ControllerMetrics = createMetrics();
   const pollWake = new WakeChannel(clock);
   const logWake = new WakeChannel(clock);
@@ -151,9 +182,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     logWake,
     log: app.log,
     hint(channel: WakeTopic, payload?: string) {
-      // Local waiters first: the in-process path must not depend on the notifier.
-      // (The notifier echoes to this process too; a second wake-up costs one re-check.)
-      (channel === 'logs' ? logWake : pollWake).wake();
+      // Local waiters first: the in-process path must not depend on the
+      // notifier (which echoes to this process too; the gate coalesces that).
+      if (channel === 'logs') logWake.wake();
+      else if (channel === 'builds') void wakePollsIfQueued();
+      else pollWake.wake();
       try {
         void notifier.notify(channel, payload).catch((err: unknown) =>
           app.log.warn({ err, channel }, 'notify failed; waiters fall back to periodic re-checks'),
@@ -168,23 +201,19 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // Hints from this and other controllers.
   const unsubscribe: Array<() => void> = [
     notifier.subscribe((topic) => {
-      if (topic === 'builds' || topic === 'workers') pollWake.wake();
-      if (topic === 'logs') logWake.wake();
+      if (topic === 'builds') void wakePollsIfQueued();
+      else if (topic === 'workers') pollWake.wake();
+      else if (topic === 'logs') logWake.wake();
     }),
   ];
 
   // Periodic re-check of parked polls: one cheap query per controller, not
   // one per worker (STYLE.md "An idle fleet costs the database nothing").
   let recheckTimer: ReturnType<Clock['setTimeout']> | undefined;
-  let closed = false;
   const recheck = async () => {
     recheckTimer = undefined;
     if (closed) return;
-    try {
-      if (pollWake.size > 0 && (await store.hasQueuedBuilds())) pollWake.wake();
-    } catch (err) {
-      app.log.debug({ err }, 'periodic re-check failed');
-    }
+    await wakePollsIfQueued();
     if (!closed) recheckTimer = clock.setTimeout(() => void recheck(), config.pollRecheckMs);
   };
   recheckTimer = clock.setTimeout(() => void recheck(), config.pollRecheckMs);

@@ -347,6 +347,7 @@ async function longPoll(
   reply.raw.on('close', onClose);
   let parked = false;
   let result: 'builds' | 'empty' | 'error' = 'empty';
+  const release = pollWake.retain();
   try {
     for (;;) {
       const generation = pollWake.generation;
@@ -373,6 +374,7 @@ async function longPoll(
     result = 'error';
     throw err;
   } finally {
+    release();
     reply.raw.off('close', onClose);
     if (parked) metrics.parkedPolls.dec();
     metrics.pollWaits.observe({ result }, (clock.monotonic() - started) / 1000);

@@ -23,6 +23,26 @@ export class WakeChannel {
     return this.gen;
   }
 
+  private holders = 0;
+
+  /**
+   * Marks a waiter-to-be that is checking the database now (not parked yet),
+   * so wake-up gates do not skip it; call the returned function when done.
+   */
+  retain(): () => void {
+    this.holders++;
+    let released = false;
+    return () => {
+      if (!released) this.holders--;
+      released = true;
+    };
+  }
+
+  /** Waiters parked or about to park (retained). */
+  get interested(): number {
+    return this.holders + this.waiters.size;
+  }
+
   /** Number of parked waiters (metrics, the periodic re-check). */
   get size(): number {
     return this.waiters.size;

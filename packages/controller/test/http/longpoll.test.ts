@@ -117,6 +117,52 @@ describe('long poll', () => {
   });
 });
 
+describe('wake-up gate', () => {
+  it('a hint with nothing queued costs one check, not a claim per parked poll; a submit wakes them all', async () => {
+    const own = await startHarness({ pollWaitMs: 30_000, pollRecheckMs: 60_000 });
+    try {
+      const store = own.ctl.store;
+      let polls = 0;
+      let checks = 0;
+      let checked = 0;
+      const poll0 = store.poll.bind(store);
+      const has0 = store.hasQueuedBuilds.bind(store);
+      store.poll = (input) => {
+        polls++;
+        return poll0(input);
+      };
+      store.hasQueuedBuilds = async () => {
+        checks++;
+        const queued = await has0();
+        checked++;
+        return queued;
+      };
+      const regs = await Promise.all([1, 2, 3].map(() => own.registerOk({ labels: ['gate'] })));
+      const answers = regs.map((r) =>
+        own.req('POST', paths.poll(r.workerId, 30_000), { token: r.accessToken, json: { freeSlots: 1, activeBuildIds: [] } }),
+      );
+      await waitFor(() => own.ctl.app.buildfleet.pollWake.size === 3, { what: 'three parked polls' });
+      expect(polls).toBe(3);
+      // A 'builds' hint while nothing is queued: one check, no claims.
+      const checksBefore = checks;
+      own.ctl.app.buildfleet.hint('builds');
+      // (A woken poll would call store.poll within microtasks of the check's end.)
+      await waitFor(() => checked > checksBefore, { what: 'the gate to check' });
+      expect(checks - checksBefore).toBeLessThanOrEqual(2); // local call + notifier echo, coalesced
+      expect(own.ctl.app.buildfleet.pollWake.size).toBe(3);
+      expect(polls).toBe(3);
+      // A submit wakes them; exactly one gets the build, the others park again.
+      const b = await own.submitOk({ script: 'x', labels: ['gate'] });
+      const first = await Promise.race(answers.map((p, i) => p.then((r) => ({ r, i }))));
+      expect(first.r.status).toBe(200);
+      expect(((await first.r.json()) as PollResponse).builds[0]!.id).toBe(b.id);
+      await waitFor(() => own.ctl.app.buildfleet.pollWake.size === 2, { what: 'the other two to park again' });
+    } finally {
+      await own.close();
+    }
+  });
+});
+
 describe('drain', () => {
   it('a draining worker gets no new builds, keeps its running ones and hears draining in heartbeats', async () => {
     const label = 'drain-test';
