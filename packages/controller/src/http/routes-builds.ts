@@ -47,6 +47,8 @@ const SHA256_HEX = /^[0-9a-f]{64}$/;
 const specCheck = Compile(BuildSpecInputSchema);
 /** Largest `spec` part of a submission, bytes. */
 const MAX_SPEC_BYTES = 2 * 1024 * 1024;
+/** Longest silence on a followed log stream before a `: keepalive` comment, ms. */
+const SSE_KEEPALIVE_MS = 15_000;
 /** Bytes read from the store per log chunk when streaming a log. */
 const LOG_READ_BYTES = 256 * 1024;
 
@@ -564,7 +566,9 @@ export function parseRange(header: string | undefined, size: number): { start: n
  * build moved to a new one (offsets restart at 0), `state` `{state,
  * attempt, cancelRequested}` when the state changes, and a last `end`
  * `{state, attempt, exitCode, reason}` once the build is terminal and every
- * byte was sent. Driven by 'logs' wake-ups plus a periodic re-check.
+ * byte was sent; `error` `{code, message}` if the store fails mid-stream.
+ * Idle streams get a `: keepalive` comment every 15 s. Driven by 'logs'
+ * wake-ups plus a periodic re-check (`logFollowRecheckMs`).
  */
 function followLog(
   ctx: AppContext,
@@ -578,8 +582,10 @@ function followLog(
   const out = new PassThrough();
   const abort = new AbortController();
   reply.raw.on('close', () => abort.abort());
+  let lastWrite = ctx.clock.monotonic();
   const send = async (event: string, data: unknown) => {
     if (abort.signal.aborted) return;
+    lastWrite = ctx.clock.monotonic();
     if (!out.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`)) {
       await new Promise<void>((resolve) => {
         const done = () => {
@@ -629,6 +635,11 @@ function followLog(
           break;
         }
         await logWake.waitForChange(generation, config.logFollowRecheckMs, abort.signal);
+        // A comment line now and then keeps proxies from closing an idle stream.
+        if (ctx.clock.monotonic() - lastWrite >= SSE_KEEPALIVE_MS && !abort.signal.aborted) {
+          lastWrite = ctx.clock.monotonic();
+          out.write(': keepalive\n\n');
+        }
       }
     } catch (err) {
       const code = err instanceof ApiError ? err.code : 'UNAVAILABLE';
