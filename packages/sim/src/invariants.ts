@@ -50,13 +50,27 @@ export class Observer {
     if (!this.canceledAt.has(id)) this.canceledAt.set(id, at);
   }
 
+  /** Worker ids an admin deleted: their identity may register anew (PROTOCOL.md "Deleted worker"). */
+  private readonly deleted = new Set<string>();
+  private readonly current = new Map<number, string>();
+
+  workerDeleted(workerId: string): void {
+    this.deleted.add(workerId);
+  }
+  wasDeleted(workerId: string): boolean {
+    return this.deleted.has(workerId);
+  }
+
   /** A worker process of identity `lineage` is registered as `workerId`. */
   registered(lineage: number, workerId: string, actor: string): void {
     let s = this.lineages.get(lineage);
     if (!s) this.lineages.set(lineage, (s = new Set()));
-    if (!s.has(workerId) && s.size > 0) {
-      this.problem(`identity L${lineage} got a second worker record ${workerId} (${actor}; had ${[...s].join(', ')})`);
+    const cur = this.current.get(lineage);
+    if (cur !== undefined && cur !== workerId && !this.deleted.has(cur)) {
+      this.problem(`identity L${lineage} got a second worker record ${workerId} (${actor}; it is ${cur})`);
     }
+    if (this.deleted.has(workerId)) this.problem(`identity L${lineage} registered as ${workerId}, a deleted worker`);
+    this.current.set(lineage, workerId);
     s.add(workerId);
   }
 
@@ -257,7 +271,7 @@ export async function checkInvariants({ dbFile, blobs, observer }: CheckInput): 
     // 3. identities
     const workerIds = new Set((db.prepare('SELECT id FROM workers').all() as Array<{ id: string }>).map((r) => r.id));
     for (const [lineage, ids] of observer.lineageIds()) {
-      for (const id of ids) if (!workerIds.has(id)) v(`identity L${lineage} was registered as ${id}, which is not in the database`);
+      for (const id of ids) if (!workerIds.has(id) && !observer.wasDeleted(id)) v(`identity L${lineage} was registered as ${id}, which is not in the database`);
     }
   } finally {
     db.close();

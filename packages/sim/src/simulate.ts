@@ -136,6 +136,8 @@ class SimWorker {
   lineage: number;
   dead = true;
   running: RunningWorker | undefined;
+  /** The worker id this machine's identity was last registered as. */
+  lastWorkerId: string | undefined;
   private runner: SimRunner | undefined;
 
   constructor(
@@ -207,6 +209,7 @@ class SimWorker {
           if (dead) return;
           world.trace.add(actor, `registered ${ev.kind} as ${ev.workerId}`);
           world.observer.registered(lineage, ev.workerId, `${actor}`);
+          this.lastWorkerId = ev.workerId;
         });
         w.events.on('fatal', (err: Error & { code?: string }) => {
           if (!dead) world.violation(`worker ${actor} stopped fatally: ${err.code}: ${err.message}`);
@@ -215,6 +218,7 @@ class SimWorker {
         const id = w.workerId;
         world.trace.add(actor, `started as ${id}`);
         world.observer.registered(lineage, id, actor);
+        this.lastWorkerId = id;
         void instance;
       },
       (err: Error & { code?: string }) => {
@@ -235,6 +239,7 @@ class SimWorker {
     if (!keepIdentity) {
       fs.rmSync(this.dataDir, { recursive: true, force: true });
       this.lineage = this.world.nextLineage++;
+      this.lastWorkerId = undefined;
     }
   }
 
@@ -381,6 +386,15 @@ export async function runSeed(opts: SimOptions): Promise<SimResult> {
       if (res?.statusCode === 200) world.observer.canceled(id, clock.now());
       if ((!res || res.statusCode === 503) && tries < 20) world.at(clock.monotonic() + 1_000, () => cancel(id, tries + 1));
     };
+    const admin = async (method: 'DELETE' | 'POST', w: SimWorker, suffix: string, tries = 0): Promise<void> => {
+      const id = w.lastWorkerId;
+      if (!id) return;
+      const app = world.controller.current();
+      const res = app ? await app.inject({ method, url: `/api/v1/workers/${id}${suffix}`, headers: { authorization: `Bearer ${API}` } }) : undefined;
+      trace.add('admin', `${method} ${id}${suffix} -> ${res ? `${res.statusCode} ${res.body.slice(0, 120)}` : 'controller down'}`);
+      if (method === 'DELETE' && res?.statusCode === 200) world.observer.workerDeleted(id);
+      if ((!res || res.statusCode === 503) && tries < 20) world.at(clock.monotonic() + 1_000, () => admin(method, w, suffix, tries + 1));
+    };
     for (let n = 1; n <= nBuilds; n++) {
       const lines = rng.int(0, 8);
       const plan: ScriptPlan = {
@@ -445,6 +459,16 @@ export async function runSeed(opts: SimOptions): Promise<SimResult> {
       for (let i = f.int(0, 3); i > 0; i--) {
         const w = f.pick(workers);
         world.at(f.int(500, faultWindow), () => w.forceReregister());
+      }
+      // An admin deletes a worker: its builds are lost at once, it registers anew.
+      for (let i = f.chance(0.3) ? 1 : 0; i > 0; i--) {
+        const w = f.pick(workers);
+        world.at(f.int(2_000, faultWindow), () => admin('DELETE', w, ''));
+      }
+      // An admin drains one worker for good (never all of them: someone must run the builds).
+      if (nWorkers >= 2 && f.chance(0.2)) {
+        const w = workers[0]!;
+        world.at(f.int(2_000, faultWindow), () => admin('POST', w, '/drain'));
       }
     }
 
