@@ -273,7 +273,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     if (error.status === 503 || error.status === 429) reply.header('retry-after', String(RETRY_AFTER_SECONDS));
     // An upload refused before (or while) its body was read: close the
     // connection instead of reading the rest of a possibly huge body.
-    if (isRawBody(request.body) && !request.body.readableEnded) reply.header('connection', 'close');
+    if ((isRawBody(request.body) && !request.body.readableEnded) || request.raw.complete === false) {
+      reply.header('connection', 'close');
+    }
     return reply.code(error.status).type('application/json; charset=utf-8').send(error.toBody());
   });
 

@@ -451,3 +451,44 @@ describe('enrollment tokens', () => {
   });
 });
 }
+
+describe('refused uploads', () => {
+  it('an upload refused before its body is read closes the connection instead of reading it all', async () => {
+    const own = await startHarness();
+    try {
+      const { request } = await import('node:http');
+      const u = new URL(own.url);
+      const result = await new Promise<{ status: number; connection: string | undefined; sent: number }>((resolve, reject) => {
+        let sent = 0;
+        const req = request(
+          {
+            host: u.hostname,
+            port: Number(u.port),
+            method: 'POST',
+            path: '/api/v1/builds',
+            headers: { authorization: 'Bearer bfa_wrong-token-0000000000000000', 'content-type': 'multipart/form-data; boundary=x', 'content-length': String(512 * 1024 * 1024) },
+          },
+          (res) => {
+            res.resume();
+            resolve({ status: res.statusCode ?? 0, connection: res.headers.connection, sent });
+          },
+        );
+        req.on('error', (err) => reject(err));
+        const chunk = Buffer.alloc(64 * 1024);
+        const pump = () => {
+          while (sent < 512 * 1024 * 1024) {
+            sent += chunk.length;
+            if (!req.write(chunk)) return void req.once('drain', pump);
+          }
+        };
+        pump();
+      });
+      expect(result.status).toBe(401);
+      expect(result.connection).toBe('close');
+      // Far less than the declared 512 MiB went out before the answer.
+      expect(result.sent).toBeLessThan(256 * 1024 * 1024);
+    } finally {
+      await own.close();
+    }
+  });
+});
