@@ -190,6 +190,34 @@ describe('log stream (SSE)', () => {
     expect(await next()).toBeUndefined();
   });
 
+  it('following the current attempt moves to the next attempt when the build is requeued', async () => {
+    await h.submitOk({ script: 'x', labels: ['sse3'] });
+    const reg = await h.registerOk({ labels: ['sse3'] });
+    const a = ((await (await h.req('POST', paths.poll(reg.workerId, 0), { token: reg.accessToken, json: { freeSlots: 1, activeBuildIds: [] } })).json()) as PollResponse).builds[0]!;
+    await h.req('POST', paths.start(a.id), { token: a.buildToken, json: { attempt: 1 } });
+    await h.req('POST', paths.logs(a.id), { token: a.buildToken, json: { attempt: 1, seq: 0, offset: 0, data: 'first try\n' } });
+    const res = await h.req('GET', `${paths.logs(a.id)}?follow=1`, { token: API_TOKEN });
+    const stream = (async () => {
+      let text = '';
+      const decoder = new TextDecoder();
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) text += decoder.decode(chunk, { stream: true });
+      return text;
+    })();
+    // The worker is deleted: attempt 1 is lost, attempt 2 runs on another worker.
+    await h.req('DELETE', paths.worker(reg.workerId), { token: API_TOKEN });
+    const reg2 = await h.registerOk({ labels: ['sse3'] });
+    const a2 = ((await (await h.req('POST', paths.poll(reg2.workerId, 0), { token: reg2.accessToken, json: { freeSlots: 1, activeBuildIds: [] } })).json()) as PollResponse).builds[0]!;
+    expect(a2.attempt).toBe(2);
+    await h.req('POST', paths.start(a.id), { token: a2.buildToken, json: { attempt: 2 } });
+    await h.req('POST', paths.logs(a.id), { token: a2.buildToken, json: { attempt: 2, seq: 0, offset: 0, data: 'second try\n' } });
+    await h.req('POST', paths.finish(a.id), { token: a2.buildToken, json: { attempt: 2, outcome: 'succeeded', exitCode: 0 } });
+    const text = await stream;
+    const order = ['"text":"first try\\n"', 'event: attempt\ndata: {"attempt":2}', '"attempt":2,"offset":0,"text":"second try\\n"', 'event: end'];
+    const positions = order.map((needle) => text.indexOf(needle));
+    expect(positions.every((p) => p >= 0), text).toBe(true);
+    expect([...positions].sort((x, y) => x - y)).toEqual(positions);
+  });
+
   it('follow=1 on a finished build sends everything from the offset and ends', async () => {
     await h.submitOk({ script: 'x', labels: ['sse2'] });
     const reg = await h.registerOk({ labels: ['sse2'] });
