@@ -293,6 +293,7 @@ class Agent {
             path: paths.heartbeat(workerId),
             token,
             json: { activeBuildIds: ids },
+            timeoutMs: this.heartbeatTimeoutMs(),
             signal: this.stopAc.signal,
           })
         ).body,
@@ -314,6 +315,15 @@ class Agent {
       this.logger.warn({ err: describe(err) }, 'heartbeat failed');
       this.events.emit('heartbeat:error', err);
     }
+  }
+
+  /**
+   * A heartbeat unanswered for a third of the lease gives way (and the client
+   * moves to the next controller URL), so a controller that stops answering
+   * costs at most that much of the lease, never the whole of it.
+   */
+  private heartbeatTimeoutMs(): number {
+    return Math.min(this.config.requestTimeoutMs, Math.max(1_000, Math.floor(this.session.settings.leaseMs / 3)));
   }
 
   private async fenceLoop(): Promise<void> {

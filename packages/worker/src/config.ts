@@ -20,7 +20,11 @@ export interface WorkerConfig {
   readonly labels: readonly string[];
   /** Builds run at once (BUILDFLEET_CONCURRENCY, default 1). */
   readonly maxConcurrentBuilds: number;
-  /** Per-request timeout in ms (a long poll gets `waitMs` on top). */
+  /**
+   * Per-request timeout in ms (a long poll gets `waitMs` on top): how long a
+   * controller may stay silent before the worker moves to the next URL
+   * (BUILDFLEET_REQUEST_TIMEOUT_MS, default 30000).
+   */
   readonly requestTimeoutMs: number;
   /** Grace between SIGTERM and SIGKILL when stopping a build, ms (default 10000). */
   readonly cancelGraceMs: number;
@@ -108,7 +112,7 @@ export function loadWorkerConfig(
       overrides.maxConcurrentBuilds ?? env[ENV.concurrency],
       DEFAULTS.concurrency,
     ),
-    requestTimeoutMs: positiveInt('requestTimeoutMs', overrides.requestTimeoutMs, 30_000),
+    requestTimeoutMs: positiveInt('BUILDFLEET_REQUEST_TIMEOUT_MS', overrides.requestTimeoutMs ?? env.BUILDFLEET_REQUEST_TIMEOUT_MS, 30_000),
     cancelGraceMs: positiveInt('cancelGraceMs', overrides.cancelGraceMs, 10_000),
     version: overrides.version ?? WORKER_VERSION,
   };
