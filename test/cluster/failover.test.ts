@@ -1,0 +1,70 @@
+/**
+ * Issue 3: a worker given several controller URLs fails over when one stops
+ * answering. Unlike a killed controller (connection refused at once), a
+ * frozen one (SIGSTOP) accepts connections and never answers: only the
+ * worker's per-request timeouts get it out (BUILDFLEET_REQUEST_TIMEOUT_MS;
+ * heartbeats give way after a third of the lease). Real processes, two
+ * controllers on one fresh PostgreSQL database.
+ */
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { createTestDatabase, describePg, type TestDatabase } from '../../packages/controller/test/support/pg.js';
+import { Api, kill, startController, startWorker, stopWorker, tempDir, waitFor, waitForFileSh, type ControllerProc, type Service } from './support.js';
+
+describePg('failover from a controller that stops answering (real processes, PostgreSQL)', () => {
+  let db: TestDatabase;
+  let tmp: { dir: string; remove(): Promise<void> };
+  let c1: ControllerProc;
+  let c2: ControllerProc;
+  const workers: Service[] = [];
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    tmp = await tempDir('bf-cluster-failover-');
+    // Short long polls, so a poll parked on the frozen controller gives up soon too.
+    const env = { BUILDFLEET_POLL_WAIT_MS: '3000' };
+    [c1, c2] = await Promise.all([
+      startController({ dataDir: join(tmp.dir, 'c1'), databaseUrl: db.url, env }),
+      startController({ dataDir: join(tmp.dir, 'c2'), databaseUrl: db.url, env }),
+    ]);
+  });
+
+  afterAll(async () => {
+    await Promise.allSettled(workers.map((w) => stopWorker(w)));
+    if (c1) await kill(c1.service);
+    await c2?.service.stop(5_000);
+    await tmp?.remove();
+    await db?.drop();
+  });
+
+  it('a controller frozen with SIGSTOP: running builds keep their lease and finish, new ones run, all through the other', { timeout: 120_000 }, async () => {
+    const api1 = new Api(c1.url);
+    const api2 = new Api(c2.url);
+    for (let i = 0; i < 3; i++) {
+      workers.push(
+        startWorker({ urls: [c1.url, c2.url], dataDir: join(tmp.dir, `w${i}`), name: `w${i}`, labels: ['fo'], env: { BUILDFLEET_REQUEST_TIMEOUT_MS: '10000' } }),
+      );
+    }
+    await waitFor(async () => (await api1.workers()).length === 3, 'three workers to register', 45_000);
+
+    const runs = join(tmp.dir, 'runs.txt');
+    const release = join(tmp.dir, 'release');
+    const rec = `echo "$BUILDFLEET_BUILD_ID $BUILDFLEET_BUILD_ATTEMPT" >> '${runs}'`;
+    const first = await Promise.all([0, 1, 2].map(() => api1.submit({ labels: ['fo'], script: `${rec}; ${waitForFileSh(release)}; echo first done` })));
+    await waitFor(async () => (await readFile(runs, 'utf8').catch(() => '')).trim().split('\n').filter(Boolean).length === 3, 'three builds to run');
+
+    c1.service.proc.kill('SIGSTOP');
+    // Longer than the lease and then some, while c1 is frozen: the leases hold through c2.
+    const frozenAt = Date.now();
+    await waitFor(async () => Date.now() - frozenAt > 4_000 && (await api2.build(first[0]!.id)).state === 'running', 'a lease period with c1 frozen', 20_000, 200);
+    await writeFile(release, '');
+    const second = await Promise.all([0, 1, 2, 3, 4, 5].map(() => api2.submit({ labels: ['fo'], script: `${rec}; echo second done` })));
+    const all = [...first, ...second].map((b) => b.id);
+    const done = await api2.waitFinished(all, 60_000, 'every build to finish while c1 is frozen');
+    expect(done.map((b) => `${b.state} ${b.attempts.length}`)).toEqual(all.map(() => 'succeeded 1'));
+    const lines = (await readFile(runs, 'utf8')).trim().split('\n').sort();
+    expect(lines).toEqual(all.map((id) => `${id} 1`).sort());
+    for (const w of workers) expect(w.proc.exitCode).toBeNull();
+  });
+});
