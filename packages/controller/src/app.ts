@@ -184,9 +184,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     hint(channel: WakeTopic, payload?: string) {
       // Local waiters first: the in-process path must not depend on the
       // notifier (which echoes to this process too; the gate coalesces that).
-      if (channel === 'logs') logWake.wake();
+      if (channel === 'logs') logWake.wake(payload);
       else if (channel === 'builds') void wakePollsIfQueued();
-      else pollWake.wake();
+      else pollWake.wake(payload);
       try {
         void notifier.notify(channel, payload).catch((err: unknown) =>
           app.log.warn({ err, channel }, 'notify failed; waiters fall back to periodic re-checks'),
@@ -200,10 +200,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   // Hints from this and other controllers.
   const unsubscribe: Array<() => void> = [
-    notifier.subscribe((topic) => {
+    notifier.subscribe((topic, key) => {
       if (topic === 'builds') void wakePollsIfQueued();
-      else if (topic === 'workers') pollWake.wake();
-      else if (topic === 'logs') logWake.wake();
+      else if (topic === 'workers') pollWake.wake(key);
+      else if (topic === 'logs') logWake.wake(key);
     }),
   ];
 

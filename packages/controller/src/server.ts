@@ -123,7 +123,7 @@ export async function startController(config: ControllerConfig, opts: StartOptio
         if (r.timedOut.length) m.inc({ to: 'timed_out' }, r.timedOut.length);
         logger.info(r, 'reaped builds');
         if (r.requeued.length) app.buildfleet.hint('builds');
-        app.buildfleet.hint('logs');
+        for (const id of [...r.requeued, ...r.failed, ...r.canceled, ...r.timedOut]) app.buildfleet.hint('logs', id);
       },
       onError: (err) => logger.warn({ err }, 'reap failed; retrying next round'),
     });

@@ -603,9 +603,10 @@ function followLog(
     let offset = startOffset;
     let decoder = new StringDecoder('utf8');
     let lastState = '';
+    const release = logWake.retain(first.id);
     try {
       while (!abort.signal.aborted && !logWake.isClosed) {
-        const generation = logWake.generation;
+        const generation = logWake.snapshot(first.id);
         const build = await store.getBuild(first.id);
         for (;;) {
           const buf = await store.readLog(build.id, attempt, offset, LOG_READ_BYTES);
@@ -646,6 +647,7 @@ function followLog(
       if (!(err instanceof ApiError)) request.log.error({ err }, 'log stream failed');
       await send('error', { code, message: (err as Error).message }).catch(() => {});
     } finally {
+      release();
       out.end();
     }
   })();

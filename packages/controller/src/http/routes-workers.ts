@@ -120,7 +120,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
       if (result.lost.length > 0) {
         ctx.metrics.buildTransitions.inc({ to: 'lost' }, result.lost.length);
         ctx.hint('builds');
-        ctx.hint('logs');
+        for (const id of result.lost) ctx.hint('logs', id);
       }
       request.log.info(
         { workerId: result.workerId, created: result.created, held: result.builds.length, lost: result.lost },
@@ -264,7 +264,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
       if (lost.length) ctx.metrics.buildTransitions.inc({ to: 'lost' }, lost.length);
       ctx.hint('workers', request.params.id);
       if (lost.length) ctx.hint('builds');
-      ctx.hint('logs');
+      for (const id of lost) ctx.hint('logs', id);
       return { lost };
     },
   );
@@ -347,10 +347,10 @@ async function longPoll(
   reply.raw.on('close', onClose);
   let parked = false;
   let result: 'builds' | 'empty' | 'error' = 'empty';
-  const release = pollWake.retain();
+  const release = pollWake.retain(input.workerId);
   try {
     for (;;) {
-      const generation = pollWake.generation;
+      const generation = pollWake.snapshot(input.workerId);
       const held = await store.poll({ ...input, ackTimeoutMs: ctx.config.ackTimeoutMs, now: clock.now() });
       if (held.length > 0) {
         result = 'builds';

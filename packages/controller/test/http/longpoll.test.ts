@@ -151,12 +151,19 @@ describe('wake-up gate', () => {
       expect(checks - checksBefore).toBeLessThanOrEqual(2); // local call + notifier echo, coalesced
       expect(own.ctl.app.buildfleet.pollWake.size).toBe(3);
       expect(polls).toBe(3);
-      // A submit wakes them; exactly one gets the build, the others park again.
+      // A re-registration (token refresh) of one worker re-checks only that worker's poll.
+      const refreshed = await own.register({ labels: ['gate'], workerId: regs[0]!.workerId, workerSecret: regs[0]!.workerSecret });
+      expect(refreshed.status).toBe(200);
+      const r0 = await answers[0]!;
+      expect(r0.status).toBe(401);
+      expect(polls).toBe(4);
+      expect(own.ctl.app.buildfleet.pollWake.size).toBe(2);
+      // A submit wakes the rest; exactly one gets the build, the other parks again.
       const b = await own.submitOk({ script: 'x', labels: ['gate'] });
-      const first = await Promise.race(answers.map((p, i) => p.then((r) => ({ r, i }))));
+      const first = await Promise.race(answers.slice(1).map((p, i) => p.then((r) => ({ r, i }))));
       expect(first.r.status).toBe(200);
       expect(((await first.r.json()) as PollResponse).builds[0]!.id).toBe(b.id);
-      await waitFor(() => own.ctl.app.buildfleet.pollWake.size === 2, { what: 'the other two to park again' });
+      await waitFor(() => own.ctl.app.buildfleet.pollWake.size === 1, { what: 'the other one to park again' });
     } finally {
       await own.close();
     }
