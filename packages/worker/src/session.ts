@@ -208,6 +208,8 @@ export class Session extends EventEmitter {
 
   private async registerLoop(reason: string): Promise<void> {
     const { client, clock, logger } = this.opts;
+    // Set when our secret was refused and we ask again with our registrationId.
+    let secretRefused: ApiError | undefined;
     for (;;) {
       if (this.abort.signal.aborted) throw this.abort.signal.reason;
       const known = this.identity.workerId && this.identity.workerSecret;
@@ -243,6 +245,17 @@ export class Session extends EventEmitter {
                   `two processes share one identity file (${this.opts.identityStore.file}); this one stops`,
                 { cause: err },
               );
+            }
+            if (err.status === 401 && this.identity.registrationId && !secretRefused) {
+              // A late copy of our first registration request reached the controller
+              // before our first authenticated call: the same registrationId answers
+              // 201 with fresh credentials and voids ours (PROTOCOL.md "Workers", case
+              // 1). Ask again with it: same worker id, new credentials. Found by the
+              // simulation (packages/sim, a duplicated request).
+              logger.warn({ workerId: this.identity.workerId }, 'worker secret refused before the first authenticated call; registering again with the same registrationId');
+              secretRefused = err;
+              await this.saveIdentity({ registrationId: this.identity.registrationId });
+              continue;
             }
             if (err.status === 401) {
               throw new SessionFatalError(
@@ -280,10 +293,20 @@ export class Session extends EventEmitter {
           this.retryOptions(),
         );
         if (!answer.workerSecret) throw new Error('controller answered a new registration without workerSecret');
-        await this.saveIdentity({ workerId: answer.workerId, workerSecret: answer.workerSecret });
+        // The registrationId stays: if a late copy of this request voids these
+        // credentials before our first authenticated call, it gets them back.
+        await this.saveIdentity({ workerId: answer.workerId, workerSecret: answer.workerSecret, registrationId });
         this.apply(answer, 'new', reason);
         return;
       } catch (err) {
+        if (err instanceof ApiError && err.code === 'INVALID_TRANSITION' && secretRefused) {
+          // Used up: this worker did authenticate with that secret, so its refusal is real.
+          throw new SessionFatalError(
+            'SECRET_REJECTED',
+            `the controller rejected the worker secret (${secretRefused.code}); remove ${this.opts.identityStore.file} to register as a new worker`,
+            { cause: secretRefused },
+          );
+        }
         if (err instanceof ApiError && err.code === 'INVALID_TRANSITION') {
           // The registrationId is used up (PROTOCOL.md): start over with a fresh one.
           logger.warn({ registrationId }, 'registrationId already used; registering with a new one');
