@@ -182,17 +182,23 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     logWake,
     log: app.log,
     hint(channel: WakeTopic, payload?: string) {
-      // Local waiters first: the in-process path must not depend on the
-      // notifier (which echoes to this process too; the gate coalesces that).
-      if (channel === 'logs') logWake.wake(payload);
-      else if (channel === 'builds') void wakePollsIfQueued();
-      else pollWake.wake(payload);
+      // Both notifiers deliver to this process too (in-process at once,
+      // PostgreSQL by the LISTEN echo), so local waiters are woken by the
+      // subscription below; waking them here as well would make each woken
+      // waiter check the database twice.
+      const wakeLocally = () => {
+        if (channel === 'logs') logWake.wake(payload);
+        else if (channel === 'builds') void wakePollsIfQueued();
+        else pollWake.wake(payload);
+      };
       try {
-        void notifier.notify(channel, payload).catch((err: unknown) =>
-          app.log.warn({ err, channel }, 'notify failed; waiters fall back to periodic re-checks'),
-        );
+        void notifier.notify(channel, payload).catch((err: unknown) => {
+          app.log.warn({ err, channel }, 'notify failed; waking local waiters only');
+          wakeLocally();
+        });
       } catch (err) {
-        app.log.warn({ err, channel }, 'notify failed; waiters fall back to periodic re-checks');
+        app.log.warn({ err, channel }, 'notify failed; waking local waiters only');
+        wakeLocally();
       }
     },
   };
