@@ -326,6 +326,16 @@ for (const kind of STORES) {
       const b = await r.submit({ script: 'echo once' }, tarGz([]));
       expect(await r.finished(b.id)).toMatchObject({ state: 'succeeded', workerId: w.workerId });
       expect(await r.listWorkers()).toHaveLength(1);
+
+      // A process that saved its registrationId, sent it, and died before the answer: the next
+      // process on the same data dir sends the same registrationId and becomes that worker.
+      const crashedDir = await r.workerDir();
+      const savedId = crypto.randomUUID();
+      await new IdentityStore(path.join(crashedDir, 'worker')).save({ registrationId: savedId });
+      const reachedController = await r.registerOk({ registrationId: savedId, name: 'test-worker' });
+      const restarted = await r.worker({}, {}, crashedDir);
+      expect(restarted.workerId).toBe(reachedController.workerId);
+      expect((await r.listWorkers()).map((x) => x.id).sort()).toEqual([w.workerId, reachedController.workerId].sort());
     });
 
     it('7. a worker killed with SIGKILL mid-build and restarted keeps its id; the lost build is resolved at once by the lost-build policy', async () => {
