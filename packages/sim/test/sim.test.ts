@@ -17,7 +17,7 @@ const ROOT = path.resolve(import.meta.dirname, '../../..');
  * minute; `SIM_SEEDS=300 npx vitest run packages/sim` runs more. CI also runs
  * `npm run sim -- --seeds 300` at full size (.ci/run).
  */
-const SEEDS = Number(process.env.SIM_SEEDS ?? 30);
+const SEEDS = Number(process.env.SIM_SEEDS ?? 50);
 
 describe('simulation', () => {
   it(`passes every invariant on seeds 1..${SEEDS}`, { timeout: 600_000 }, async () => {
