@@ -4,7 +4,8 @@
  * line per failing seed with its violations, the trace tail and the command
  * that replays it, then `N passed, M failed`; exits 1 on any failure.
  *
- * Options: --trace (print the whole trace of each seed run), --workers N,
+ * Options: --trace (print the whole trace of each seed run), --stats (sum of
+ * outcomes, retries and lost attempts over the seeds), --workers N,
  * --builds N, --digest (print each seed's trace digest, to compare runs),
  * --quiet (no progress dots).
  *
@@ -29,12 +30,13 @@ interface Args {
   trace: boolean;
   digest: boolean;
   quiet: boolean;
+  stats: boolean;
   workers?: number;
   builds?: number;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { start: 1, count: 100, trace: false, digest: false, quiet: false };
+  const a: Args = { start: 1, count: 100, trace: false, digest: false, quiet: false, stats: false };
   const num = (i: number, name: string) => {
     const n = Number(argv[i]);
     if (!Number.isInteger(n) || n < 0) throw new Error(`${name} needs a non-negative integer, got ${argv[i]}`);
@@ -50,10 +52,11 @@ function parseArgs(argv: string[]): Args {
     } else if (arg === '--trace') a.trace = true;
     else if (arg === '--digest') a.digest = true;
     else if (arg === '--quiet') a.quiet = true;
+    else if (arg === '--stats') a.stats = true;
     else if (arg === '--workers') a.workers = num(++i, arg);
     else if (arg === '--builds') a.builds = num(++i, arg);
     else if (arg === '--help' || arg === '-h') {
-      console.log('usage: npm run sim -- [--seeds N] [--start S] [--seed S] [--trace] [--digest] [--workers N] [--builds N] [--quiet]');
+      console.log('usage: npm run sim -- [--seeds N] [--start S] [--seed S] [--trace] [--digest] [--stats] [--workers N] [--builds N] [--quiet]');
       process.exit(0);
     } else throw new Error(`unknown option ${arg}`);
   }
@@ -72,9 +75,11 @@ let passed = 0;
 let failed = 0;
 const failedSeeds: number[] = [];
 const t0 = performance.now();
+const totals: Record<string, number> = {};
 for (let seed = args.start; seed < args.start + args.count; seed++) {
   const r = await runSeed({ seed, ...(args.workers ? { workers: args.workers } : {}), ...(args.builds ? { builds: args.builds } : {}) });
   if (args.trace) for (const e of r.trace.events) console.log(e);
+  for (const [k, n] of Object.entries(r.stats)) totals[k] = (totals[k] ?? 0) + n;
   if (args.digest) console.log(`seed ${seed} digest ${r.trace.digest()} steps ${r.stats.steps}`);
   if (r.ok) {
     passed++;
@@ -93,5 +98,9 @@ for (let seed = args.start; seed < args.start + args.count; seed++) {
   }
 }
 const secs = ((performance.now() - t0) / 1000).toFixed(1);
+if (args.stats) {
+  console.log('\ntotals over the run:');
+  for (const k of Object.keys(totals).sort()) console.log(`  ${k.padEnd(32)} ${totals[k]}`);
+}
 console.log(`\n${passed} passed, ${failed} failed (seeds ${args.start}..${args.start + args.count - 1}, ${secs}s)${failed ? `; failing seeds: ${failedSeeds.join(' ')}` : ''}`);
 process.exit(failed ? 1 : 0);

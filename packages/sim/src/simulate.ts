@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
+import Database from 'better-sqlite3';
 import { Header } from 'tar';
 import { paths, type BuildSpec, type Clock, type TimerHandle } from '@buildfleet/protocol';
 import type { Store } from '@buildfleet/controller';
@@ -302,6 +303,24 @@ export class World {
   }
 }
 
+/** Final builds by `state/reason` and attempts used, for `--stats`. */
+function outcomeCounts(dbFile: string): Record<string, number> {
+  const db = new Database(dbFile, { readonly: true, fileMustExist: true });
+  try {
+    const out: Record<string, number> = {};
+    for (const r of db.prepare('SELECT state, reason, attempt FROM builds').all() as Array<{ state: string; reason: string | null; attempt: number }>) {
+      const k = `build ${r.state}${r.reason ? '/' + r.reason : ''}`;
+      out[k] = (out[k] ?? 0) + 1;
+      if (r.attempt > 1) out['builds retried'] = (out['builds retried'] ?? 0) + 1;
+    }
+    const lost = db.prepare("SELECT reason, count(*) AS n FROM build_attempts WHERE reason IN ('ack_timeout','lease_expired','worker_deleted','worker_restarted','worker_lost') GROUP BY reason").all() as Array<{ reason: string; n: number }>;
+    for (const r of lost) out[`attempt lost/${r.reason}`] = r.n;
+    return out;
+  } finally {
+    db.close();
+  }
+}
+
 /** Runs one seed and checks it. Never throws for a failing run: see `violations`. */
 export async function runSeed(opts: SimOptions): Promise<SimResult> {
   const world = new World(opts.seed);
@@ -519,6 +538,7 @@ export async function runSeed(opts: SimOptions): Promise<SimResult> {
     await world.controller.shutdown();
     await settle();
     const found = await checkInvariants({ dbFile: world.controller.dbFile, blobs: world.blobs, observer: world.observer });
+    Object.assign(stats, outcomeCounts(world.controller.dbFile));
     for (const v of found) world.violation(v);
     await world.blobs.close();
     return { seed: opts.seed, ok: world.violations.length === 0, violations: world.violations, trace, stats };
