@@ -179,6 +179,11 @@ class Agent {
     this.registrations++;
     this.events.emit('registered', ev);
     if (this.registrations > 1) this.events.emit('reregistered', ev);
+    if (this.registrations > 1 && ev.kind === 'new') {
+      // The controller forgot this worker (deleted): what the old identity ran
+      // was handed back to the queue with the deletion (PROTOCOL.md "Admin").
+      this.executor.stopAll('lost', 'the worker was deleted; its builds went back to the queue');
+    }
     for (const id of ev.answer.abandon ?? []) {
       this.executor.stop(id, 'lost', 'abandoned: the controller says this worker no longer owns it');
     }

@@ -445,10 +445,18 @@ export class Executor {
 
   /**
    * Starts a build unless one with this id already runs here (a poll may
-   * re-deliver it); returns the run, or undefined when ignored.
+   * re-deliver it; an older attempt of it is stopped as lost); returns the
+   * run, or undefined when ignored.
    */
   launch(build: AssignedBuild): BuildRun | undefined {
-    if (this.runs.has(build.id)) return undefined;
+    const existing = this.runs.get(build.id);
+    if (existing) {
+      // A newer attempt of a build that runs here (say the worker was deleted
+      // and got it back under a new identity): the old attempt is void, so it
+      // goes at once; the newer one is re-delivered by a poll once it is gone.
+      if (build.attempt > existing.attempt) existing.stop('lost', `superseded by attempt ${build.attempt}`);
+      return undefined;
+    }
     const run = new BuildRun(build, this.deps, this.pids);
     this.runs.set(build.id, run);
     void run.done.finally(() => {
