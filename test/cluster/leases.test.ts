@@ -8,7 +8,7 @@
  * the test's temp dir is gone. Where a scenario is defined by time ("longer
  * than the lease") the wait is a condition on what the controller reports.
  */
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -277,6 +277,92 @@ describe('leases and faults (real processes, SQLite)', () => {
     await writeFile(release, '');
     const done = await waitState(build.id, (b) => b.state === 'succeeded', 'the build to succeed');
     expect(done.attempts).toEqual([expect.objectContaining({ attempt: 1, workerId, state: 'succeeded' })]);
+  });
+  /** A script that records `<tag> <attempt> <pgid> <child pid>` and, in attempt 1, runs until the test ends (silently). */
+  function pidScript(marks: string, tag: string): string {
+    return [
+      `(while [ -d '${tmp.dir}' ]; do sleep 0.1; done) &`,
+      `echo "${tag} $BUILDFLEET_BUILD_ATTEMPT $$ $!" >> '${marks}'`,
+      `if [ "$BUILDFLEET_BUILD_ATTEMPT" = 1 ]; then while [ -d '${tmp.dir}' ]; do sleep 0.1; done; fi`,
+      'kill $! 2>/dev/null; echo "attempt $BUILDFLEET_BUILD_ATTEMPT done"',
+    ].join('\n');
+  }
+
+  async function pidsOf(marks: string, tag: string, attempt = 1): Promise<number[]> {
+    return waitFor(async () => {
+      const m = new RegExp(`^${tag} ${attempt} (\\d+) (\\d+)$`, 'm').exec(await readFile(marks, 'utf8').catch(() => ''));
+      return m ? [Number(m[1]), Number(m[2])] : undefined;
+    }, `the process ids of ${tag} attempt ${attempt}`);
+  }
+
+  it('a worker killed mid-build and restarted: it stops the process group left behind, and the build is re-run at once as attempt 2', { timeout: 90_000 }, async () => {
+    const marks = join(tmp.dir, 'r-marks.txt');
+    const first = worker('wr', ['r']);
+    const workerId = await workerRegistered('wr');
+    const build = await api.submit({ labels: ['r'], script: pidScript(marks, 'r') });
+    const pids = await pidsOf(marks, 'r');
+    // The worker records the group in <data dir>/worker/pids/<build id> right after spawning it.
+    await waitFor(async () => (await readdir(join(tmp.dir, 'wr', 'worker', 'pids')).catch(() => [])).length > 0, 'the pid file');
+    first.proc.kill('SIGKILL');
+    await first.exited;
+    expect(pids.every(alive)).toBe(true);
+    const restartedAt = Date.now();
+    const second = worker('wr', ['r']); // same data dir: same identity, new bootId
+    await waitFor(() => pids.every((pid) => !alive(pid)), 'the leftover process group to be stopped', 30_000).catch((e: Error) => {
+      throw new Error(`${e.message}\n${second.output()}`);
+    });
+    const done = await waitState(build.id, (b) => b.state === 'succeeded', 'attempt 2 to succeed', 45_000);
+    expect(done).toMatchObject({ attempt: 2, workerId });
+    expect(done.attempts[0]).toMatchObject({ attempt: 1, workerId });
+    expect(done.attempts[0]!.state).not.toBe('succeeded');
+    // Handed back when the restarted worker registered, not a lease later.
+    const requeuedAt = Date.parse(done.attempts[0]!.finishedAt ?? done.attempts[1]!.startedAt!);
+    expect(requeuedAt - restartedAt).toBeLessThan(30_000);
+  });
+
+  it('a canceled build whose worker vanished ends canceled when its lease expires, never requeued', { timeout: 90_000 }, async () => {
+    const marks = join(tmp.dir, 'x-marks.txt');
+    const w = worker('wx', ['x']);
+    await workerRegistered('wx');
+    const build = await api.submit({ labels: ['x'], script: pidScript(marks, 'x') });
+    const pids = await pidsOf(marks, 'x');
+    w.proc.kill('SIGSTOP');
+    const canceling = (await api.request<{ build: Build }>('POST', `/api/v1/builds/${build.id}/cancel`)).build;
+    expect(canceling).toMatchObject({ state: 'running', cancelRequested: true });
+    const done = await waitState(build.id, (b) => b.state !== 'running', 'the lease to expire', 30_000);
+    expect(done).toMatchObject({ state: 'canceled', attempt: 1 });
+    expect(done.attempts).toHaveLength(1);
+    w.proc.kill('SIGCONT');
+    await waitFor(() => pids.every((pid) => !alive(pid)), 'the resumed worker to stop the build', 15_000);
+    expect(await api.build(build.id)).toMatchObject({ state: 'canceled', attempt: 1 });
+  });
+
+  it('a deleted worker: its running build is lost at once, and the worker, registered anew, stops it', { timeout: 90_000 }, async () => {
+    const marks = join(tmp.dir, 'del-marks.txt');
+    worker('wdel', ['del']);
+    const oldId = await workerRegistered('wdel');
+    const build = await api.submit({ labels: ['del'], script: pidScript(marks, 'del') });
+    const pids = await pidsOf(marks, 'del');
+    await api.request('DELETE', `/api/v1/workers/${oldId}`);
+    // At once, not a lease later: attempt 2 exists right after the DELETE.
+    const lost = await api.build(build.id);
+    expect(lost.attempt).toBe(2);
+    expect(lost.attempts[0]).toMatchObject({ attempt: 1, workerId: oldId });
+    // The worker hears 404, registers as a new worker, and stops what the old identity ran.
+    await waitFor(() => pids.every((pid) => !alive(pid)), "the old identity's build to be stopped", 30_000);
+    const done = await waitState(build.id, (b) => b.state === 'succeeded', 'attempt 2 to succeed', 45_000);
+    expect(done.attempt).toBe(2);
+    expect(done.workerId).not.toBe(oldId);
+    expect((await api.workers()).some((w) => w.id === oldId)).toBe(false);
+  });
+
+  it('a build past its timeoutSeconds ends timed_out', { timeout: 60_000 }, async () => {
+    worker('wt', ['t']);
+    await workerRegistered('wt');
+    const build = await api.submit({ labels: ['t'], timeoutSeconds: 1, script: `echo started; while [ -d '${tmp.dir}' ]; do sleep 0.1; done` });
+    const done = await waitState(build.id, (b) => b.state !== 'queued' && b.state !== 'assigned' && b.state !== 'running', 'the build to end', 30_000);
+    expect(done).toMatchObject({ state: 'timed_out', attempt: 1 });
+    expect(done.attempts).toHaveLength(1);
   });
 });
 
