@@ -411,7 +411,8 @@ export async function runSeed(opts: SimOptions): Promise<SimResult> {
       const app = world.controller.current();
       const res = app ? await app.inject({ method, url: `/api/v1/workers/${id}${suffix}`, headers: { authorization: `Bearer ${API}` } }) : undefined;
       trace.add('admin', `${method} ${id}${suffix} -> ${res ? `${res.statusCode} ${res.body.slice(0, 120)}` : 'controller down'}`);
-      if (method === 'DELETE' && res?.statusCode === 200) world.observer.workerDeleted(id);
+      // 404 after a retry: the first DELETE committed before its 503 (a database error after the commit).
+      if (method === 'DELETE' && (res?.statusCode === 200 || (res?.statusCode === 404 && tries > 0))) world.observer.workerDeleted(id);
       if ((!res || res.statusCode === 503) && tries < 20) world.at(clock.monotonic() + 1_000, () => admin(method, w, suffix, tries + 1));
     };
     for (let n = 1; n <= nBuilds; n++) {
