@@ -156,7 +156,6 @@ class SimWorker {
 
   start(): void {
     this.instance++;
-    const instance = this.instance;
     const world = this.world;
     let dead = false;
     this.dead = false;
@@ -220,7 +219,6 @@ class SimWorker {
         world.trace.add(actor, `started as ${id}`);
         world.observer.registered(lineage, id, actor);
         this.lastWorkerId = id;
-        void instance;
       },
       (err: Error & { code?: string }) => {
         if (!dead) world.violation(`worker ${actor} could not start: ${err.code ?? ''} ${err.message}`);
