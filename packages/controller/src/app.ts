@@ -38,6 +38,7 @@ import { createMetrics, type ControllerMetrics } from './http/metrics.js';
 import { buildRoutes } from './http/routes-builds.js';
 import { workerRoutes } from './http/routes-workers.js';
 import { WakeChannel } from './http/wakeups.js';
+import { PollDispatcher } from './http/dispatch.js';
 
 export interface AppDeps {
   config: ControllerConfig;
@@ -137,39 +138,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   const tokens = await BuildTokens.fromStore(store);
   let closed = false;
-  // The 'builds' gate: a hint (a submit, a requeue, a finish, the periodic
-  // re-check) costs one `hasQueuedBuilds` query per controller, and parked
-  // polls run their claim only when something is queued. Hints arriving
-  // while a check runs are coalesced into one more check. No poll in flight
-  // (parked or checking) means nothing to wake and no query at all.
-  let gateRunning = false;
-  let gateAgain = false;
-  const wakePollsIfQueued = async (): Promise<void> => {
-    if (pollWake.interested === 0 || closed) return;
-    if (gateRunning) {
-      gateAgain = true;
-      return;
-    }
-    gateRunning = true;
-    try {
-      do {
-        gateAgain = false;
-        let queued = true;
-        try {
-          queued = await store.hasQueuedBuilds();
-        } catch (err) {
-          // Let the polls find out for themselves (they answer 503).
-          app.log.debug({ err }, 'queued-builds check failed');
-        }
-        if (queued) pollWake.wake();
-      } while (gateAgain && !closed);
-    } finally {
-      gateRunning = false;
-    }
-  };
   const metrics: ControllerMetrics = createMetrics();
   const pollWake = new WakeChannel(clock);
   const logWake = new WakeChannel(clock);
+  // One parked poll at a time looks at the queue after a 'builds' hint.
+  const dispatcher = new PollDispatcher(pollWake, () => store.hasQueuedBuilds(), clock, (err) =>
+    app.log.debug({ err }, 'poll dispatch check failed'),
+  );
   const ctx: AppContext = {
     config,
     store,
@@ -180,6 +155,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     metrics,
     pollWake,
     logWake,
+    dispatcher,
     log: app.log,
     hint(channel: WakeTopic, payload?: string) {
       // Both notifiers deliver to this process too (in-process at once,
@@ -188,7 +164,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       // waiter check the database twice.
       const wakeLocally = () => {
         if (channel === 'logs') logWake.wake(payload);
-        else if (channel === 'builds') void wakePollsIfQueued();
+        else if (channel === 'builds') void dispatcher.poke();
         else pollWake.wake(payload);
       };
       try {
@@ -207,7 +183,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // Hints from this and other controllers.
   const unsubscribe: Array<() => void> = [
     notifier.subscribe((topic, key) => {
-      if (topic === 'builds') void wakePollsIfQueued();
+      if (topic === 'builds') void dispatcher.poke();
       else if (topic === 'workers') pollWake.wake(key);
       else if (topic === 'logs') logWake.wake(key);
     }),
@@ -219,7 +195,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const recheck = async () => {
     recheckTimer = undefined;
     if (closed) return;
-    await wakePollsIfQueued();
+    await dispatcher.poke(true);
     if (!closed) recheckTimer = clock.setTimeout(() => void recheck(), config.pollRecheckMs);
   };
   recheckTimer = clock.setTimeout(() => void recheck(), config.pollRecheckMs);

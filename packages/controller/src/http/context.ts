@@ -11,6 +11,7 @@ import type { HeldBuild, Store } from '../store/types.js';
 import type { BlobStore } from '../blobs/types.js';
 import type { ControllerMetrics } from './metrics.js';
 import type { WakeChannel } from './wakeups.js';
+import type { PollDispatcher } from './dispatch.js';
 
 import type { Notifier, WakeTopic } from '../store/notifier.js';
 
@@ -26,6 +27,8 @@ export interface AppContext {
   metrics: ControllerMetrics;
   /** Parked polls wait here; woken by 'builds' hints and the periodic re-check. */
   pollWake: WakeChannel;
+  /** Wakes parked polls one at a time after 'builds' hints; polls report back. */
+  dispatcher: PollDispatcher;
   /** Followed log streams wait here; woken by 'logs' hints. */
   logWake: WakeChannel;
   log: FastifyBaseLogger;

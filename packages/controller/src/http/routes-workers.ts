@@ -348,10 +348,17 @@ async function longPoll(
   let parked = false;
   let result: 'builds' | 'empty' | 'error' = 'empty';
   const release = pollWake.retain(input.workerId);
+  let woken = false;
   try {
     for (;;) {
       const generation = pollWake.snapshot(input.workerId);
-      const held = await store.poll({ ...input, ackTimeoutMs: ctx.config.ackTimeoutMs, now: clock.now() });
+      let held: HeldBuild[] = [];
+      try {
+        held = await store.poll({ ...input, ackTimeoutMs: ctx.config.ackTimeoutMs, now: clock.now() });
+      } finally {
+        // Tell the dispatcher this woken poll has looked, so it moves on.
+        if (woken) ctx.dispatcher.report(input.workerId, held.length);
+      }
       if (held.length > 0) {
         result = 'builds';
         metrics.claims.inc({ kind: 'poll' }, held.length);
@@ -364,6 +371,7 @@ async function longPoll(
         metrics.parkedPolls.inc();
       }
       const why = await pollWake.waitForChange(generation, left, abort.signal);
+      woken = why === 'woken';
       if (why === 'aborted' || why === 'closed') return [];
       if (why === 'timeout') {
         // One last look: a hint may have been lost.

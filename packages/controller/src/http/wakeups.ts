@@ -77,6 +77,13 @@ export class WakeChannel {
     return this.waiters.size;
   }
 
+  /** Keys of parked waiters, oldest first, each once. */
+  parkedKeys(): string[] {
+    const keys = new Set<string>();
+    for (const w of this.waiters) if (w.key !== undefined) keys.add(w.key);
+    return [...keys];
+  }
+
   get isClosed(): boolean {
     return this.closed;
   }

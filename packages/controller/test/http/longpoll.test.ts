@@ -170,6 +170,51 @@ describe('wake-up gate', () => {
   });
 });
 
+describe('poll dispatch', () => {
+  it('wakes parked polls one at a time until one can run the build; a build nobody can run is not retried by every re-check', async () => {
+    const own = await startHarness({ pollWaitMs: 30_000, pollRecheckMs: 50 });
+    try {
+      const store = own.ctl.store;
+      const byWorker = new Map<string, number>();
+      const poll0 = store.poll.bind(store);
+      store.poll = (input) => {
+        byWorker.set(input.workerId, (byWorker.get(input.workerId) ?? 0) + 1);
+        return poll0(input);
+      };
+      let checks = 0;
+      const has0 = store.hasQueuedBuilds.bind(store);
+      store.hasQueuedBuilds = () => {
+        checks++;
+        return has0();
+      };
+      const a = await own.registerOk({ labels: ['a'] });
+      const b = await own.registerOk({ labels: ['b'] });
+      const pa = own.req('POST', paths.poll(a.workerId, 30_000), { token: a.accessToken, json: { freeSlots: 1, activeBuildIds: [] } });
+      await waitFor(() => own.ctl.app.buildfleet.pollWake.size === 1, { what: 'a to park' });
+      const pb = own.req('POST', paths.poll(b.workerId, 30_000), { token: b.accessToken, json: { freeSlots: 1, activeBuildIds: [] } });
+      await waitFor(() => own.ctl.app.buildfleet.pollWake.size === 2, { what: 'b to park' });
+      const build = await own.submitOk({ script: 'x', labels: ['b'] });
+      const res = await pb;
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as PollResponse).builds[0]!.id).toBe(build.id);
+      // a (oldest) was tried first and found nothing; b claimed.
+      expect(byWorker.get(a.workerId)).toBe(2);
+      expect(byWorker.get(b.workerId)).toBe(2);
+
+      // A build only 'c' could run: a is tried once for it, then left alone by the re-checks.
+      await own.submitOk({ script: 'y', labels: ['c'] });
+      await waitFor(() => byWorker.get(a.workerId) === 3, { what: 'a to be tried for the new build' });
+      const before = checks;
+      await waitFor(() => checks >= before + 5, { what: 'several periodic re-checks' });
+      expect(byWorker.get(a.workerId)).toBe(3);
+      expect(own.ctl.app.buildfleet.pollWake.size).toBe(1);
+      void pa.catch(() => {});
+    } finally {
+      await own.close();
+    }
+  });
+});
+
 describe('drain', () => {
   it('a draining worker gets no new builds, keeps its running ones and hears draining in heartbeats', async () => {
     const label = 'drain-test';
