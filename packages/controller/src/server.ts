@@ -15,6 +15,7 @@ import { InProcessNotifier, PgNotifier, type Notifier } from './store/notifier.j
 import { openStore, type StoreHooks } from './store/index.js';
 import type { Store } from './store/types.js';
 import { Reaper } from './reaper.js';
+import { DatabaseClock, PG_NOW_SQL } from './db-clock.js';
 
 /** Credentials generated on a controller's first start (printed by the CLI). */
 export interface FirstStartCredentials {
@@ -52,7 +53,7 @@ export interface StartOptions {
  * the port is taken; whatever was opened is closed again.
  */
 export async function startController(config: ControllerConfig, opts: StartOptions = {}): Promise<RunningController> {
-  const clock = opts.clock ?? systemClock;
+  let clock: Clock = opts.clock ?? systemClock;
   const logger: FastifyBaseLogger = opts.logger ?? createLogger(config.logLevel);
   const cleanups: Array<() => Promise<void>> = [];
   const closeAll = async () => {
@@ -81,6 +82,18 @@ export async function startController(config: ControllerConfig, opts: StartOptio
       const pool = new pg.Pool({ connectionString: config.databaseUrl, max: 4, connectionTimeoutMillis: 5_000 });
       pool.on('error', (err) => logger.warn({ err }, 'postgres pool error (blobs/notify)'));
       cleanups.push(() => pool.end());
+      if (!opts.clock) {
+        // Leases and deadlines from the database's clock, so controllers with skewed clocks agree.
+        const dbClock = new DatabaseClock({
+          base: systemClock,
+          readDbNow: async () => Number((await pool.query<{ now: number }>(PG_NOW_SQL)).rows[0]!.now),
+          onError: (err) => logger.warn({ err }, 'database clock re-sync failed; keeping the last offset'),
+        });
+        await dbClock.start();
+        cleanups.push(async () => dbClock.stop());
+        if (Math.abs(dbClock.offsetMs) > 1_000) logger.warn({ offsetMs: dbClock.offsetMs }, 'local clock differs from the database clock; using the database clock');
+        clock = dbClock;
+      }
       blobs = await openBlobStore({
         databaseUrl: config.databaseUrl,
         pool,
