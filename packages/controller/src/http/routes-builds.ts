@@ -509,8 +509,9 @@ async function mayExist(store: AppContext['store'], id: string): Promise<boolean
   }
 }
 
+/** A field's text; @fastify/multipart has already parsed an `application/json` field into a value. */
 function fieldText(part: MultipartValue): string {
-  return typeof part.value === 'string' ? part.value : String(part.value);
+  return typeof part.value === 'string' ? part.value : JSON.stringify(part.value);
 }
 
 async function readSmall(part: MultipartFile, max: number): Promise<Buffer> {

@@ -132,6 +132,25 @@ function flowTests(get: () => Harness): void {
     expect(b.attempts[0]).toMatchObject({ attempt: 1, workerId: reg.workerId, state: 'succeeded' });
   });
 
+  it('accepts a spec part sent as an application/json field', async () => {
+    const boundary = 'bf-boundary-7d1c';
+    const body = Buffer.concat([
+      Buffer.from(`--${boundary}\r\ncontent-disposition: form-data; name="spec"\r\ncontent-type: application/json\r\n\r\n`),
+      Buffer.from(JSON.stringify({ script: 'make json', priority: 3 })),
+      Buffer.from(`\r\n--${boundary}\r\ncontent-disposition: form-data; name="source"; filename="s.tar.gz"\r\ncontent-type: application/gzip\r\n\r\n`),
+      Buffer.from('not really a tarball'),
+      Buffer.from(`\r\n--${boundary}--\r\n`),
+    ]);
+    const res = await h.req('POST', paths.builds(), {
+      token: API_TOKEN,
+      body,
+      headers: { 'content-type': `multipart/form-data; boundary=${boundary}` },
+    });
+    expect(res.status).toBe(201);
+    const { build } = (await res.json()) as { build: Build };
+    expect(build.spec).toMatchObject({ script: 'make json', priority: 3 });
+  });
+
   it('lists builds by state and label with a cursor', async () => {
     const x = await h.submitOk({ script: 'a', labels: ['gpu'] });
     const y = await h.submitOk({ script: 'b', labels: ['gpu'] });
