@@ -273,14 +273,16 @@ export interface SeenRequest {
 
 /**
  * A TCP proxy in front of a controller that records the request lines it
- * forwards and, when armed with `dropNextPollAnswer`, swallows the next `200`
- * answer to a poll (the controller has assigned builds; the worker never
- * hears of them) by closing both sockets. HTTP/1.1 without pipelining sends
+ * forwards and the `200` answers to polls, and, when armed with
+ * `dropNextPollAnswer`, swallows the next such answer (the controller has
+ * assigned builds; the worker never hears of them) by closing both sockets. HTTP/1.1 without pipelining sends
  * one request at a time per connection, so the last request line seen on a
  * connection is the one being answered.
  */
 export class DroppingProxy {
   readonly seen: SeenRequest[] = [];
+  /** The first bytes of every `200` poll answer, the dropped ones included (in order). */
+  readonly pollAnswers: string[] = [];
   droppedPollAnswers = 0;
   /** After the drop, refuse every connection (the worker never reaches the controller again). */
   cutOffAfterDrop = false;
@@ -327,8 +329,23 @@ export class DroppingProxy {
       }
       upstream.write(chunk);
     });
+    // A 200 answer to a poll is held until it is complete (headers and
+    // Content-Length bytes of body), then recorded and forwarded or dropped.
+    let held: Buffer | undefined;
     upstream.on('data', (chunk: Buffer) => {
-      if (this.dropArmed && lastWasPoll && chunk.subarray(0, 12).toString('latin1') === 'HTTP/1.1 200') {
+      if (!held && !(lastWasPoll && chunk.subarray(0, 12).toString('latin1') === 'HTTP/1.1 200')) {
+        client.write(chunk);
+        return;
+      }
+      held = held ? Buffer.concat([held, chunk]) : chunk;
+      const headEnd = held.indexOf('\r\n\r\n');
+      if (headEnd < 0) return;
+      const length = Number(/\r\ncontent-length: *(\d+)/i.exec(held.subarray(0, headEnd).toString('latin1'))?.[1] ?? 0);
+      if (held.length < headEnd + 4 + length) return;
+      const answer = held;
+      held = undefined;
+      this.pollAnswers.push(answer.toString('utf8'));
+      if (this.dropArmed) {
         this.dropArmed = false;
         this.droppedPollAnswers++;
         if (this.cutOffAfterDrop) {
@@ -339,7 +356,7 @@ export class DroppingProxy {
         upstream.destroy();
         return;
       }
-      client.write(chunk);
+      client.write(answer);
     });
     const close = () => {
       client.destroy();
