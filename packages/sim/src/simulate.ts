@@ -404,15 +404,14 @@ export async function runSeed(opts: SimOptions): Promise<SimResult> {
       if (res) world.observer.canceled(id, clock.now());
       if ((!res || res.statusCode === 503) && tries < 20) world.at(clock.monotonic() + 1_000, () => cancel(id, tries + 1));
     };
-    const admin = async (method: 'DELETE' | 'POST', w: SimWorker, suffix: string, tries = 0): Promise<void> => {
-      const id = w.lastWorkerId;
+    const admin = async (method: 'DELETE' | 'POST', w: SimWorker, suffix: string, id = w.lastWorkerId, tries = 0): Promise<void> => {
       if (!id) return;
       const app = world.controller.current();
+      // Asked, whatever the answer: a DELETE can commit and still answer 503.
+      if (method === 'DELETE' && app) world.observer.workerDeleted(id);
       const res = app ? await app.inject({ method, url: `/api/v1/workers/${id}${suffix}`, headers: { authorization: `Bearer ${API}` } }) : undefined;
       trace.add('admin', `${method} ${id}${suffix} -> ${res ? `${res.statusCode} ${res.body.slice(0, 120)}` : 'controller down'}`);
-      // 404 after a retry: the first DELETE committed before its 503 (a database error after the commit).
-      if (method === 'DELETE' && (res?.statusCode === 200 || (res?.statusCode === 404 && tries > 0))) world.observer.workerDeleted(id);
-      if ((!res || res.statusCode === 503) && tries < 20) world.at(clock.monotonic() + 1_000, () => admin(method, w, suffix, tries + 1));
+      if ((!res || res.statusCode === 503) && tries < 20) world.at(clock.monotonic() + 1_000, () => admin(method, w, suffix, id, tries + 1));
     };
     for (let n = 1; n <= nBuilds; n++) {
       const lines = rng.int(0, 8);
