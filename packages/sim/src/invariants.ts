@@ -69,7 +69,6 @@ export class Observer {
     if (cur !== undefined && cur !== workerId && !this.deleted.has(cur)) {
       this.problem(`identity L${lineage} got a second worker record ${workerId} (${actor}; it is ${cur})`);
     }
-    if (this.deleted.has(workerId)) this.problem(`identity L${lineage} registered as ${workerId}, a deleted worker`);
     this.current.set(lineage, workerId);
     s.add(workerId);
   }
