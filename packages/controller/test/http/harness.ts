@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createHash, randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
-import { paths, type Build, type RegisterResponse } from '@buildfleet/protocol';
+import { paths, type Build, type Clock, type RegisterResponse } from '@buildfleet/protocol';
 import { loadControllerConfig, type ControllerConfig } from '../../src/config.js';
 import { startController, type RunningController } from '../../src/server.js';
 
@@ -28,7 +28,7 @@ export interface Harness {
   registerOk(body?: Partial<Record<string, unknown>>): Promise<RegisterResponse>;
 }
 
-export async function startHarness(overrides: Partial<ControllerConfig> = {}): Promise<Harness> {
+export async function startHarness(overrides: Partial<ControllerConfig> = {}, opts: { clock?: Clock } = {}): Promise<Harness> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'bf-http-'));
   const config = loadControllerConfig(
     {},
@@ -45,7 +45,7 @@ export async function startHarness(overrides: Partial<ControllerConfig> = {}): P
       ...overrides,
     },
   );
-  const ctl = await startController(config);
+  const ctl = await startController(config, opts.clock ? { clock: opts.clock } : {});
   const url = ctl.url;
   const req: Harness['req'] = (method, p, opts = {}) => {
     const headers: Record<string, string> = { ...(opts.headers ?? {}) };
