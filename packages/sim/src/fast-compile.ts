@@ -50,6 +50,25 @@ function patch(): void {
   };
 }
 
+/**
+ * Memory, not behaviour: every app's metrics call prom-client's
+ * collectDefaultMetrics, whose event-loop monitor and GC observer are never
+ * released, so each closed app (and everything it references) stayed in
+ * memory, about 1 MB per simulated seed. The simulation never reads process
+ * metrics; here they are not collected.
+ */
+function noDefaultMetrics(): void {
+  const promPath = fromController.resolve('prom-client');
+  const prom = fromController(promPath) as { collectDefaultMetrics: unknown };
+  prom.collectDefaultMetrics = Object.assign(() => undefined, { metricsList: [] });
+}
+
+try {
+  noDefaultMetrics();
+} catch (err) {
+  if (process.env.SIM_DEBUG) console.error('sim: default metrics still collected:', err);
+}
+
 try {
   patch();
 } catch (err) {

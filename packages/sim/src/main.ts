@@ -14,12 +14,54 @@
  */
 import { spawnSync } from 'node:child_process';
 
+/** Seeds per child process: a process that ran many seeds holds on to some memory (closed fastify apps). */
+const CHUNK = Number(process.env.SIM_CHUNK ?? 500);
+
 if (process.env.UV_THREADPOOL_SIZE !== '1') {
-  const r = spawnSync(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
-    stdio: 'inherit',
-    env: { ...process.env, UV_THREADPOOL_SIZE: '1' },
-  });
-  process.exit(r.status ?? 1);
+  // Parent: run the seeds in child processes of at most CHUNK seeds each, then sum up.
+  const argv = process.argv.slice(2);
+  const val = (name: string) => {
+    const i = argv.lastIndexOf(name);
+    return i >= 0 ? Number(argv[i + 1]) : undefined;
+  };
+  const single = val('--seed');
+  const start = single ?? val('--start') ?? 1;
+  const count = single !== undefined ? 1 : (val('--seeds') ?? 100);
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (['--seed', '--start', '--seeds'].includes(argv[i]!)) i++;
+    else rest.push(argv[i]!);
+  }
+  let passed = 0;
+  let failed = 0;
+  let status = 0;
+  const failing: string[] = [];
+  const t0 = performance.now();
+  for (let s = start; s < start + count; s += CHUNK) {
+    const n = Math.min(CHUNK, start + count - s);
+    const r = spawnSync(process.execPath, [...process.execArgv, process.argv[1]!, '--start', String(s), '--seeds', String(n), ...rest], {
+      stdio: ['inherit', 'pipe', 'inherit'],
+      env: { ...process.env, UV_THREADPOOL_SIZE: '1' },
+      maxBuffer: 1 << 30,
+    });
+    const out = r.stdout?.toString() ?? '';
+    const m = /\n(\d+) passed, (\d+) failed \(seeds[^\n]*?(?:failing seeds: ([\d ]+))?\n?$/.exec(out);
+    process.stdout.write(count > CHUNK && m ? out.slice(0, m.index + 1) : out);
+    if (m) {
+      passed += Number(m[1]);
+      failed += Number(m[2]);
+      if (m[3]) failing.push(m[3].trim());
+    } else {
+      failed += n;
+      failing.push(`${s}..${s + n - 1} (the child process ended with status ${r.status})`);
+    }
+    if (r.status !== 0) status = 1;
+  }
+  if (count > CHUNK) {
+    const secs = ((performance.now() - t0) / 1000).toFixed(1);
+    console.log(`\n${passed} passed, ${failed} failed (seeds ${start}..${start + count - 1}, ${secs}s)${failing.length ? `; failing seeds: ${failing.join(' ')}` : ''}`);
+  }
+  process.exit(status);
 }
 
 const { runSeed } = await import('./simulate.js');
