@@ -14,7 +14,7 @@
  */
 import { spawnSync } from 'node:child_process';
 
-/** Seeds per child process: a process that ran many seeds holds on to some memory (closed fastify apps). */
+/** Seeds per child process (`SIM_CHUNK`): fresh processes keep a long run's memory bounded whatever a run leaves behind. */
 const CHUNK = Number(process.env.SIM_CHUNK ?? 500);
 
 if (process.env.UV_THREADPOOL_SIZE !== '1') {

@@ -52,7 +52,14 @@ export interface NetworkOptions {
   observe: (e: Exchange) => void;
 }
 
-const NEVER = new Promise<never>(() => {});
+/**
+ * A promise that never settles, new each time: one shared never-settling
+ * promise would collect the continuation of every frozen caller, and with it
+ * every closed app and dead worker of every run (a leak of ~1 MB a seed).
+ */
+function never(): Promise<never> {
+  return new Promise<never>(() => {});
+}
 
 class NetworkError extends TypeError {
   constructor(message: string) {
@@ -103,7 +110,7 @@ export class Network {
    */
   transport(actor: string, dead: () => boolean, faulty = true): Transport {
     return async (url, init) => {
-      if (dead()) return NEVER;
+      if (dead()) return never();
       const { clock, rng, trace, faults } = this.opts;
       const u = new URL(url);
       const path = u.pathname + u.search;
@@ -111,7 +118,7 @@ export class Network {
       const headers: Record<string, string> = {};
       new Headers(init.headers).forEach((v, k) => (headers[k] = v));
       const payload = await bodyBytes(init.body);
-      if (dead()) return NEVER;
+      if (dead()) return never();
       let reqJson: unknown;
       if (typeof payload === 'string' && headers['content-type']?.includes('json')) {
         try {
@@ -134,7 +141,7 @@ export class Network {
         const ms = rng.int(1, faults.maxDelayMs);
         trace.add(actor, `${label} [delayed ${ms}ms]`);
         await Promise.race([clock.sleep(ms), abort]);
-        if (dead()) return NEVER;
+        if (dead()) return never();
       }
       if (on && rng.chance(faults.dropRequest)) {
         trace.add(actor, `${label} [request lost]`);
@@ -172,7 +179,7 @@ export class Network {
         })().catch(() => undefined);
       }
       const res = await Promise.race([first, abort]);
-      if (dead()) return NEVER;
+      if (dead()) return never();
       if (dropAnswer) {
         trace.add(actor, `${label} [answer lost]`);
         throw new NetworkError('simulated: answer lost');
