@@ -53,9 +53,8 @@ function patch(): void {
 /**
  * Memory, not behaviour: every app's metrics call prom-client's
  * collectDefaultMetrics, whose event-loop monitor and GC observer are never
- * released, so each closed app (and everything it references) stayed in
- * memory, about 1 MB per simulated seed. The simulation never reads process
- * metrics; here they are not collected.
+ * released and keep each closed app's registry reachable. The simulation
+ * never reads process metrics; here they are not collected.
  */
 function noDefaultMetrics(): void {
   const promPath = fromController.resolve('prom-client');
