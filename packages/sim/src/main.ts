@@ -12,7 +12,7 @@
  * Determinism needs file I/O to complete in the order it was started, so the
  * process re-runs itself with UV_THREADPOOL_SIZE=1 when that is not set.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 
 /** Seeds per child process (`SIM_CHUNK`): fresh processes keep a long run's memory bounded whatever a run leaves behind. */
 const CHUNK = Number(process.env.SIM_CHUNK ?? 500);
@@ -39,14 +39,26 @@ if (process.env.UV_THREADPOOL_SIZE !== '1') {
   const t0 = performance.now();
   for (let s = start; s < start + count; s += CHUNK) {
     const n = Math.min(CHUNK, start + count - s);
-    const r = spawnSync(process.execPath, [...process.execArgv, process.argv[1]!, '--start', String(s), '--seeds', String(n), ...rest], {
+    // Stream the child's output (progress dots, failures) and keep it to find its summary.
+    const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, '--start', String(s), '--seeds', String(n), ...rest], {
       stdio: ['inherit', 'pipe', 'inherit'],
       env: { ...process.env, UV_THREADPOOL_SIZE: '1' },
-      maxBuffer: 1 << 30,
     });
-    const out = r.stdout?.toString() ?? '';
+    let out = '';
+    let shown = 0;
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString();
+      // Hold back the last line: it may be the summary, which a chunked run replaces with its own.
+      const cut = count > CHUNK ? out.lastIndexOf('\n') + 1 : out.length;
+      if (cut > shown) {
+        process.stdout.write(out.slice(shown, cut));
+        shown = cut;
+      }
+    });
+    const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+    const r = { status: code };
     const m = /\n(\d+) passed, (\d+) failed \(seeds[^\n]*?(?:failing seeds: ([\d ]+))?\n?$/.exec(out);
-    process.stdout.write(count > CHUNK && m ? out.slice(0, m.index + 1) : out);
+    if (count <= CHUNK || !m) process.stdout.write(out.slice(shown));
     if (m) {
       passed += Number(m[1]);
       failed += Number(m[2]);
