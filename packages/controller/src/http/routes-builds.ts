@@ -82,6 +82,22 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
     }
   };
 
+  /**
+   * The preamble of a JSON build-token write in PROTOCOL.md's check order:
+   * the token's attempt, the body's attempt (403), then, only when the body is
+   * malformed, `checkLease` (404/409) before the 400 it would otherwise get.
+   */
+  const jsonWriteRef = async (request: FastifyRequest, checkLease: (ref: AttemptRef) => Promise<unknown>): Promise<AttemptRef> => {
+    const ref = claimsOf(request);
+    checkBodyAttempt(request, ref);
+    const bodyError = deferredBodyError(request);
+    if (bodyError) {
+      await checkLease(ref);
+      throw bodyError;
+    }
+    return ref;
+  };
+
   // --- user side (API token) -------------------------------------------------
   r.post(
     '/builds',
@@ -306,13 +322,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       },
     },
     async (request) => {
-      const ref = claimsOf(request);
-      checkBodyAttempt(request, ref);
-      const bodyError = deferredBodyError(request);
-      if (bodyError) {
-        await checkAttemptCurrent(ref);
-        throw bodyError;
-      }
+      const ref = await jsonWriteRef(request, checkAttemptCurrent);
       const before = await store.getBuild(ref.buildId);
       const build = await store.startBuild(ref, clock.now(), config.leaseMs);
       if (before.state !== 'running' && build.state === 'running') metrics.buildTransitions.inc({ to: 'running' });
@@ -335,13 +345,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       },
     },
     async (request) => {
-      const ref = claimsOf(request);
-      checkBodyAttempt(request, ref);
-      const bodyError = deferredBodyError(request);
-      if (bodyError) {
-        await store.checkWritable(ref);
-        throw bodyError;
-      }
+      const ref = await jsonWriteRef(request, (r) => store.checkWritable(r));
       const body = request.body;
       let data: Buffer;
       if (body.encoding === 'base64') {
@@ -414,13 +418,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       },
     },
     async (request) => {
-      const ref = claimsOf(request);
-      checkBodyAttempt(request, ref);
-      const bodyError = deferredBodyError(request);
-      if (bodyError) {
-        await checkAttemptCurrent(ref);
-        throw bodyError;
-      }
+      const ref = await jsonWriteRef(request, checkAttemptCurrent);
       const body = request.body;
       const before = await store.getBuild(ref.buildId);
       const build = await store.finishBuild({
