@@ -146,7 +146,8 @@ function printControllerBanner(controller: RunningController, dataDir: string, b
   say('Add a worker on another machine (start this controller with BUILDFLEET_HOST=0.0.0.0 so it is reachable):');
   const host = bind && bind !== '127.0.0.1' && bind !== 'localhost' ? controller.url : controller.url.replace('127.0.0.1', '<this-host>');
   const token = controller.firstStart?.enrollmentToken ?? `<enrollmentToken in ${credFile}>`;
-  say(`  BUILDFLEET_CONTROLLER_URL=${host} BUILDFLEET_ENROLLMENT_TOKEN=${token} npx buildfleet worker`);
+  say(`  BUILDFLEET_CONTROLLER_URL=${host} BUILDFLEET_ENROLLMENT_TOKEN=${token} BUILDFLEET_DATA_DIR=<a directory of its own> node packages/cli/bin/buildfleet.js worker`);
+  say('  (every worker keeps its identity in its data directory: two workers must never share one)');
   say('');
 }
 
@@ -230,7 +231,7 @@ export function addServiceCommands(program: Command): void {
           workerOverrides({ ...o, controllerUrl: controller.url, dataDir }, enrollmentToken ? { enrollmentToken } : {}),
         );
         worker = await wmod.startWorker(wconfig);
-        say(`Local worker started (${worker.workerId}); add more with "buildfleet worker".`);
+        say(`Local worker started (${worker.workerId}); add more with "buildfleet worker", each with its own BUILDFLEET_DATA_DIR.`);
         const apiToken = process.env[ENV.apiToken] || controller.firstStart?.apiToken || creds?.apiToken;
 
         const exampleAbort = new AbortController();
@@ -247,7 +248,20 @@ export function addServiceCommands(program: Command): void {
           }
         }
         if (!exampleAbort.signal.aborted) say(`\nbuildfleet is running at ${controller.url} — Ctrl-C to stop (drains the worker first).`);
-        await stopped;
+        let workerError: Error | undefined;
+        await stopped.catch((e: unknown) => {
+          workerError = e instanceof Error ? e : new Error(String(e));
+        });
+        if (workerError) {
+          // Another process taking this worker's identity (or any fatal worker error) must not take the controller down.
+          worker = undefined;
+          say(`The local worker stopped: ${workerError.message}`);
+          say(`The controller keeps running at ${controller.url}; Ctrl-C to stop it.`);
+          await new Promise<void>((resolve) => {
+            process.once('SIGINT', () => resolve());
+            process.once('SIGTERM', () => resolve());
+          });
+        }
         process.off('SIGINT', stopFollowing);
         process.off('SIGTERM', stopFollowing);
         worker = undefined;
