@@ -395,6 +395,11 @@ describe('submission', () => {
     await expectError(h.submit('{broken'), 400, 'VALIDATION_FAILED');
     await expectError(h.submit({ script: 'x', labels: ['has space'] }), 400, 'VALIDATION_FAILED');
     await expectError(h.submit({ script: 'x', unknownField: 1 }), 400, 'VALIDATION_FAILED');
+    for (const pattern of ['../x', '/etc/*', 'out/../../y']) {
+      const res = await h.submit({ script: 'x', artifacts: ['ok/*', pattern] });
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { error: { message: string } }).error.message).toContain('spec.artifacts.1');
+    }
     const onlySpec = new FormData();
     onlySpec.append('spec', JSON.stringify({ script: 'x' }));
     await expectError(h.req('POST', paths.builds(), { token: API_TOKEN, body: onlySpec }), 400, 'VALIDATION_FAILED');
