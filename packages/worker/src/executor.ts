@@ -371,7 +371,12 @@ export class BuildRun {
     const { client } = this.deps;
     const failures: string[] = [];
     const root = await fs.realpath(this.workspace);
-    const names = await glob([...patterns], { cwd: this.workspace, onlyFiles: true, dot: true, followSymbolicLinks: false, expandDirectories: false });
+    const globOptions = { cwd: this.workspace, onlyFiles: true, dot: true, followSymbolicLinks: false, expandDirectories: false };
+    const names = await glob([...patterns], globOptions);
+    // Like GitLab Runner: a pattern that matched nothing is worth a line in the log, not silence.
+    for (const pattern of patterns) {
+      if ((await glob([pattern], globOptions)).length === 0) this.note(`warning: artifact pattern ${JSON.stringify(pattern)} matched no files`);
+    }
     for (const rel of [...new Set(names)].sort()) {
       const name = rel.split(path.sep).join('/');
       const full = path.resolve(this.workspace, rel);

@@ -245,10 +245,12 @@ describe('executor', () => {
         'ln -s /etc/hostname out/escape.txt',
         'echo not-an-artifact > other.txt',
       ].join('\n'),
-      artifacts: ['out/**'],
+      artifacts: ['out/**', 'missing/*.zip'],
     });
     const r = await run.done;
     expect(r.outcome).toBe('succeeded');
+    expect(logOf(b.id)).toContain('warning: artifact pattern "missing/*.zip" matched no files');
+    expect(logOf(b.id)).not.toContain('pattern "out/**" matched no files');
     const arts = fake.builds.get(b.id)!.artifacts;
     expect([...arts.keys()].sort()).toEqual(['out/a.txt', 'out/nested/b.bin']);
     const a = arts.get('out/a.txt')!;
