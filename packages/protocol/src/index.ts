@@ -5,3 +5,4 @@ export * from './clock.js';
 export * from './schemas.js';
 export * from './paths.js';
 export * from './config.js';
+export * from './sse.js';

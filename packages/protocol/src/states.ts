@@ -7,12 +7,19 @@
  * Terminal states never change.
  */
 export const BUILD_STATES = [
+  /** Waiting for a worker whose labels include all of the build's labels. */
   'queued',
+  /** Handed to a worker by a poll; it must `start` before `ackDeadline` or the attempt is lost. */
   'assigned',
+  /** Started by its worker, whose heartbeats keep the lease (`leaseExpiresAt`) alive. */
   'running',
+  /** Terminal: the script exited 0. */
   'succeeded',
+  /** Terminal: the script exited non-zero, could not run, or the build was lost with no attempts left (`worker_lost`). */
   'failed',
+  /** Terminal: a user canceled it; never requeued. */
   'canceled',
+  /** Terminal: it ran longer than `spec.timeoutSeconds`. */
   'timed_out',
 ] as const;
 
@@ -45,13 +52,21 @@ export function canTransition(from: BuildState, to: BuildState): boolean {
 
 /** Why an attempt or a build ended other than by its script's own outcome. */
 export const BUILD_REASONS = [
+  /** The build was lost and no attempts remain (it ends `failed`). */
   'worker_lost',
+  /** An attempt was assigned but not started before its `ackDeadline`. */
   'ack_timeout',
+  /** A running attempt's lease ran out without a heartbeat. */
   'lease_expired',
+  /** An admin deleted the worker that held the attempt. */
   'worker_deleted',
+  /** The worker restarted (new `bootId`) without reporting the running attempt. */
   'worker_restarted',
+  /** A user canceled the build. */
   'canceled',
+  /** The build ran past `spec.timeoutSeconds`. */
   'timeout',
+  /** The script's own exit code decided the outcome. */
   'exit_code',
 ] as const;
 export type BuildReason = (typeof BUILD_REASONS)[number];
