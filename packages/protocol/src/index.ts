@@ -6,3 +6,4 @@ export * from './schemas.js';
 export * from './paths.js';
 export * from './config.js';
 export * from './sse.js';
+export * from './duration.js';
