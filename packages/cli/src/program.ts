@@ -18,6 +18,7 @@ import { shown } from './pack.js';
 import { resolveClientSettings } from './settings.js';
 import { formatBytes, loadSpec, parseEnvPair, submitDirectory, type SpecOverrides } from './submit.js';
 import { addServiceCommands } from './serve.js';
+import { addOpsCommands } from './ops-commands.js';
 
 export const CLI_VERSION = '0.1.0';
 
@@ -88,6 +89,7 @@ export function buildProgram(): Command {
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
 
   addServiceCommands(program);
+  addOpsCommands(program);
 
   program
     .command('submit')

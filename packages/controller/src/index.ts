@@ -8,3 +8,6 @@ export { BuildTokens, generateToken, hashToken, safeEqual, type BuildTokenClaims
 export { openStore } from './store/index.js';
 export { openBlobStore } from './blobs/index.js';
 export { InProcessNotifier, PgNotifier, type Notifier } from './store/notifier.js';
+export { backupEmbedded, restoreEmbedded, BackupError, SQLITE_FILE, type BackupManifest, type RestoreResult } from './backup.js';
+export { inspectDatabase, type DatabaseInfo } from './ops/db-info.js';
+export { SchemaTooNewError, assertSchemaNotNewer, knownMigrations } from './store/schema-guard.js';

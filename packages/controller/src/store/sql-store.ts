@@ -26,6 +26,7 @@ import {
 } from '@buildfleet/protocol';
 import { transition, type BuildEvent, type BuildPatch, type LostReason, type TransitionResult } from '../domain/transition.js';
 import { isUniqueViolation, mapDbError } from './errors.js';
+import { appliedMigrations, assertSchemaNotNewer } from './schema-guard.js';
 import { migrationProvider, type DB, type Dialect, type BuildsTable, type WorkersTable, type BuildAttemptsTable } from './schema.js';
 import type {
   ArtifactInput,
@@ -209,7 +210,9 @@ export class SqlStore implements Store {
   // --- lifecycle -------------------------------------------------------------
 
   async migrate(): Promise<void> {
-    const migrator = new Migrator({ db: this.db, provider: migrationProvider(this.dialect) });
+    const provider = migrationProvider(this.dialect);
+    assertSchemaNotNewer(await this.run(() => appliedMigrations(this.db)), Object.keys(await provider.getMigrations()));
+    const migrator = new Migrator({ db: this.db, provider });
     const { error, results } = await migrator.migrateToLatest();
     if (error) {
       const failed = results?.find((r) => r.status === 'Error');
