@@ -248,10 +248,24 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   app.setErrorHandler((err, request, reply) => {
-    const { error, internal } = toApiError(err);
-    if (internal) request.log.error({ err }, 'unexpected error answered as 503');
-    else if (error.code === 'UNAVAILABLE') request.log.warn({ err: error.message }, 'store unavailable');
-    else request.log.debug({ code: error.code, message: error.message }, 'request refused');
+    const clientGone = request.raw.aborted || (request.raw.destroyed && !request.raw.complete);
+    const { error, kind, errorId } = toApiError(err, { clientGone });
+    switch (kind) {
+      case 'internal':
+        request.log.error({ err, errorId }, 'unexpected error answered 500 INTERNAL');
+        break;
+      case 'storage':
+        request.log.error({ err }, 'storage full; answered 507 STORAGE_FULL');
+        break;
+      case 'unavailable':
+        request.log.warn({ err }, 'store unavailable; answered 503');
+        break;
+      case 'client-gone':
+        request.log.info({ err: (err as Error)?.message }, 'client went away mid-request');
+        break;
+      default:
+        request.log.debug({ code: error.code, message: error.message }, 'request refused');
+    }
     if (error.status === 503 || error.status === 429) reply.header('retry-after', String(RETRY_AFTER_SECONDS));
     // An upload refused before (or while) its body was read: close the
     // connection instead of reading the rest of a possibly huge body.

@@ -1,6 +1,14 @@
 /**
  * Error codes of PROTOCOL.md ("Conventions"). A client decides on `code`,
- * never on `message`. Every error body is `{"error": {"code", "message"}}`.
+ * never on `message`. Every error body is `{"error": {"code", "message"}}`
+ * (plus `id` on `500 INTERNAL`).
+ *
+ * Beyond PROTOCOL.md's table: `NOT_FOUND` (404, no such route or
+ * enrollment token), `INTERNAL` (500, a bug: an exception the controller did
+ * not expect; the answer's `error.id` is also in the controller's log line),
+ * `STORAGE_FULL` (507, the controller's disk or database is full; retrying
+ * the same upload soon will not help). `UNAVAILABLE` (503) means only an
+ * unreachable database or a lock wait that timed out.
  */
 export const ERROR_STATUS = {
   VALIDATION_FAILED: 400,
@@ -18,7 +26,9 @@ export const ERROR_STATUS = {
   PAYLOAD_TOO_LARGE: 413,
   CHECKSUM_MISMATCH: 422,
   RATE_LIMITED: 429,
+  INTERNAL: 500,
   UNAVAILABLE: 503,
+  STORAGE_FULL: 507,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
@@ -27,7 +37,8 @@ export const ERROR_CODES = Object.keys(ERROR_STATUS) as ErrorCode[];
 
 /** Wire shape of every error answer. */
 export interface ErrorBody {
-  error: { code: ErrorCode; message: string };
+  /** `id` is set on `500 INTERNAL` only: the id of the controller's log line. */
+  error: { code: ErrorCode; message: string; id?: string };
 }
 
 /**
@@ -41,13 +52,15 @@ export class ApiError extends Error {
     readonly code: ErrorCode,
     message: string,
     readonly retryAfterMs?: number,
+    /** The error id of a `500 INTERNAL` answer (the same id is in the controller's log). */
+    readonly errorId?: string,
   ) {
     super(message);
     this.name = 'ApiError';
     this.status = ERROR_STATUS[code];
   }
   toBody(): ErrorBody {
-    return { error: { code: this.code, message: this.message } };
+    return { error: { code: this.code, message: this.message, ...(this.errorId !== undefined ? { id: this.errorId } : {}) } };
   }
 }
 

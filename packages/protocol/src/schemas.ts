@@ -28,6 +28,7 @@ export const ErrorBodySchema = Type.Object({
   error: Type.Object({
     code: Type.Union(ERROR_CODES.map((c) => Type.Literal(c))),
     message: Type.String(),
+    id: Type.Optional(Type.String({ description: 'only on 500 INTERNAL: the id of the error in the controller log' })),
   }),
 });
 

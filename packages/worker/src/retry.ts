@@ -7,7 +7,8 @@ import { TransportError } from './http.js';
 
 /**
  * True for failures where calling again may succeed: network errors,
- * timeouts, `429 RATE_LIMITED`, `503 UNAVAILABLE`, and non-protocol 5xx/429
+ * timeouts, `429 RATE_LIMITED`, `503 UNAVAILABLE`, `500 INTERNAL` (a controller bug
+ * that may not recur; retried within the caller's budget), and non-protocol 5xx/429
  * answers (a proxy in between). Protocol 4xx errors are answers, not
  * failures, and are never retried. A caller's abort is never retried.
  */
@@ -17,7 +18,7 @@ export function isRetryable(err: unknown): boolean {
     if (err.kind === 'http') return err.status === 429 || (err.status !== undefined && err.status >= 500);
     return false;
   }
-  if (err instanceof ApiError) return err.code === 'RATE_LIMITED' || err.code === 'UNAVAILABLE';
+  if (err instanceof ApiError) return err.code === 'RATE_LIMITED' || err.code === 'UNAVAILABLE' || err.code === 'INTERNAL';
   return false;
 }
 

@@ -13,6 +13,8 @@ describe('isRetryable', () => {
     expect(isRetryable(new TransportError('aborted', 'x', 'u'))).toBe(false);
     expect(isRetryable(new ApiError('RATE_LIMITED', 'x'))).toBe(true);
     expect(isRetryable(new ApiError('UNAVAILABLE', 'x'))).toBe(true);
+    expect(isRetryable(new ApiError('INTERNAL', 'x'))).toBe(true);
+    expect(isRetryable(new ApiError('STORAGE_FULL', 'x'))).toBe(false);
     for (const code of ['TOKEN_EXPIRED', 'TOKEN_INVALID', 'FORBIDDEN', 'WORKER_NOT_FOUND', 'LEASE_LOST', 'INVALID_TRANSITION', 'OFFSET_MISMATCH', 'VALIDATION_FAILED'] as const) {
       expect(isRetryable(new ApiError(code, 'x'))).toBe(false);
     }

@@ -33,6 +33,7 @@ import {
 } from '@buildfleet/protocol';
 import type { AttemptRef } from '../store/types.js';
 import { deferredBodyError, isRawBody } from './body.js';
+import { toApiError } from './errors.js';
 import type { AppContext } from './context.js';
 
 const errors = {
@@ -648,9 +649,10 @@ function followLog(
         }
       }
     } catch (err) {
-      const code = err instanceof ApiError ? err.code : 'UNAVAILABLE';
-      if (!(err instanceof ApiError)) request.log.error({ err }, 'log stream failed');
-      await send('error', { code, message: (err as Error).message }).catch(() => {});
+      const { error, kind, errorId } = toApiError(err);
+      if (kind === 'internal') request.log.error({ err, errorId }, 'log stream failed');
+      else if (kind !== 'refused') request.log.warn({ err }, 'log stream failed');
+      await send('error', error.toBody().error).catch(() => {});
     } finally {
       release();
       out.end();

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createHash, randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
+import type { FastifyBaseLogger } from 'fastify';
 import { paths, type Build, type Clock, type RegisterResponse } from '@buildfleet/protocol';
 import { loadControllerConfig, type ControllerConfig } from '../../src/config.js';
 import { startController, type RunningController } from '../../src/server.js';
@@ -28,7 +29,10 @@ export interface Harness {
   registerOk(body?: Partial<Record<string, unknown>>): Promise<RegisterResponse>;
 }
 
-export async function startHarness(overrides: Partial<ControllerConfig> = {}, opts: { clock?: Clock } = {}): Promise<Harness> {
+export async function startHarness(
+  overrides: Partial<ControllerConfig> = {},
+  opts: { clock?: Clock; logger?: FastifyBaseLogger } = {},
+): Promise<Harness> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'bf-http-'));
   const config = loadControllerConfig(
     {},
@@ -45,7 +49,7 @@ export async function startHarness(overrides: Partial<ControllerConfig> = {}, op
       ...overrides,
     },
   );
-  const ctl = await startController(config, opts.clock ? { clock: opts.clock } : {});
+  const ctl = await startController(config, { ...(opts.clock ? { clock: opts.clock } : {}), ...(opts.logger ? { logger: opts.logger } : {}) });
   const url = ctl.url;
   const req: Harness['req'] = (method, p, opts = {}) => {
     const headers: Record<string, string> = { ...(opts.headers ?? {}) };
