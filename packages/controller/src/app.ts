@@ -30,7 +30,8 @@ import type { ControllerConfig } from './config.js';
 import { BuildTokens } from './credentials.js';
 import type { Store } from './store/types.js';
 import type { BlobStore } from './blobs/types.js';
-import { authenticateApi, authenticateBuild } from './http/auth.js';
+import { authenticate } from './http/auth.js';
+import { installAccessCheck, securitySchemes } from './http/access.js';
 import { installBodyParsers, isRawBody } from './http/body.js';
 import type { AppContext, Notifier, WakeTopic } from './http/context.js';
 import { RETRY_AFTER_SECONDS, toApiError } from './http/errors.js';
@@ -136,6 +137,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
+  // Fail closed: a route that does not declare who may call it stops the
+  // controller from starting; its declaration becomes its OpenAPI security.
+  const routes = installAccessCheck(app);
+
   const tokens = await BuildTokens.fromStore(store);
   let closed = false;
   const metrics: ControllerMetrics = createMetrics();
@@ -157,6 +162,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     logWake,
     dispatcher,
     log: app.log,
+    routes,
     hint(channel: WakeTopic, payload?: string) {
       // Both notifiers deliver to this process too (in-process at once,
       // PostgreSQL by the LISTEN echo), so local waiters are woken by the
@@ -220,19 +226,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     openapi: {
       openapi: '3.0.3',
       info: { title: 'buildfleet controller', version: PROTOCOL_VERSION, description: 'The wire protocol of PROTOCOL.md' },
-      components: {
-        securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
-      },
-      security: [{ bearer: [] }],
+      // Per operation: `security` and `x-credentials` from its declaration (see http/access.ts).
+      components: { securitySchemes: securitySchemes() },
     },
   });
 
   // Authentication before the body is read (PROTOCOL.md check order).
-  app.addHook('onRequest', async (request) => {
-    const kind = request.routeOptions.config?.auth;
-    if (kind === 'api') await authenticateApi(ctx, request);
-    else if (kind === 'build') request.buildClaims = authenticateBuild(ctx, request);
-  });
+  app.addHook('onRequest', async (request) => authenticate(ctx, request, request.routeOptions.config?.auth));
 
   const started = new WeakMap<object, number>();
   app.addHook('onRequest', async (request) => {
@@ -283,27 +283,28 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   // --- operations --------------------------------------------------------------
   const hide = { hide: true };
-  app.get('/healthz', { schema: { tags: ['operations'], response: { 200: Type.Object({ ok: Type.Boolean() }) } } }, async () => ({
+  const pub = { auth: 'public' } as const;
+  app.get('/healthz', { config: pub, schema: { tags: ['operations'], response: { 200: Type.Object({ ok: Type.Boolean() }) } } }, async () => ({
     ok: true,
   }));
   app.get(
     '/readyz',
-    { schema: { tags: ['operations'], response: { 200: Type.Object({ ok: Type.Boolean() }), 503: ErrorBodySchema } } },
+    { config: pub, schema: { tags: ['operations'], response: { 200: Type.Object({ ok: Type.Boolean() }), 503: ErrorBodySchema } } },
     async () => {
       await store.ping();
       return { ok: true };
     },
   );
-  app.get('/metrics', { schema: { tags: ['operations'], produces: ['text/plain'] } }, async (_request, reply) => {
+  app.get('/metrics', { config: pub, schema: { tags: ['operations'], produces: ['text/plain'] } }, async (_request, reply) => {
     metrics.parkedPolls.set(pollWake.size);
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
-  app.get('/openapi.json', { schema: hide }, async () => app.swagger());
+  app.get('/openapi.json', { config: pub, schema: hide }, async () => app.swagger());
   const html = dashboardHtml();
-  app.get('/', { schema: hide }, async (_request, reply) =>
+  app.get('/', { config: pub, schema: hide }, async (_request, reply) =>
     reply.type('text/html; charset=utf-8').header('cache-control', 'no-cache').header('x-frame-options', 'DENY').send(html),
   );
-  app.get('/favicon.ico', { schema: hide }, async (_request, reply) => reply.code(204).send());
+  app.get('/favicon.ico', { config: pub, schema: hide }, async (_request, reply) => reply.code(204).send());
 
   await app.register(
     async (api) => {

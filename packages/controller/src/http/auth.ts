@@ -1,23 +1,21 @@
 /**
- * Authentication for the three kinds of callers (PROTOCOL.md "Credentials").
- * These run before the body is parsed (an onRequest hook), so 401/403 always
+ * Authentication for each credential kind a route declares (PROTOCOL.md
+ * "Credentials"; the declarations are checked by `access.ts`). `authenticate`
+ * runs in an onRequest hook, before the body is parsed, so 401/403 always
  * come before existence (404), lease (409) and body validation (400).
  */
 import type { FastifyRequest } from 'fastify';
 import { ApiError, TOKEN_PREFIX, bearerToken } from '@buildfleet/protocol';
 import { hashToken, type BuildTokenClaims } from '../credentials.js';
 import type { AppContext } from './context.js';
-
-/** Which credential a route takes. */
-export type AuthKind = 'none' | 'api' | 'worker' | 'build' | 'register';
+import type { RouteAuth } from './access.js';
 
 declare module 'fastify' {
-  interface FastifyContextConfig {
-    auth?: AuthKind;
-  }
   interface FastifyRequest {
     /** Set for build-token routes after the token verified and names the path's build. */
     buildClaims?: BuildTokenClaims;
+    /** Set for access-token routes: the path's worker and the presented token's hash (the store checks it). */
+    workerAuth?: { workerId: string; tokenHash: string };
   }
 }
 
@@ -26,6 +24,43 @@ export function requireBearer(request: FastifyRequest): string {
   const token = bearerToken(request.headers.authorization);
   if (!token) throw new ApiError('TOKEN_INVALID', 'missing "Authorization: Bearer <token>" header');
   return token;
+}
+
+/** What `generateToken` makes: a prefix and 32 random bytes in base64url (43 characters). */
+const GENERATED = /^[A-Za-z0-9_-]{43}$/;
+
+/** Whether `token` has the shape of a generated token of `prefix` (no store lookup). */
+export function isWellFormed(token: string, prefix: string): boolean {
+  return token.startsWith(prefix) && GENERATED.test(token.slice(prefix.length));
+}
+
+/**
+ * Authenticates a request as its route declares (the onRequest hook):
+ * - `api`: a known, unrevoked API token (401 TOKEN_INVALID otherwise);
+ * - `build`: a genuine build token naming the path's build (401 / 403);
+ * - `access`: a well-formed worker access token (anything else is 401
+ *   TOKEN_INVALID before the store is asked); the store checks it against
+ *   the path's worker in the same transaction as the route's work, so every
+ *   access-token route must pass `request.workerAuth` to the store;
+ * - `enrollment` / `workerSecret` (registration): checked by the route,
+ *   which needs the body to know which one applies;
+ * - `public`: nothing.
+ */
+export async function authenticate(ctx: AppContext, request: FastifyRequest, auth: RouteAuth | undefined): Promise<void> {
+  // No route: the not-found handler answers 404 and touches nothing.
+  if (request.is404) return;
+  // Never undefined for a registered route (onRoute refuses it); refuse anyway.
+  if (auth === undefined) throw new ApiError('TOKEN_INVALID', 'this route accepts no credential');
+  if (auth === 'public') return;
+  if (auth.includes('api')) return authenticateApi(ctx, request);
+  if (auth.includes('build')) {
+    request.buildClaims = authenticateBuild(ctx, request);
+    return;
+  }
+  if (auth.includes('access')) {
+    request.workerAuth = authenticateAccessShape(request);
+    return;
+  }
 }
 
 /** Checks an API token (`bfa_`); 401 TOKEN_INVALID otherwise. */
@@ -51,7 +86,21 @@ export function authenticateBuild(ctx: AppContext, request: FastifyRequest): Bui
   return claims;
 }
 
-/** SHA-256 of the worker access token presented (the store decides what it means). */
-export function workerTokenHash(request: FastifyRequest): string {
-  return hashToken(requireBearer(request));
+/**
+ * A worker access token's shape and the path's worker id. A token that is
+ * not a well-formed `bfw_` token is 401 TOKEN_INVALID at once, even for an
+ * unknown worker: PROTOCOL.md lets WORKER_NOT_FOUND win over 401 only for
+ * that worker's own access token, and garbage cannot be one.
+ */
+function authenticateAccessShape(request: FastifyRequest): { workerId: string; tokenHash: string } {
+  const token = requireBearer(request);
+  if (!isWellFormed(token, TOKEN_PREFIX.access)) throw new ApiError('TOKEN_INVALID', 'this route needs a worker access token (bfw_…)');
+  const id = (request.params as { id?: unknown } | undefined)?.id;
+  return { workerId: typeof id === 'string' ? id : '', tokenHash: hashToken(token) };
+}
+
+/** The path's worker and the token hash set by `authenticate` for an access-token route. */
+export function workerAuthOf(request: FastifyRequest): { workerId: string; tokenHash: string } {
+  if (!request.workerAuth) throw new ApiError('TOKEN_INVALID', 'missing worker access token');
+  return request.workerAuth;
 }

@@ -12,6 +12,7 @@ import type { BlobStore } from '../blobs/types.js';
 import type { ControllerMetrics } from './metrics.js';
 import type { WakeChannel } from './wakeups.js';
 import type { PollDispatcher } from './dispatch.js';
+import type { RegisteredRoute } from './access.js';
 
 import type { Notifier, WakeTopic } from '../store/notifier.js';
 
@@ -32,6 +33,8 @@ export interface AppContext {
   /** Followed log streams wait here; woken by 'logs' hints. */
   logWake: WakeChannel;
   log: FastifyBaseLogger;
+  /** Every route registered so far, with its credential declaration (the authorization matrix test walks them). */
+  routes: RegisteredRoute[];
   /** Publishes a hint; never throws (a lost hint is covered by re-checks). */
   hint(channel: WakeTopic, payload?: string): void;
 }

@@ -103,7 +103,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.post(
     '/builds',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       schema: {
         tags: ['builds'],
         summary: 'Submit a build: multipart/form-data with part `spec` (JSON) first, then `source` (.tar.gz)',
@@ -123,7 +123,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.get(
     '/builds',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: { tags: ['builds'], querystring: BuildListQuerySchema, response: { 200: BuildListSchema, ...errors } },
     },
@@ -138,7 +138,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.get(
     '/builds/:id',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: { tags: ['builds'], params: IdParamsSchema, response: { 200: BuildEnvelopeSchema, ...errors } },
     },
@@ -148,7 +148,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.get(
     '/builds/:id/logs',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: {
         tags: ['builds'],
@@ -190,7 +190,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.get(
     '/builds/:id/artifacts',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: { tags: ['builds'], params: IdParamsSchema, response: { 200: ArtifactListSchema, ...errors } },
     },
@@ -204,7 +204,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.get(
     '/builds/:id/artifacts/*',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: {
         tags: ['builds'],
@@ -248,7 +248,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.post(
     '/builds/:id/cancel',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: { tags: ['builds'], params: IdParamsSchema, response: { 200: BuildEnvelopeSchema, ...errors } },
     },
@@ -264,7 +264,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.post(
     '/builds/:id/retry',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: {
         tags: ['builds'],
@@ -295,7 +295,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.get(
     '/builds/:id/source',
     {
-      config: { auth: 'build' },
+      config: { auth: ['build'] },
       schema: { tags: ['worker builds'], summary: 'The source tarball', produces: ['application/gzip'] },
     },
     async (request, reply) => {
@@ -313,7 +313,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.post(
     '/builds/:id/start',
     {
-      config: { auth: 'build' },
+      config: { auth: ['build'] },
       attachValidation: true,
       schema: {
         tags: ['worker builds'],
@@ -335,7 +335,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.post(
     '/builds/:id/logs',
     {
-      config: { auth: 'build' },
+      config: { auth: ['build'] },
       attachValidation: true,
       schema: {
         tags: ['worker builds'],
@@ -367,7 +367,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.put(
     '/builds/:id/artifacts/*',
     {
-      config: { auth: 'build' },
+      config: { auth: ['build'] },
       attachValidation: true,
       schema: {
         tags: ['worker builds'],
@@ -408,7 +408,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.post(
     '/builds/:id/finish',
     {
-      config: { auth: 'build' },
+      config: { auth: ['build'] },
       attachValidation: true,
       schema: {
         tags: ['worker builds'],

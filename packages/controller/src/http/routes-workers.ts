@@ -29,7 +29,7 @@ import {
 } from '@buildfleet/protocol';
 import { generateToken, hashToken } from '../credentials.js';
 import type { HeldBuild, RegisterResult } from '../store/types.js';
-import { requireBearer, workerTokenHash } from './auth.js';
+import { requireBearer, workerAuthOf } from './auth.js';
 import { iso, toAssigned, type AppContext } from './context.js';
 import { deferredBodyError } from './body.js';
 
@@ -50,7 +50,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
     '/workers/register',
     {
       attachValidation: true,
-      config: { auth: 'register' },
+      config: { auth: ['enrollment', 'workerSecret'] },
       schema: {
         tags: ['workers'],
         summary: 'Register a new worker, or re-register / refresh an existing one',
@@ -144,7 +144,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
     '/workers/:id/poll',
     {
       attachValidation: true,
-      config: { auth: 'worker' },
+      config: { auth: ['access'] },
       schema: {
         tags: ['workers'],
         summary: 'Long poll for builds',
@@ -155,7 +155,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
       },
     },
     async (request, reply) => {
-      const auth = { workerId: request.params.id, tokenHash: workerTokenHash(request) };
+      const auth = workerAuthOf(request);
       const bodyError = deferredBodyError(request);
       if (bodyError) {
         await store.authenticateWorker({ ...auth, now: clock.now() });
@@ -178,7 +178,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
     '/workers/:id/heartbeat',
     {
       attachValidation: true,
-      config: { auth: 'worker' },
+      config: { auth: ['access'] },
       schema: {
         tags: ['workers'],
         summary: 'Extend leases of running builds; learn of cancellations',
@@ -188,7 +188,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
       },
     },
     async (request) => {
-      const auth = { workerId: request.params.id, tokenHash: workerTokenHash(request) };
+      const auth = workerAuthOf(request);
       const bodyError = deferredBodyError(request);
       if (bodyError) {
         await store.authenticateWorker({ ...auth, now: clock.now() });
@@ -209,14 +209,14 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
   // --- admin (API token) ----------------------------------------------------
   r.get(
     '/workers',
-    { config: { auth: 'api' }, schema: { tags: ['admin'], summary: 'List workers', response: { 200: WorkerListSchema } } },
+    { config: { auth: ['api'] }, schema: { tags: ['admin'], summary: 'List workers', response: { 200: WorkerListSchema } } },
     async () => ({ workers: await store.listWorkers(clock.now(), config.leaseMs) }),
   );
 
   r.get(
     '/workers/:id',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: { tags: ['admin'], params: IdParamsSchema, response: { 200: WorkerEnvelopeSchema, ...errors } },
     },
@@ -229,7 +229,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.post(
     '/workers/:id/drain',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: {
         tags: ['admin'],
@@ -249,7 +249,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.delete(
     '/workers/:id',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: {
         tags: ['admin'],
@@ -272,7 +272,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.post(
     '/enrollment-tokens',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: {
         tags: ['admin'],
@@ -305,14 +305,14 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
 
   r.get(
     '/enrollment-tokens',
-    { config: { auth: 'api' }, schema: { tags: ['admin'], response: { 200: EnrollmentTokenListSchema } } },
+    { config: { auth: ['api'] }, schema: { tags: ['admin'], response: { 200: EnrollmentTokenListSchema } } },
     async () => ({ enrollmentTokens: await store.listEnrollmentTokens() }),
   );
 
   r.delete(
     '/enrollment-tokens/:id',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: { tags: ['admin'], summary: 'Revoke an enrollment token', params: IdParamsSchema, response: { 204: Type.Null(), ...errors } },
     },

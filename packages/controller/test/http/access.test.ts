@@ -1,0 +1,127 @@
+/**
+ * Fail closed (STYLE.md habit 20): a route that does not declare which
+ * credentials it accepts stops the controller from starting, and the
+ * declarations are what the OpenAPI description publishes.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fastify, { type FastifyInstance } from 'fastify';
+import { systemClock } from '@buildfleet/protocol';
+import { UndeclaredRouteError, checkRouteAuth, installAccessCheck, schemeName } from '../../src/http/access.js';
+import type { AppContext } from '../../src/http/context.js';
+import { workerRoutes } from '../../src/http/routes-workers.js';
+import { buildRoutes } from '../../src/http/routes-builds.js';
+import { loadControllerConfig } from '../../src/config.js';
+import { startHarness, type Harness } from './harness.js';
+
+describe('route declarations', () => {
+  it('accepts public and known credential kinds; refuses a missing, empty or unknown declaration', () => {
+    expect(checkRouteAuth('GET', '/x', 'public')).toBe('public');
+    expect(checkRouteAuth('GET', '/x', ['api', 'build'])).toEqual(['api', 'build']);
+    expect(() => checkRouteAuth('GET', '/x', undefined)).toThrow(UndeclaredRouteError);
+    expect(() => checkRouteAuth('GET', '/x', [])).toThrow(/empty credential list/);
+    expect(() => checkRouteAuth('GET', '/x', ['admin'])).toThrow(/unknown credential kind "admin"/);
+    expect(() => checkRouteAuth('GET', '/x', 'none')).toThrow(UndeclaredRouteError);
+  });
+
+  it('a route added without a declaration is refused when it is registered', async () => {
+    const app = fastify();
+    installAccessCheck(app);
+    app.get('/declared', { config: { auth: 'public' } }, async () => 'ok');
+    expect(() => app.get('/open', async () => 'oops')).toThrow(/GET \/open declares no credentials/);
+    await app.close();
+  });
+
+  /** Registers `routes` on a fresh checked app, removing the declaration of the `strip`-th route. */
+  function register(routes: (app: FastifyInstance, ctx: AppContext) => void, strip: number): number {
+    const app = fastify();
+    const seen = installAccessCheck(app);
+    const ctx = { config: loadControllerConfig({}, { dataDir: '/nonexistent' }), store: {}, clock: systemClock } as unknown as AppContext;
+    let n = 0;
+    const proxy: FastifyInstance = new Proxy(app, {
+      get(target, prop, receiver) {
+        if (prop === 'withTypeProvider') return () => proxy;
+        if (prop === 'get' || prop === 'post' || prop === 'put' || prop === 'delete') {
+          return (url: string, opts: { config?: object }, handler: unknown) => {
+            const o = n++ === strip ? { ...opts, config: { ...opts.config, auth: undefined } } : opts;
+            return (target[prop] as (...a: unknown[]) => unknown).call(target, url, o, handler);
+          };
+        }
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    routes(proxy, ctx);
+    void app.close();
+    return seen.filter((r) => r.method !== 'HEAD').length;
+  }
+
+  for (const [name, routes] of [
+    ['worker routes', workerRoutes],
+    ['build routes', buildRoutes],
+  ] as const) {
+    it(`removing the declaration of any one of the ${name} refuses to start`, () => {
+      const count = register(routes, -1);
+      expect(count).toBeGreaterThan(5);
+      for (let i = 0; i < count; i++) expect(() => register(routes, i), `route #${i}`).toThrow(UndeclaredRouteError);
+    });
+  }
+});
+
+describe('the OpenAPI description', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness();
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  it('has a scheme per bearer kind and, per operation, exactly the declared credentials', async () => {
+    const doc = (await (await h.req('GET', '/openapi.json')).json()) as {
+      security?: unknown;
+      components: { securitySchemes: Record<string, { type: string; scheme: string }> };
+      paths: Record<string, Record<string, { security: Array<Record<string, string[]>>; 'x-credentials': string[] }>>;
+    };
+    expect(doc.security).toBeUndefined();
+    expect(Object.keys(doc.components.securitySchemes).sort()).toEqual(['accessToken', 'apiToken', 'buildToken', 'enrollmentToken']);
+    const routes = h.ctl.app.buildfleet.routes.filter((r) => r.method !== 'HEAD' && r.url !== '/openapi.json' && r.url !== '/' && r.url !== '/favicon.ico');
+    expect(routes.length).toBeGreaterThan(25);
+    for (const r of routes) {
+      const path = r.url.replace(/:(\w+)/g, '{$1}').replace(/\*$/, '{*}');
+      const op = doc.paths[path]?.[r.method.toLowerCase()];
+      expect(op, `${r.method} ${r.url} in openapi.json`).toBeDefined();
+      if (r.auth === 'public') {
+        expect(op!.security).toEqual([]);
+        expect(op!['x-credentials']).toEqual(['public']);
+      } else {
+        expect(op!['x-credentials']).toEqual([...r.auth]);
+        const bearer = r.auth.filter((k) => k !== 'workerSecret').map((k) => ({ [schemeName(k)]: [] }));
+        expect(op!.security).toEqual(r.auth.includes('workerSecret') ? [...bearer, {}] : bearer);
+      }
+    }
+    expect(doc.paths['/api/v1/workers/{id}/drain']!.post!['x-credentials']).toEqual(['api']);
+    expect(doc.paths['/api/v1/workers/register']!.post!['x-credentials']).toEqual(['enrollment', 'workerSecret']);
+    expect(doc.paths['/healthz']!.get!.security).toEqual([]);
+  });
+});
+
+describe('access-token routes', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness();
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  it("a garbage token is 401 even for an unknown worker; a well-formed unknown one (a deleted worker's) is 404", async () => {
+    const poll = (id: string, token: string) => h.req('POST', `/api/v1/workers/${id}/poll?waitMs=0`, { token, json: { freeSlots: 1, activeBuildIds: [] } });
+    for (const token of ['garbage', 'bfw_short', `bfa_${'a'.repeat(43)}`, `bfw_${'a'.repeat(42)}!`]) {
+      const res = await poll('no-such-worker', token);
+      expect({ token, status: res.status, code: ((await res.json()) as { error: { code: string } }).error.code }).toEqual({ token, status: 401, code: 'TOKEN_INVALID' });
+    }
+    const res = await poll('no-such-worker', `bfw_${'a'.repeat(43)}`);
+    expect(res.status).toBe(404);
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe('WORKER_NOT_FOUND');
+  });
+});
