@@ -7,3 +7,4 @@ export * from './paths.js';
 export * from './config.js';
 export * from './sse.js';
 export * from './duration.js';
+export * from './limits.js';
