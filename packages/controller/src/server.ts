@@ -2,7 +2,8 @@
  * Starting and stopping a controller: store, blobs, notifier, tokens, the
  * HTTP app and the reaper, in that order; closed in reverse.
  */
-import { mkdir, open, rename, unlink } from 'node:fs/promises';
+import { open, rename, unlink } from 'node:fs/promises';
+import { ensurePrivateDatabaseFile, ensurePrivateDir } from './data-dir.js';
 import path from 'node:path';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import pg from 'pg';
@@ -66,7 +67,8 @@ export async function startController(config: ControllerConfig, opts: StartOptio
     }
   };
   try {
-    await mkdir(config.dataDir, { recursive: true });
+    await ensurePrivateDir(config.dataDir);
+    if (!config.databaseUrl) await ensurePrivateDatabaseFile(path.join(config.dataDir, 'buildfleet.db'));
     const store = await openStore({
       databaseUrl: config.databaseUrl,
       sqlitePath: path.join(config.dataDir, 'buildfleet.db'),

@@ -49,7 +49,8 @@ export class FsBlobStore implements BlobStore {
 
   /** Creates the root directory and removes temp files of uploads that died over an hour ago. */
   async init(): Promise<void> {
-    await mkdir(this.root, { recursive: true });
+    // Sources, logs and artifacts are the users' secrets: owner only, whatever the umask.
+    await mkdir(this.root, { recursive: true, mode: 0o700 });
     await this.sweepTemp(this.clock.now() - STALE_TMP_MS);
   }
 
@@ -75,13 +76,13 @@ export class FsBlobStore implements BlobStore {
   async put(key: string, body: Readable, opts: { maxBytes?: number; expectSha256?: string } = {}): Promise<PutResult> {
     const file = this.pathOf(key);
     const dir = dirname(file);
-    await mkdir(dir, { recursive: true }).catch((err: NodeJS.ErrnoException) => {
+    await mkdir(dir, { recursive: true, mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
       // A blob already sits where this key needs a directory (`a` vs `a/b`).
       if (err.code === 'ENOTDIR' || err.code === 'EEXIST') throw new ApiError('VALIDATION_FAILED', `blob key ${key} nests under another blob`);
       throw err;
     });
     const tmp = join(dir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
-    const fh = await open(tmp, 'wx', 0o644);
+    const fh = await open(tmp, 'wx', 0o600);
     let open_ = true;
     try {
       const meter: Meter = { size: 0, sha256: undefined };
