@@ -1,0 +1,42 @@
+/**
+ * Child-process entry: one real controller (the exported `startController`)
+ * with the driver counters installed, so its RSS, CPU and statements are its
+ * own and not the load generator's. Started by `controller.ts`; talks over
+ * IPC: it sends `{type: 'ready', url}`, answers `{type: 'counts', reset}`
+ * with the counts so far, and closes the controller and exits on
+ * `{type: 'stop'}` (so `--cpu-prof` writes its profile).
+ *
+ * Configuration comes as JSON in BENCH_CONTROLLER (`databaseUrl`, `dataDir`).
+ */
+import { installCounters, takeCounts } from './sqlcount.js';
+
+installCounters();
+const { loadControllerConfig, startController } = await import('@buildfleet/controller');
+const { API_TOKEN, ENROLLMENT_TOKEN } = await import('./wire.js');
+
+const opts = JSON.parse(process.env.BENCH_CONTROLLER ?? '{}') as { databaseUrl?: string; dataDir: string };
+const controller = await startController(
+  loadControllerConfig(
+    {},
+    {
+      host: '127.0.0.1',
+      port: 0,
+      dataDir: opts.dataDir,
+      apiToken: API_TOKEN,
+      enrollmentToken: ENROLLMENT_TOKEN,
+      logLevel: 'warn',
+      ...(opts.databaseUrl ? { databaseUrl: opts.databaseUrl } : {}),
+    },
+  ),
+);
+takeCounts(true);
+
+process.on('message', (m: { type: string; reset?: boolean; seq?: number }) => {
+  if (m.type === 'counts') {
+    process.send!({ type: 'counts', seq: m.seq, counts: takeCounts(m.reset === true) });
+  } else if (m.type === 'stop') {
+    void controller.close().finally(() => process.exit(0));
+  }
+});
+process.on('disconnect', () => void controller.close().finally(() => process.exit(0)));
+process.send!({ type: 'ready', url: controller.url });
