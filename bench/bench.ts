@@ -9,7 +9,7 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { startController, type ControllerHandle, type StoreKind } from './controller.js';
 import type { BenchOptions, Section } from './options.js';
-import { graphile, type GraphileResult } from './peer/graphile.js';
+import type { GraphileResult } from './peer/graphile.js';
 import { skipLocked } from './peer/skiplocked.js';
 import { artifact, type ArtifactResult } from './sections/artifact.js';
 import { idle, type IdleResult } from './sections/idle.js';
@@ -54,6 +54,8 @@ export async function runBench(opts: BenchOptions, log: Log, profileDir?: string
       r.load.peer = loadavg()[0]!;
       log(`[${rep + 1}/${opts.repeat}] peer: graphile-worker 0.17.3, raw SKIP LOCKED`);
       const t0 = performance.now();
+      // Imported here: a checkout whose node_modules predate the peer still runs the rest.
+      const { graphile } = await import('./peer/graphile.js');
       r.peer = {
         graphile: await graphile({ dispatch: opts.dispatchSamples, drain: opts.drain.builds, steady: opts.steady.builds }),
         skipLocked: await skipLocked(opts.skipLockedRows),
