@@ -52,6 +52,15 @@ export async function createDatabase(): Promise<BenchDatabase> {
         const r = await c.query('SELECT xact_commit FROM pg_stat_database WHERE datname = $1', [name]);
         return Number(r.rows[0]?.xact_commit ?? 0);
       }),
-    drop: () => admin((c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)).then(() => undefined),
+    drop: () =>
+      admin(async (c) => {
+        // pool.end() resolves before its connections are gone; terminating one
+        // still closing makes its client emit an unhandled FATAL 57P01. So
+        // give them up to 2 s to leave before forcing.
+        const deadline = performance.now() + 2_000;
+        const left = async () => Number((await c.query('SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1', [name])).rows[0].n);
+        while ((await left()) > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      }),
   };
 }
