@@ -20,6 +20,8 @@ export interface ControllerHandle {
   pid: number;
   /** The fresh database (PostgreSQL only). */
   db: BenchDatabase | undefined;
+  /** The controller's data directory (SQLite file `buildfleet.db`, blobs). */
+  dataDir: string;
   /** Statement counts since start or the last reset. */
   counts(reset?: boolean): Promise<StatementCounts>;
   /** Closes the controller (parked polls answer 204), then drops the database and the temp dir. */
@@ -61,6 +63,7 @@ export async function startController(store: StoreKind, opts: { cpuProfDir?: str
     url,
     pid: child.pid!,
     db,
+    dataDir: join(dir, 'controller'),
     counts: (reset = false) =>
       new Promise((resolve) => {
         const mine = ++seq;

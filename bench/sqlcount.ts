@@ -26,19 +26,24 @@ export interface StatementCounts {
   byKind: Record<string, number>;
   /** Per route (`POST /workers/:id/poll`) or `background`: requests and what they ran. */
   byRoute: Record<string, { requests: number; statements: number; transactions: number; byKind: Record<string, number> }>;
+  /** Distinct statement texts per route, in first-run order, with the first run's parameters (at most 200 in all). */
+  texts: Array<{ route: string; sql: string; params: unknown[]; count: number }>;
 }
 
 const route = new AsyncLocalStorage<string>();
 let counts: StatementCounts = empty();
 
 function empty(): StatementCounts {
-  return { statements: 0, transactions: 0, prepares: 0, byKind: {}, byRoute: {} };
+  return { statements: 0, transactions: 0, prepares: 0, byKind: {}, byRoute: {}, texts: [] };
 }
 
 /** The counts so far; `reset` starts again from zero. */
 export function takeCounts(reset = false): StatementCounts {
   const c = counts;
-  if (reset) counts = empty();
+  if (reset) {
+    counts = empty();
+    textIndex.clear();
+  }
   return c;
 }
 
@@ -67,10 +72,20 @@ function routeEntry(key: string) {
   return (counts.byRoute[key] ??= { requests: 0, statements: 0, transactions: 0, byKind: {} });
 }
 
-function record(sql: string, inTransaction: boolean): void {
+const textIndex = new Map<string, { count: number }>();
+
+function record(sql: string, inTransaction: boolean, params: unknown): void {
   const kind = kindOf(sql);
   const tx = kind === 'begin' || (!inTransaction && kind !== 'commit' && kind !== 'rollback') ? 1 : 0;
-  const r = routeEntry(route.getStore() ?? 'background');
+  const key = route.getStore() ?? 'background';
+  const r = routeEntry(key);
+  const seen = textIndex.get(`${key}\0${sql}`);
+  if (seen) seen.count++;
+  else if (counts.texts.length < 200) {
+    const t = { route: key, sql, params: Array.isArray(params) ? params.map((p) => (Buffer.isBuffer(p) ? `<${p.length} bytes>` : p)) : [], count: 1 };
+    counts.texts.push(t);
+    textIndex.set(`${key}\0${sql}`, t);
+  }
   counts.statements++;
   counts.transactions += tx;
   counts.byKind[kind] = (counts.byKind[kind] ?? 0) + 1;
@@ -104,7 +119,7 @@ export function installCounters(): void {
   (pg.Client.prototype as unknown as { query: unknown }).query = function (this: TxClient, ...a: unknown[]) {
     const first = a[0] as string | { text?: string } | undefined;
     const sql = typeof first === 'string' ? first : (first?.text ?? '');
-    record(sql, this.__benchInTx === true);
+    record(sql, this.__benchInTx === true, Array.isArray(a[1]) ? a[1] : typeof first === 'object' ? (first as { values?: unknown }).values : undefined);
     const kind = kindOf(sql);
     if (kind === 'begin') this.__benchInTx = true;
     else if (kind === 'commit' || kind === 'rollback') this.__benchInTx = false;
@@ -117,7 +132,7 @@ export function installCounters(): void {
   for (const m of ['run', 'get', 'all', 'iterate']) {
     const orig = stmtProto[m]!;
     stmtProto[m] = function (this: { source: string; database: Database.Database }, ...a: unknown[]) {
-      record(this.source, this.database.inTransaction);
+      record(this.source, this.database.inTransaction, a.length === 1 && Array.isArray(a[0]) ? a[0] : a);
       return orig.apply(this, a);
     };
   }

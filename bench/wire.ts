@@ -58,6 +58,23 @@ export function request(
   });
 }
 
+/** 503 and 429 answers retried so far in this process (PROTOCOL.md: retry with backoff). */
+export const retried = { count: 0 };
+
+/**
+ * Sends a request again on 503 UNAVAILABLE or 429 RATE_LIMITED, as a worker
+ * does: up to 10 tries, backoff from 50 ms doubling to 1 s. Other answers
+ * are returned as they are.
+ */
+async function withRetry(send: () => Promise<Reply>): Promise<Reply> {
+  for (let i = 0, wait = 50; ; i++, wait = Math.min(wait * 2, 1_000)) {
+    const r = await send();
+    if ((r.status !== 503 && r.status !== 429) || i === 9) return r;
+    retried.count++;
+    await new Promise((res) => setTimeout(res, wait));
+  }
+}
+
 /** A JSON call; throws when the status is not one of `ok`, or when `signal` aborts it. */
 export async function json<T = any>(
   url: string,
@@ -71,7 +88,7 @@ export async function json<T = any>(
   const headers: http.OutgoingHttpHeaders = {};
   if (payload) headers['content-type'] = 'application/json';
   if (token) headers.authorization = `Bearer ${token}`;
-  const r = await request(url, { method, headers, ...(payload ? { body: payload } : {}), ...(signal ? { signal } : {}) });
+  const r = await withRetry(() => request(url, { method, headers, ...(payload ? { body: payload } : {}), ...(signal ? { signal } : {}) }));
   if (!ok.includes(r.status)) throw new WireError(method, url, r.status, r.body.toString('utf8').slice(0, 300));
   return { status: r.status, data: (r.body.length ? JSON.parse(r.body.toString('utf8')) : undefined) as T };
 }
@@ -96,11 +113,13 @@ export async function submitBuild(base: string, spec: Record<string, unknown> = 
       `--${BOUNDARY}\r\nContent-Disposition: form-data; name="source"; filename="source.tar.gz"\r\nContent-Type: application/gzip\r\n\r\n`,
   );
   const body = Buffer.concat([head, EMPTY_SOURCE, Buffer.from(`\r\n--${BOUNDARY}--\r\n`)]);
-  const r = await request(`${base}/api/v1/builds`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${API_TOKEN}`, 'content-type': `multipart/form-data; boundary=${BOUNDARY}` },
-    body,
-  });
+  const r = await withRetry(() =>
+    request(`${base}/api/v1/builds`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${API_TOKEN}`, 'content-type': `multipart/form-data; boundary=${BOUNDARY}` },
+      body,
+    }),
+  );
   if (r.status !== 201) throw new WireError('POST', '/builds', r.status, r.body.toString('utf8').slice(0, 300));
   return (JSON.parse(r.body.toString('utf8')) as { build: { id: string } }).build.id;
 }

@@ -7,7 +7,7 @@ import type { ControllerHandle } from '../controller.js';
 import { startLoops } from '../fleet.js';
 import type { StatementCounts } from '../sqlcount.js';
 import { deferred, latency, pool, round, sleep, nowMs, type Latency } from '../stats.js';
-import { registerFleet, submitBuild } from '../wire.js';
+import { registerFleet, retried, submitBuild } from '../wire.js';
 
 const WAIT_MS = 30_000;
 const WARMUP = 5;
@@ -48,11 +48,14 @@ export interface DrainResult {
   /** Statements per build: while submitting, while draining. */
   statementsPerBuild: { submit: number; drain: number };
   counts: { submit: StatementCounts; drain: StatementCounts };
+  /** Requests answered 503/429 and retried (a pool exhausted under load shows here). */
+  retried: number;
 }
 
 /** Queues `builds` with no worker polling, then lets `workers` HTTP workers drain them. */
 export async function drain(ctl: ControllerHandle, builds: number, workers: number): Promise<DrainResult> {
   const fleet = await registerFleet(ctl.url, workers, 'drain', 32);
+  const r0 = retried.count;
   await ctl.counts(true);
   const s0 = performance.now();
   await pool(builds, 16, async () => void (await submitBuild(ctl.url)));
@@ -78,6 +81,7 @@ export async function drain(ctl: ControllerHandle, builds: number, workers: numb
     submitPerSecond: round((builds / submitMs) * 1000, 1),
     statementsPerBuild: { submit: round(submit.statements / builds), drain: round(drained.statements / builds) },
     counts: { submit, drain: drained },
+    retried: retried.count - r0,
   };
 }
 
@@ -93,6 +97,8 @@ export interface SteadyResult {
   statementsPerBuild: number;
   transactionsPerBuild: number;
   counts: StatementCounts;
+  /** Requests answered 503/429 and retried. */
+  retried: number;
 }
 
 /** `submitters` submit `builds` in a closed loop while `workers` long-poll and run them. */
@@ -107,6 +113,7 @@ export async function steady(ctl: ControllerHandle, builds: number, workers: num
     },
   });
   const startedAt = new Map<string, number>();
+  const r0 = retried.count;
   let counts: StatementCounts;
   let ms: number;
   try {
@@ -133,6 +140,7 @@ export async function steady(ctl: ControllerHandle, builds: number, workers: num
     statementsPerBuild: round(counts.statements / builds),
     transactionsPerBuild: round(counts.transactions / builds),
     counts,
+    retried: retried.count - r0,
   };
 }
 
