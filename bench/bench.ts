@@ -43,8 +43,12 @@ export interface RepResults {
 
 type Log = (line: string) => void;
 
-/** Runs everything `opts` selects; `profileDir` receives the controllers' CPU profiles with `cpuProf`. */
-export async function runBench(opts: BenchOptions, log: Log, profileDir?: string): Promise<RepResults[]> {
+/**
+ * Runs everything `opts` selects; `profileDir` receives the controllers' CPU
+ * profiles with `cpuProf`; `onSection` sees the results so far after each
+ * section (a crash later keeps them).
+ */
+export async function runBench(opts: BenchOptions, log: Log, profileDir?: string, onSection?: (reps: RepResults[]) => Promise<void>): Promise<RepResults[]> {
   const reps: RepResults[] = [];
   for (let rep = 0; rep < opts.repeat; rep++) {
     const r: RepResults = { stores: {}, load: {}, seconds: {} };
@@ -61,6 +65,7 @@ export async function runBench(opts: BenchOptions, log: Log, profileDir?: string
         skipLocked: await skipLocked(opts.skipLockedRows),
       };
       r.seconds.peer = round((performance.now() - t0) / 1000, 1);
+      await onSection?.(reps);
     }
     for (const store of opts.stores) {
       const s: StoreResults = {};
@@ -79,6 +84,7 @@ export async function runBench(opts: BenchOptions, log: Log, profileDir?: string
         } finally {
           if (!opts.shareController) await ctl.stop();
           r.seconds[`${store}.${section}`] = round((performance.now() - t0) / 1000, 1);
+          await onSection?.(reps);
         }
       };
       const start = async (name: string) => {

@@ -24,7 +24,8 @@ const controller = await startController(
       dataDir: opts.dataDir,
       apiToken: API_TOKEN,
       enrollmentToken: ENROLLMENT_TOKEN,
-      logLevel: 'warn',
+      // warn would log every 503 of a saturated pool; errors (500s) still show
+      logLevel: 'error',
       ...(opts.databaseUrl ? { databaseUrl: opts.databaseUrl } : {}),
     },
   ),

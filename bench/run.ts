@@ -11,7 +11,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { runBench } from './bench.js';
+import { runBench, type RepResults } from './bench.js';
 import { parseOptions } from './options.js';
 import { pgAvailable } from './pgdb.js';
 import { buildTable, formatTable } from './table.js';
@@ -37,15 +37,23 @@ const resultsDir = join(here, 'results');
 await mkdir(resultsDir, { recursive: true });
 const started = performance.now();
 const loadBefore = loadavg();
-const reps = await runBench(opts, (l) => console.log(`bench: ${l}`), join(resultsDir, `profiles-${stamp}`));
-const rows = buildTable(reps);
-const seconds = (performance.now() - started) / 1000;
 const commit = git('rev-parse', '--short', 'HEAD');
 const dirty = git('status', '--porcelain', '--', '../packages') !== '';
-
-console.log(`\nbuildfleet ${commit}${dirty ? ' (packages modified)' : ''}, ${new Date().toISOString()}, ${cpus().length} cores, load ${loadBefore.map((l) => l.toFixed(1)).join(' ')} → ${loadavg().map((l) => l.toFixed(1)).join(' ')}, ${opts.repeat} run(s) in ${seconds.toFixed(0)} s${opts.quick ? ' (--quick)' : ''}`);
-console.log(formatTable(rows));
 const out = opts.out ?? join(resultsDir, `${stamp}${opts.quick ? '-quick' : ''}.json`);
 await mkdir(dirname(out), { recursive: true });
-await writeFile(out, JSON.stringify({ date: new Date().toISOString(), commit, dirty, options: opts, seconds, loadBefore, loadAfter: loadavg(), table: rows, runs: reps }, null, 2) + '\n');
+const save = (reps: RepResults[], complete: boolean) =>
+  writeFile(
+    out,
+    JSON.stringify(
+      { date: new Date().toISOString(), commit, dirty, complete, options: opts, seconds: (performance.now() - started) / 1000, loadBefore, loadAfter: loadavg(), table: buildTable(reps), runs: reps },
+      null,
+      2,
+    ) + '\n',
+  );
+const reps = await runBench(opts, (l) => console.log(`bench: ${l}`), join(resultsDir, `profiles-${stamp}`), (r) => save(r, false));
+await save(reps, true);
+const seconds = (performance.now() - started) / 1000;
+
+console.log(`\nbuildfleet ${commit}${dirty ? ' (packages modified)' : ''}, ${new Date().toISOString()}, ${cpus().length} cores, load ${loadBefore.map((l) => l.toFixed(1)).join(' ')} → ${loadavg().map((l) => l.toFixed(1)).join(' ')}, ${opts.repeat} run(s) in ${seconds.toFixed(0)} s${opts.quick ? ' (--quick)' : ''}`);
+console.log(formatTable(buildTable(reps)));
 console.log(`\nbench: wrote ${relative(process.cwd(), out)}`);

@@ -63,13 +63,13 @@ export const retried = { count: 0 };
 
 /**
  * Sends a request again on 503 UNAVAILABLE or 429 RATE_LIMITED, as a worker
- * does: up to 10 tries, backoff from 50 ms doubling to 1 s. Other answers
+ * does: up to `tries`, backoff from 50 ms doubling to 1 s. Other answers
  * are returned as they are.
  */
-async function withRetry(send: () => Promise<Reply>): Promise<Reply> {
-  for (let i = 0, wait = 50; ; i++, wait = Math.min(wait * 2, 1_000)) {
+async function withRetry(send: () => Promise<Reply>, tries = 10): Promise<Reply> {
+  for (let i = 1, wait = 50; ; i++, wait = Math.min(wait * 2, 1_000)) {
     const r = await send();
-    if ((r.status !== 503 && r.status !== 429) || i === 9) return r;
+    if ((r.status !== 503 && r.status !== 429) || i >= tries) return r;
     retried.count++;
     await new Promise((res) => setTimeout(res, wait));
   }
@@ -83,12 +83,13 @@ export async function json<T = any>(
   body: unknown,
   ok: number[] = [200, 201],
   signal?: AbortSignal,
+  tries = 10,
 ): Promise<{ status: number; data: T }> {
   const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
   const headers: http.OutgoingHttpHeaders = {};
   if (payload) headers['content-type'] = 'application/json';
   if (token) headers.authorization = `Bearer ${token}`;
-  const r = await withRetry(() => request(url, { method, headers, ...(payload ? { body: payload } : {}), ...(signal ? { signal } : {}) }));
+  const r = await withRetry(() => request(url, { method, headers, ...(payload ? { body: payload } : {}), ...(signal ? { signal } : {}) }), tries);
   if (!ok.includes(r.status)) throw new WireError(method, url, r.status, r.body.toString('utf8').slice(0, 300));
   return { status: r.status, data: (r.body.length ? JSON.parse(r.body.toString('utf8')) : undefined) as T };
 }
@@ -137,13 +138,15 @@ export class WireWorker {
   accessToken = '';
   readonly bootId = randomUUID();
   readonly gone = new AbortController();
+  /** Saved before the first try, so a retry after a lost answer is the same registration. */
+  readonly registrationId = randomUUID();
 
   constructor(
     readonly base: string,
     readonly name: string,
   ) {}
 
-  /** New registration with the enrollment token. */
+  /** New registration with the enrollment token (patient: a busy controller answers 503 for a while). */
   async register(): Promise<void> {
     const { data } = await json(`${this.base}/api/v1/workers/register`, 'POST', ENROLLMENT_TOKEN, {
       name: this.name,
@@ -151,10 +154,10 @@ export class WireWorker {
       maxConcurrentBuilds: 1,
       version: 'bench',
       bootId: this.bootId,
-      registrationId: randomUUID(),
+      registrationId: this.registrationId,
       activeBuildCount: 0,
       activeBuildIds: [],
-    });
+    }, [200, 201], undefined, 60);
     this.workerId = data.workerId;
     this.secret = data.workerSecret;
     this.accessToken = data.accessToken;
@@ -185,7 +188,7 @@ export class WireWorker {
       const token = this.accessToken;
       const { status, data } = await json(`${this.base}/api/v1/workers/${this.workerId}/poll?waitMs=${waitMs}`, 'POST', token, { freeSlots: 1, activeBuildIds: [] }, [
         200, 204, 401,
-      ], this.gone.signal);
+      ], this.gone.signal, 60);
       if (status === 401) {
         // Rotated by a re-registration whose answer may still be on its way.
         for (let i = 0; token === this.accessToken; i++) {

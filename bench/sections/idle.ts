@@ -58,7 +58,7 @@ export async function idle(ctl: ControllerHandle, sizes: number[], opts: { windo
           else if (m.type === 'got') waiting?.(m.at!);
           else if (m.type === 'error') console.error(`bench: fleet child: ${m.message}`);
         });
-        child.once('exit', (code) => code !== 0 && console.error(`bench: fleet child exited with ${code}`));
+        child.once('exit', (code) => ready.reject(new Error(`fleet child exited with ${code} before its workers were parked`)));
         parked.push(ready.promise);
         have += count;
       }
