@@ -13,7 +13,7 @@ import type { ControllerConfig } from './config.js';
 import { generateToken, hashToken } from './credentials.js';
 import { openBlobStore, type OpenedBlobStore } from './blobs/index.js';
 import { InProcessNotifier, PgNotifier, type Notifier } from './store/notifier.js';
-import { openStore, type StoreHooks } from './store/index.js';
+import { openStore, type WorkerLockDecorator } from './store/index.js';
 import type { Store } from './store/types.js';
 import { Reaper } from './reaper.js';
 import { DatabaseClock, PG_NOW_SQL } from './db-clock.js';
@@ -44,8 +44,8 @@ export interface StartOptions {
   logger?: FastifyBaseLogger;
   /** Start the periodic reaper (default true; the simulation drives `reaper.reapOnce`). */
   reaper?: boolean;
-  /** Test-only barriers inside store transactions (see `StoreHooks`); never set in production. */
-  storeHooks?: StoreHooks;
+  /** Wraps the store's worker row lock (the race tests' barriers; see `WorkerLockDecorator`). */
+  decorateWorkerLock?: WorkerLockDecorator;
 }
 
 /**
@@ -73,7 +73,7 @@ export async function startController(config: ControllerConfig, opts: StartOptio
       databaseUrl: config.databaseUrl,
       sqlitePath: path.join(config.dataDir, 'buildfleet.db'),
       logger,
-      ...(opts.storeHooks ? { hooks: opts.storeHooks } : {}),
+      ...(opts.decorateWorkerLock ? { decorateWorkerLock: opts.decorateWorkerLock } : {}),
     });
     cleanups.push(() => store.close());
     await store.migrate();

@@ -5,23 +5,15 @@
  */
 import Database from 'better-sqlite3';
 import pg from 'pg';
-import {
-  CompiledQuery,
-  Kysely,
-  PostgresDialect,
-  SqliteAdapter,
-  SqliteDriver,
-  SqliteIntrospector,
-  SqliteQueryCompiler,
-  type DatabaseConnection,
-  type Dialect,
-  type SqliteDialectConfig,
-} from 'kysely';
-import type { DB } from './schema.js';
-import { SqlStore, type StoreHooks, type StoreLogger } from './sql-store.js';
+import { Kysely, PostgresDialect } from 'kysely';
+import type { DB, Dialect } from './schema.js';
+import { SqlStore } from './sql-store.js';
+import type { StoreLogger, WorkerLockDecorator } from './sql/context.js';
+import { immediateSqliteDialect } from './sqlite-driver.js';
 import type { Store } from './types.js';
 
-export { SqlStore, rowToBuild, type StoreHooks, type StoreLogger, type WorkerLockOp } from './sql-store.js';
+export { SqlStore } from './sql-store.js';
+export type { StoreLogger, WorkerLock, WorkerLockDecorator, WorkerLockOp } from './sql/context.js';
 export { transition, type BuildEvent, type TransitionResult } from '../domain/transition.js';
 export { isUnavailable, isUniqueViolation, mapDbError } from './errors.js';
 
@@ -31,8 +23,8 @@ export interface OpenStoreOptions {
   /** SQLite file (`:memory:` allowed). Required when `databaseUrl` is not a PostgreSQL URL. */
   sqlitePath?: string;
   logger?: StoreLogger;
-  /** Test-only barriers (see `StoreHooks`). */
-  hooks?: StoreHooks;
+  /** Wraps the worker row lock (the race tests' barriers; see `WorkerLockDecorator`). */
+  decorateWorkerLock?: WorkerLockDecorator;
   /** PostgreSQL pool size (default 10). */
   poolSize?: number;
   /**
@@ -41,28 +33,6 @@ export interface OpenStoreOptions {
    * timeout, SQLite busy_timeout. Tests shorten it.
    */
   lockTimeoutMs?: number;
-}
-
-/**
- * kysely's SQLite driver starts transactions with a plain `BEGIN`, which takes
- * the write lock only at the first write; two such transactions can then
- * fail with SQLITE_BUSY mid-way. `BEGIN IMMEDIATE` takes the write lock at
- * once (waiting up to `busy_timeout`), so every write transaction excludes
- * the others from its first read.
- */
-class ImmediateSqliteDriver extends SqliteDriver {
-  override async beginTransaction(connection: DatabaseConnection): Promise<void> {
-    await connection.executeQuery(CompiledQuery.raw('begin immediate'));
-  }
-}
-
-function immediateSqliteDialect(config: SqliteDialectConfig): Dialect {
-  return {
-    createAdapter: () => new SqliteAdapter(),
-    createDriver: () => new ImmediateSqliteDriver(config),
-    createIntrospector: (db) => new SqliteIntrospector(db),
-    createQueryCompiler: () => new SqliteQueryCompiler(),
-  };
 }
 
 /** int8 (BIGINT, count(*)) as a JS number: epoch ms and sizes stay below 2^53. */
@@ -77,8 +47,20 @@ export function isPostgresUrl(url: string | undefined): url is string {
   return url !== undefined && /^postgres(ql)?:\/\//i.test(url);
 }
 
-/** Opens (does not migrate) the store selected by `databaseUrl`. */
-export async function openStore(options: OpenStoreOptions): Promise<SqlStore & Store> {
+/** The database a store runs on: a kysely instance over a pg Pool or one better-sqlite3 connection. */
+export interface OpenedDatabase {
+  db: Kysely<DB>;
+  dialect: Dialect;
+}
+
+/**
+ * Opens the database `databaseUrl` selects (does not migrate), configured as
+ * the store needs it: PostgreSQL pool with lock and statement timeouts and
+ * int8 as numbers; SQLite in WAL mode with `busy_timeout`, foreign keys and
+ * `BEGIN IMMEDIATE` transactions. `openStore` builds on it; tests use it to
+ * reach the same database with instrumentation (`db.withPlugin`).
+ */
+export function openDatabase(options: Omit<OpenStoreOptions, 'decorateWorkerLock'>): OpenedDatabase {
   if (isPostgresUrl(options.databaseUrl)) {
     const pool = new pg.Pool({
       connectionString: options.databaseUrl,
@@ -93,8 +75,7 @@ export async function openStore(options: OpenStoreOptions): Promise<SqlStore & S
     });
     // An idle client losing its connection must not crash the controller; the next query reports it.
     pool.on('error', (err) => options.logger?.warn({ err }, 'postgres pool error'));
-    const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
-    return new SqlStore({ db, dialect: 'postgres', logger: options.logger, hooks: options.hooks });
+    return { db: new Kysely<DB>({ dialect: new PostgresDialect({ pool }) }), dialect: 'postgres' };
   }
   const path = options.sqlitePath;
   if (!path) throw new Error('openStore: sqlitePath is required without a PostgreSQL databaseUrl');
@@ -103,6 +84,10 @@ export async function openStore(options: OpenStoreOptions): Promise<SqlStore & S
   database.pragma(`busy_timeout = ${Math.trunc(options.lockTimeoutMs ?? 5_000)}`);
   database.pragma('foreign_keys = ON');
   database.pragma('synchronous = NORMAL');
-  const db = new Kysely<DB>({ dialect: immediateSqliteDialect({ database }) });
-  return new SqlStore({ db, dialect: 'sqlite', logger: options.logger, hooks: options.hooks });
+  return { db: new Kysely<DB>({ dialect: immediateSqliteDialect(database) }), dialect: 'sqlite' };
+}
+
+/** Opens (does not migrate) the store selected by `databaseUrl`. */
+export async function openStore(options: OpenStoreOptions): Promise<Store> {
+  return new SqlStore({ ...openDatabase(options), logger: options.logger, decorateWorkerLock: options.decorateWorkerLock });
 }

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sql } from 'kysely';
 import { afterAll, describe, expect, it } from 'vitest';
-import { openStore } from '../../src/store/index.js';
+import { openDatabase, openStore } from '../../src/store/index.js';
 import { SchemaTooNewError } from '../../src/store/schema-guard.js';
 import { loadControllerConfig } from '../../src/config.js';
 import { startController } from '../../src/server.js';
@@ -21,10 +21,10 @@ afterAll(async () => {
 async function futureMigration(opts: { databaseUrl?: string; sqlitePath?: string }): Promise<void> {
   const store = await openStore(opts);
   await store.migrate();
-  await sql`insert into kysely_migration (name, timestamp) values ('9999_from_the_future', '2099-01-01T00:00:00.000Z')`.execute(
-    (store as unknown as { db: import('kysely').Kysely<any> }).db,
-  );
   await store.close();
+  const { db } = openDatabase(opts);
+  await sql`insert into kysely_migration (name, timestamp) values ('9999_from_the_future', '2099-01-01T00:00:00.000Z')`.execute(db);
+  await db.destroy();
 }
 
 describe('schema newer than the code (SQLite)', () => {

@@ -9,6 +9,7 @@ import { ApiError } from '@buildfleet/protocol';
 import { openStore } from '../../src/store/index.js';
 import { createTestDatabase, describePg, type TestDatabase } from '../support/pg.js';
 import { waitFor } from '../support/wait.js';
+import { resetPostgres } from '../support/reset-db.js';
 import { describeStoreContract } from './store.contract.js';
 
 describePg('postgres store', () => {
@@ -24,7 +25,8 @@ describePg('postgres store', () => {
     await db?.drop();
   });
 
-  describeStoreContract('postgres', (hooks) => openStore({ databaseUrl: db.url, hooks }), {
+  describeStoreContract('postgres', (decorateWorkerLock) => openStore({ databaseUrl: db.url, decorateWorkerLock }), {
+    reset: () => resetPostgres(admin),
     waitForLockWaiter: () =>
       waitFor(
         async () => {

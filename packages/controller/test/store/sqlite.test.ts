@@ -6,12 +6,16 @@ import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ApiError } from '@buildfleet/protocol';
 import { openStore } from '../../src/store/index.js';
+import { resetSqlite } from '../support/reset-db.js';
 import { describeStoreContract } from './store.contract.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'bf-store-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-describeStoreContract('sqlite', (hooks) => openStore({ sqlitePath: join(dir, 'controller.db'), hooks }));
+const contractDb = join(dir, 'controller.db');
+describeStoreContract('sqlite', (decorateWorkerLock) => openStore({ sqlitePath: contractDb, decorateWorkerLock }), {
+  reset: async () => resetSqlite(contractDb),
+});
 
 describe('sqlite specifics', () => {
   it('a write lock held by another process past busy_timeout answers UNAVAILABLE', async () => {

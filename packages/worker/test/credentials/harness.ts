@@ -4,8 +4,8 @@
  * SQLite (temp directory) or PostgreSQL (a fresh database per test), real
  * workers (in-process `startWorker`, or a separate process), and the
  * deterministic seams the races need: store-method wrappers that can stop
- * at a barrier, and the store's `afterWorkerLock` hook, which runs while a
- * transaction holds the worker's row lock.
+ * at a barrier, and an `afterWorkerLock` decorator of the store's worker row
+ * lock, which runs while a transaction holds the worker's row lock.
  */
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -21,7 +21,8 @@ import {
   type RunningController,
   type Store,
 } from '@buildfleet/controller';
-import type { StoreHooks, WorkerLockOp } from '../../../controller/src/store/index.js';
+import type { WorkerLockOp } from '../../../controller/src/store/index.js';
+import { afterWorkerLock } from '../../../controller/test/support/store-hooks.js';
 import { createTestDatabase, type TestDatabase } from '../../../controller/test/support/pg.js';
 import { paths, type Build, type Clock, type RegisterResponse, type Worker } from '@buildfleet/protocol';
 import { startWorker, type RunningWorker, type StartWorkerOptions } from '../../src/agent.js';
@@ -139,10 +140,10 @@ export async function startRig(kind: StoreKind, options: RigOptions = {}): Promi
   );
   // eslint-disable-next-line prefer-const
   let rig: Rig;
-  const hooks: StoreHooks = {
-    afterWorkerLock: (op, workerId) => rig.onWorkerLock?.(op, workerId),
-  };
-  const ctl = await startController(config, { ...(options.clock ? { clock: options.clock } : {}), storeHooks: hooks });
+  const ctl = await startController(config, {
+    ...(options.clock ? { clock: options.clock } : {}),
+    decorateWorkerLock: afterWorkerLock((op, workerId) => rig.onWorkerLock?.(op, workerId)),
+  });
   cleanups.push(() => ctl.close());
   const url = ctl.url;
 

@@ -1,0 +1,175 @@
+/**
+ * Builds: submission, reads and listings, and the single-build state
+ * changes a user or the build's own worker asks for (cancel, start, finish;
+ * PROTOCOL.md "Builds"). Every state change goes through `transitions.ts`.
+ * Dialect differences: the label filter of `listBuilds` (below) and the row
+ * locks of `context.ts`.
+ */
+import { sql } from 'kysely';
+import { ApiError, isTerminal, type Build, type BuildOutcome } from '@buildfleet/protocol';
+import type { Dialect } from '../schema.js';
+import type { AttemptRef, BuildListFilter, NewBuild } from '../types.js';
+import { run, tx, type Db, type SqlContext } from './context.js';
+import { fence, lockBuild, raceError } from './fencing.js';
+import { buildNotFound, labelsJson, rowToBuild, type AttemptRow, type BuildRow } from './rows.js';
+import { applyTransition } from './transitions.js';
+
+/** Stores a new `queued` build as attempt 1 and returns it. */
+export function createBuild(ctx: SqlContext, input: NewBuild): Promise<Build> {
+  return run(async () => {
+    const row: BuildRow = {
+      id: input.id,
+      state: 'queued',
+      attempt: 1,
+      worker_id: null,
+      spec: JSON.stringify(input.spec),
+      labels: labelsJson(input.spec.labels),
+      priority: input.spec.priority,
+      max_attempts: input.spec.maxAttempts,
+      timeout_seconds: input.spec.timeoutSeconds,
+      cancel_requested: 0,
+      exit_code: null,
+      reason: null,
+      message: null,
+      created_at: input.now,
+      assigned_at: null,
+      started_at: null,
+      finished_at: null,
+      ack_deadline: null,
+      lease_expires_at: null,
+      source_key: input.sourceKey,
+      source_size: input.sourceSize,
+      source_sha256: input.sourceSha256,
+    };
+    await ctx.db.insertInto('builds').values(row).execute();
+    return rowToBuild(row, []);
+  });
+}
+
+/** A build with its attempts, or undefined. */
+export async function loadBuild(db: Db, id: string): Promise<Build | undefined> {
+  const row = await db.selectFrom('builds').selectAll().where('id', '=', id).executeTakeFirst();
+  if (!row) return undefined;
+  const attempts = await db.selectFrom('build_attempts').selectAll().where('build_id', '=', id).execute();
+  return rowToBuild(row, attempts);
+}
+
+/** Throws BUILD_NOT_FOUND. */
+export function getBuild(ctx: SqlContext, id: string): Promise<Build> {
+  return run(async () => {
+    const b = await loadBuild(ctx.db, id);
+    if (!b) throw buildNotFound(id);
+    return b;
+  });
+}
+
+/** The blob key of the build's source tarball. Throws BUILD_NOT_FOUND. */
+export function getSourceKey(ctx: SqlContext, id: string): Promise<string> {
+  return run(async () => {
+    const row = await ctx.db.selectFrom('builds').select('source_key').where('id', '=', id).executeTakeFirst();
+    if (!row) throw buildNotFound(id);
+    return row.source_key;
+  });
+}
+
+/** Whether any build is queued (the wake-up re-check). */
+export function hasQueuedBuilds(ctx: SqlContext): Promise<boolean> {
+  return run(async () => {
+    const row = await ctx.db.selectFrom('builds').select('id').where('state', '=', 'queued').limit(1).executeTakeFirst();
+    return row !== undefined;
+  });
+}
+
+function encodeCursor(row: BuildRow): string {
+  return Buffer.from(JSON.stringify([row.created_at, row.id])).toString('base64url');
+}
+
+function decodeCursor(cursor: string): { createdAt: number; id: string } {
+  try {
+    const v = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown;
+    if (Array.isArray(v) && v.length === 2 && Number.isSafeInteger(v[0]) && typeof v[1] === 'string') {
+      return { createdAt: v[0] as number, id: v[1] };
+    }
+  } catch {
+    // fall through
+  }
+  throw new ApiError('VALIDATION_FAILED', 'cursor: not a cursor returned by this listing');
+}
+
+/** "The build's labels include `label`", per dialect. */
+function hasLabel(dialect: Dialect, label: string) {
+  return dialect === 'postgres'
+    ? sql<boolean>`labels::jsonb @> jsonb_build_array(${label}::text)`
+    : sql<boolean>`exists (select 1 from json_each(builds.labels) as l where l.value = ${label})`;
+}
+
+/**
+ * Newest first, keyset-paginated by (created_at, id); `limit` is clamped to
+ * 1..1000. Throws VALIDATION_FAILED for a cursor this listing did not return.
+ */
+export async function listBuilds(ctx: SqlContext, filter: BuildListFilter): Promise<{ builds: Build[]; nextCursor: string | null }> {
+  const cursor = filter.cursor !== undefined ? decodeCursor(filter.cursor) : undefined;
+  const limit = Math.max(1, Math.min(filter.limit, 1000));
+  return run(async () => {
+    let q = ctx.db.selectFrom('builds').selectAll();
+    if (filter.state !== undefined) q = q.where('state', '=', filter.state);
+    if (filter.label !== undefined) q = q.where(hasLabel(ctx.dialect, filter.label));
+    if (cursor) {
+      q = q.where((eb) =>
+        eb.or([eb('created_at', '<', cursor.createdAt), eb.and([eb('created_at', '=', cursor.createdAt), eb('id', '<', cursor.id)])]),
+      );
+    }
+    const rows = await q.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(limit + 1).execute();
+    const page = rows.slice(0, limit);
+    const attempts = page.length
+      ? await ctx.db.selectFrom('build_attempts').selectAll().where('build_id', 'in', page.map((r) => r.id)).execute()
+      : [];
+    const byBuild = new Map<string, AttemptRow[]>();
+    for (const a of attempts) byBuild.set(a.build_id, [...(byBuild.get(a.build_id) ?? []), a]);
+    return {
+      builds: page.map((r) => rowToBuild(r, byBuild.get(r.id) ?? [])),
+      nextCursor: rows.length > limit ? encodeCursor(page[page.length - 1]!) : null,
+    };
+  });
+}
+
+/** PROTOCOL.md "States": queued/assigned → canceled; running → cancelRequested. Terminal → INVALID_TRANSITION. */
+export function cancelBuild(ctx: SqlContext, id: string, now: number): Promise<Build> {
+  return tx(ctx, async (trx) => {
+    const row = await lockBuild(ctx, trx, id);
+    const t = await applyTransition(trx, row, { type: 'cancel' }, now);
+    if (!t) throw await raceError(trx, { buildId: id, attempt: row.attempt });
+    return (await loadBuild(trx, id))!;
+  });
+}
+
+/** assigned → running with a lease until `now + leaseMs` (epoch ms); the same start again answers the build. */
+export function startBuild(ctx: SqlContext, ref: AttemptRef, now: number, leaseMs: number): Promise<Build> {
+  return tx(ctx, async (trx) => {
+    const row = await lockBuild(ctx, trx, ref.buildId);
+    fence(row, ref);
+    if (row.state !== 'running') {
+      const t = await applyTransition(trx, row, { type: 'start', leaseExpiresAt: now + leaseMs }, now);
+      if (!t) throw await raceError(trx, ref);
+    }
+    return (await loadBuild(trx, ref.buildId))!;
+  });
+}
+
+/** The attempt's outcome; the same outcome twice answers the build, another after terminal is INVALID_TRANSITION. */
+export function finishBuild(
+  ctx: SqlContext,
+  ref: AttemptRef & { outcome: BuildOutcome; exitCode: number | null; message: string | null; now: number },
+): Promise<Build> {
+  return tx(ctx, async (trx) => {
+    const row = await lockBuild(ctx, trx, ref.buildId);
+    fence(row, ref);
+    if (isTerminal(row.state)) {
+      if (row.state === ref.outcome) return (await loadBuild(trx, ref.buildId))!;
+      throw new ApiError('INVALID_TRANSITION', `build ${row.id} already ended ${row.state}`);
+    }
+    const t = await applyTransition(trx, row, { type: 'finish', outcome: ref.outcome, exitCode: ref.exitCode, message: ref.message }, ref.now);
+    if (!t) throw await raceError(trx, ref);
+    return (await loadBuild(trx, ref.buildId))!;
+  });
+}
