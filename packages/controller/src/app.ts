@@ -33,6 +33,7 @@ import type { BlobStore } from './blobs/types.js';
 import { authenticate } from './http/auth.js';
 import { installAccessCheck, securitySchemes } from './http/access.js';
 import { installBodyParsers, isRawBody } from './http/body.js';
+import { buildValidator, checkPathAndQuery } from './http/validation.js';
 import type { AppContext, Notifier, WakeTopic } from './http/context.js';
 import { RETRY_AFTER_SECONDS, toApiError } from './http/errors.js';
 import { createMetrics, type ControllerMetrics } from './http/metrics.js';
@@ -128,8 +129,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     keepAliveTimeout: 72_000,
     return503OnClosing: false,
     forceCloseConnections: true,
+    http: { maxHeaderSize: config.maxHeaderBytes },
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 2000 },
-    ajv: { customOptions: { coerceTypes: 'array', removeAdditional: false, allErrors: false } },
+    // Bodies strictly, path and query coerced from text (http/validation.ts).
+    schemaController: { compilersFactory: { buildValidator } },
+    ajv: { customOptions: { removeAdditional: false, allErrors: false } },
     clientErrorHandler: protocolClientError,
     // Errors fastify raises before routing (a URL that does not decode).
     frameworkErrors: (error, _request, reply: FastifyReply) => {
@@ -220,7 +224,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     }
   });
 
-  installBodyParsers(app, config.maxJsonBytes);
+  installBodyParsers(app, config);
+  app.addHook('preHandler', checkPathAndQuery);
   await app.register(multipart, { limits: { fileSize: config.maxSourceBytes + 1 } });
   await app.register(swagger, {
     openapi: {

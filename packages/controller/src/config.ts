@@ -41,8 +41,23 @@ export interface ControllerConfig {
   readonly maxSourceBytes: number;
   /** Largest accepted artifact, bytes. */
   readonly maxArtifactBytes: number;
-  /** Largest JSON body (log chunks carry up to 8 MiB of data), bytes. */
+  /** Largest JSON body of any route but a log chunk, bytes (`BUILDFLEET_MAX_JSON_BYTES`). */
   readonly maxJsonBytes: number;
+  /** Deepest nesting of arrays and objects in JSON bodies and specs (`BUILDFLEET_MAX_JSON_DEPTH`). */
+  readonly maxJsonDepth: number;
+  /** Largest log chunk, decoded bytes (`BUILDFLEET_MAX_LOG_CHUNK_BYTES`); its JSON body may be 4/3 of it plus 64 KiB. */
+  readonly maxLogChunkBytes: number;
+  /** Largest `spec` part of a submission, bytes (`BUILDFLEET_MAX_SPEC_BYTES`). */
+  readonly maxSpecBytes: number;
+  /** Largest request line plus headers, bytes (`BUILDFLEET_MAX_HEADER_BYTES`); more is 431. */
+  readonly maxHeaderBytes: number;
+  /**
+   * After answering a request whose body was not read (a refused upload),
+   * bytes of that body read and thrown away so the client receives the
+   * answer instead of a reset (`BUILDFLEET_MAX_DISCARD_BYTES`); a larger
+   * body closes the connection.
+   */
+  readonly maxDiscardBytes: number;
   readonly logLevel: LogLevel;
 }
 
@@ -54,7 +69,8 @@ export class ConfigError extends Error {
   }
 }
 
-const GiB = 1024 * 1024 * 1024;
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
 
 function int(name: string, raw: unknown, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (raw === undefined || raw === '') return fallback;
@@ -120,9 +136,14 @@ export function loadControllerConfig(
     pollWaitMs: int('pollWaitMs', pick('pollWaitMs', 'BUILDFLEET_POLL_WAIT_MS'), DEFAULTS.pollWaitMs, 0, 600_000),
     pollRecheckMs: int('pollRecheckMs', pick('pollRecheckMs', 'BUILDFLEET_POLL_RECHECK_MS'), 2_000, 10),
     logFollowRecheckMs: int('logFollowRecheckMs', pick('logFollowRecheckMs'), 1_000, 10),
-    maxSourceBytes: int('maxSourceBytes', pick('maxSourceBytes', 'BUILDFLEET_MAX_SOURCE_BYTES'), GiB, 1),
-    maxArtifactBytes: int('maxArtifactBytes', pick('maxArtifactBytes', 'BUILDFLEET_MAX_ARTIFACT_BYTES'), 2 * GiB, 1),
-    maxJsonBytes: int('maxJsonBytes', pick('maxJsonBytes'), 16 * 1024 * 1024, 1024),
+    maxSourceBytes: int('BUILDFLEET_MAX_SOURCE_BYTES', pick('maxSourceBytes', 'BUILDFLEET_MAX_SOURCE_BYTES'), GiB, 1),
+    maxArtifactBytes: int('BUILDFLEET_MAX_ARTIFACT_BYTES', pick('maxArtifactBytes', 'BUILDFLEET_MAX_ARTIFACT_BYTES'), 2 * GiB, 1),
+    maxJsonBytes: int('BUILDFLEET_MAX_JSON_BYTES', pick('maxJsonBytes', 'BUILDFLEET_MAX_JSON_BYTES'), MiB, 1024),
+    maxJsonDepth: int('BUILDFLEET_MAX_JSON_DEPTH', pick('maxJsonDepth', 'BUILDFLEET_MAX_JSON_DEPTH'), 32, 2, 1000),
+    maxLogChunkBytes: int('BUILDFLEET_MAX_LOG_CHUNK_BYTES', pick('maxLogChunkBytes', 'BUILDFLEET_MAX_LOG_CHUNK_BYTES'), 4 * MiB, 1024),
+    maxSpecBytes: int('BUILDFLEET_MAX_SPEC_BYTES', pick('maxSpecBytes', 'BUILDFLEET_MAX_SPEC_BYTES'), 2 * MiB, 1024),
+    maxHeaderBytes: int('BUILDFLEET_MAX_HEADER_BYTES', pick('maxHeaderBytes', 'BUILDFLEET_MAX_HEADER_BYTES'), 16 * 1024, 1024, MiB),
+    maxDiscardBytes: int('BUILDFLEET_MAX_DISCARD_BYTES', pick('maxDiscardBytes', 'BUILDFLEET_MAX_DISCARD_BYTES'), 32 * MiB, 0),
     logLevel,
   };
   if (config.heartbeatIntervalMs >= config.leaseMs) {

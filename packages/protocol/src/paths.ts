@@ -1,4 +1,6 @@
 /** Path helpers: every path is under `/api/v1` (PROTOCOL.md). */
+import { hasUnsafeText } from './schemas.js';
+
 export const API_PREFIX = '/api/v1';
 
 export const paths = {
@@ -29,13 +31,15 @@ function enc(s: string): string {
 
 /**
  * Checks an artifact name (a path relative to the workspace, `/`-separated):
- * returns a reason when it is empty, absolute, or has an empty, `.` or `..`
- * segment or a backslash or NUL; undefined when it is acceptable.
+ * returns a reason when it is empty, longer than 1000 characters, absolute,
+ * or has an empty, `.` or `..` segment, a backslash, or a character of
+ * `UNSAFE_TEXT_CHARS` (NUL and other control characters, U+202E and the
+ * other invisible formatting characters); undefined when it is acceptable.
  */
 export function artifactNameProblem(name: string): string | undefined {
   if (name.length === 0) return 'artifact name is empty';
   if (name.length > 1000) return 'artifact name is longer than 1000 characters';
-  if (name.includes('\0')) return 'artifact name contains NUL';
+  if (hasUnsafeText(name)) return 'artifact name contains a control or invisible formatting character (NUL, U+202E, …)';
   if (name.includes('\\')) return 'artifact name contains a backslash';
   if (name.startsWith('/') || /^[A-Za-z]:/.test(name)) return 'artifact name is absolute';
   for (const seg of name.split('/')) {

@@ -22,7 +22,40 @@ const Nullable = <T extends TSchema>(schema: T) => {
   return Type.Union([schema, Type.Null()]);
 };
 const Timestamp = Type.String({ description: 'ISO-8601 UTC' });
-const Id = Type.String({ minLength: 1, maxLength: 200 });
+
+/**
+ * Characters refused in ids, names, labels, versions and descriptions: C0
+ * and C1 control characters (NUL among them), DEL, and the invisible Unicode
+ * formatting characters (zero-width, line/paragraph separators, and the
+ * bidirectional overrides and isolates such as U+202E, which make a name
+ * display as something else: "Trojan Source", CVE-2021-42574).
+ */
+export const UNSAFE_TEXT_CHARS = '\\u0000-\\u001f\\u007f-\\u009f\\u061c\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2069\\ufeff';
+const UNSAFE_TEXT = new RegExp(`[${UNSAFE_TEXT_CHARS}]`, 'u');
+
+/** Whether `text` contains a character of `UNSAFE_TEXT_CHARS`. */
+export function hasUnsafeText(text: string): boolean {
+  return UNSAFE_TEXT.test(text);
+}
+
+/** Visible text: any characters but `UNSAFE_TEXT_CHARS`. */
+const Text = (opts: { minLength?: number; maxLength: number; description?: string }) =>
+  Type.String({ ...opts, pattern: `^[^${UNSAFE_TEXT_CHARS}]*$` });
+
+/**
+ * Ids the protocol carries (build, worker, boot and registration ids):
+ * letters, digits and `_ . : ~ -`, starting with a letter, digit or `_`,
+ * at most 200 characters. The controller issues UUIDv7.
+ */
+export const ID_PATTERN = '^[A-Za-z0-9_][A-Za-z0-9._:~-]*$';
+const Id = Type.String({ minLength: 1, maxLength: 200, pattern: ID_PATTERN });
+
+/** Largest integer a counter or offset may carry (2^53 - 1). */
+const MAX_SAFE = Number.MAX_SAFE_INTEGER;
+/** Largest attempt number a request may name (maxAttempts is at most 10; room to grow). */
+const MAX_ATTEMPT = 1000;
+/** A process exit code or negative signal number: a signed 32-bit integer. */
+const ExitCode = Type.Integer({ minimum: -2147483648, maximum: 2147483647 });
 
 export const ErrorBodySchema = Type.Object({
   error: Type.Object({
@@ -35,8 +68,11 @@ export const ErrorBodySchema = Type.Object({
 export const BuildStateSchema = Type.Enum(BUILD_STATES);
 export const OutcomeSchema = Type.Enum(TERMINAL_STATES);
 
-/** Label: a non-empty token without commas or whitespace. */
-export const LabelSchema = Type.String({ minLength: 1, maxLength: 100, pattern: '^[^,\\s]+$' });
+/** Label: 1-100 visible characters without commas or whitespace. */
+export const LabelSchema = Type.String({ minLength: 1, maxLength: 100, pattern: `^[^,\\s${UNSAFE_TEXT_CHARS}]+$` });
+
+/** An environment variable name a spec may set: a letter or `_`, then letters, digits or `_` (POSIX names). */
+export const ENV_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$';
 
 /**
  * What a build runs. Only `script` is required; the defaults are PROTOCOL.md's.
@@ -45,12 +81,18 @@ export const BuildSpecInputSchema = Type.Object(
   {
     script: Type.String({ minLength: 1, maxLength: 1_000_000 }),
     labels: Type.Optional(Type.Array(LabelSchema, { maxItems: 50 })),
-    env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String())),
+    // additionalProperties: a Record's key pattern alone lets other keys through (`A=B` was accepted).
+    env: Type.Optional(
+      Type.Record(Type.String({ pattern: ENV_NAME_PATTERN, maxLength: 200 }), Type.String({ maxLength: 100_000 }), {
+        additionalProperties: false,
+        maxProperties: 200,
+      }),
+    ),
     timeoutSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 7 * 24 * 3600 })),
-    artifacts: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 1000 }), { maxItems: 100 })),
+    artifacts: Type.Optional(Type.Array(Text({ minLength: 1, maxLength: 1000 }), { maxItems: 100 })),
     priority: Type.Optional(Type.Integer({ minimum: -1000, maximum: 1000 })),
     maxAttempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 10 })),
-    metadata: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+    metadata: Type.Optional(Type.Record(Type.String({ maxLength: 200 }), Type.Unknown(), { maxProperties: 100 })),
   },
   { additionalProperties: false },
 );
@@ -125,9 +167,9 @@ export type BuildList = Static<typeof BuildListSchema>;
 
 export const BuildListQuerySchema = Type.Object({
   state: Type.Optional(BuildStateSchema),
-  label: Type.Optional(Type.String()),
+  label: Type.Optional(LabelSchema),
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500 })),
-  cursor: Type.Optional(Type.String({ maxLength: 500 })),
+  cursor: Type.Optional(Text({ maxLength: 500 })),
 });
 
 export const ArtifactSchema = Type.Object({
@@ -160,15 +202,15 @@ export const AssignedBuildSchema = Type.Object({
 export type AssignedBuild = Static<typeof AssignedBuildSchema>;
 
 export const RegisterRequestSchema = Type.Object({
-  name: Type.String({ minLength: 1, maxLength: 200 }),
+  name: Text({ minLength: 1, maxLength: 200 }),
   labels: Type.Array(LabelSchema, { maxItems: 100 }),
   maxConcurrentBuilds: Type.Integer({ minimum: 1, maximum: 1000 }),
-  version: Type.String({ maxLength: 100 }),
-  bootId: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
-  registrationId: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  version: Text({ maxLength: 100 }),
+  bootId: Type.Optional(Id),
+  registrationId: Type.Optional(Id),
   workerId: Type.Optional(Id),
-  workerSecret: Type.Optional(Type.String({ minLength: 1, maxLength: 500 })),
-  activeBuildCount: Type.Optional(Type.Integer({ minimum: 0 })),
+  workerSecret: Type.Optional(Type.String({ minLength: 1, maxLength: 500, pattern: '^[\\x21-\\x7e]+$' })),
+  activeBuildCount: Type.Optional(Type.Integer({ minimum: 0, maximum: 100_000 })),
   activeBuildIds: Type.Optional(Type.Array(Id, { maxItems: 1000 })),
 });
 export type RegisterRequest = Static<typeof RegisterRequestSchema>;
@@ -191,7 +233,7 @@ export const PollRequestSchema = Type.Object({
 });
 export type PollRequest = Static<typeof PollRequestSchema>;
 export const PollQuerySchema = Type.Object({
-  waitMs: Type.Optional(Type.Integer({ minimum: 0 })),
+  waitMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 3_600_000 })),
 });
 export const PollResponseSchema = Type.Object({ builds: Type.Array(AssignedBuildSchema) });
 export type PollResponse = Static<typeof PollResponseSchema>;
@@ -209,14 +251,17 @@ export const HeartbeatResponseSchema = Type.Object({
 });
 export type HeartbeatResponse = Static<typeof HeartbeatResponseSchema>;
 
-export const StartRequestSchema = Type.Object({ attempt: Type.Integer({ minimum: 1 }) });
+const Attempt = Type.Integer({ minimum: 1, maximum: MAX_ATTEMPT });
+
+export const StartRequestSchema = Type.Object({ attempt: Attempt });
 export type StartRequest = Static<typeof StartRequestSchema>;
 
 export const LogChunkRequestSchema = Type.Object({
-  attempt: Type.Integer({ minimum: 1 }),
-  seq: Type.Integer({ minimum: 0 }),
-  offset: Type.Integer({ minimum: 0, description: 'bytes stored so far for this attempt' }),
-  data: Type.String({ maxLength: 8 * 1024 * 1024 }),
+  attempt: Attempt,
+  seq: Type.Integer({ minimum: 0, maximum: MAX_SAFE }),
+  offset: Type.Integer({ minimum: 0, maximum: MAX_SAFE, description: 'bytes stored so far for this attempt' }),
+  // The controller's own limit (maxLogChunkBytes) is checked on the decoded bytes.
+  data: Type.String(),
   encoding: Type.Optional(Type.Union([Type.Literal('utf8'), Type.Literal('base64')])),
 });
 export type LogChunkRequest = Static<typeof LogChunkRequestSchema>;
@@ -225,9 +270,9 @@ export const LogChunkResponseSchema = Type.Object({
 });
 
 export const FinishRequestSchema = Type.Object({
-  attempt: Type.Integer({ minimum: 1 }),
+  attempt: Attempt,
   outcome: OutcomeSchema,
-  exitCode: Nullable(Type.Integer()),
+  exitCode: Nullable(ExitCode),
   message: Type.Optional(Nullable(Type.String({ maxLength: 10_000 }))),
 });
 export type FinishRequest = Static<typeof FinishRequestSchema>;
@@ -253,9 +298,9 @@ export const WorkerEnvelopeSchema = Type.Object({ worker: WorkerSchema });
 export const WorkerListSchema = Type.Object({ workers: Type.Array(WorkerSchema) });
 
 export const EnrollmentTokenCreateSchema = Type.Object({
-  description: Type.Optional(Type.String({ maxLength: 500 })),
-  expiresAt: Type.Optional(Type.String({ maxLength: 40 })),
-  maxUses: Type.Optional(Type.Integer({ minimum: 1 })),
+  description: Type.Optional(Text({ maxLength: 500 })),
+  expiresAt: Type.Optional(Text({ maxLength: 40 })),
+  maxUses: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000_000 })),
 });
 export const EnrollmentTokenSchema = Type.Object({
   id: Type.String(),
@@ -273,7 +318,7 @@ export const EnrollmentTokenListSchema = Type.Object({ enrollmentTokens: Type.Ar
 export const IdParamsSchema = Type.Object({ id: Id });
 export const ArtifactParamsSchema = Type.Object({ id: Id, name: Type.String({ minLength: 1, maxLength: 1000 }) });
 export const LogQuerySchema = Type.Object({
-  offset: Type.Optional(Type.Integer({ minimum: 0 })),
-  attempt: Type.Optional(Type.Integer({ minimum: 1 })),
+  offset: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_SAFE })),
+  attempt: Type.Optional(Attempt),
   follow: Type.Optional(Type.Union([Type.Literal('1'), Type.Literal('true'), Type.Literal('0'), Type.Literal('false')])),
 });

@@ -9,6 +9,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Readable } from 'node:stream';
 import { ApiError } from '@buildfleet/protocol';
+import { parseJsonChecked } from './validation.js';
 
 /** Stands in for a body that could not be parsed. */
 export class UnparsableBody {
@@ -16,21 +17,21 @@ export class UnparsableBody {
 }
 
 /**
- * Installs the JSON parser (with `bodyLimit` → 413 during parsing, which is
- * cheap to reject early) and a catch-all parser that hands the raw stream
+ * Installs the JSON parser (a body over the route's `bodyLimit` is 413
+ * during parsing, which is cheap to reject early; NUL, `__proto__` and
+ * nesting deeper than `maxJsonDepth` are deferred 400s, see validation.ts)
+ * and a catch-all parser that hands the raw stream
  * over: artifact uploads stream it into the blob store; other routes see a
  * non-object body and fail validation.
  */
-export function installBodyParsers(app: FastifyInstance, jsonLimit: number): void {
+export function installBodyParsers(app: FastifyInstance, limits: { maxJsonBytes: number; maxJsonDepth: number }): void {
   app.removeContentTypeParser('application/json');
-  app.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: jsonLimit }, (_req, text, done) => {
+  // No parser bodyLimit: the route's (or the app's) bodyLimit applies.
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, text, done) => {
     const s = typeof text === 'string' ? text : text.toString('utf8');
     if (s.trim() === '') return done(null, new UnparsableBody('body is empty; expected JSON'));
-    try {
-      done(null, JSON.parse(s));
-    } catch (err) {
-      done(null, new UnparsableBody(`body is not valid JSON: ${(err as Error).message}`));
-    }
+    const parsed = parseJsonChecked(s, limits.maxJsonDepth);
+    done(null, 'problem' in parsed ? new UnparsableBody(parsed.problem) : parsed.value);
   });
   app.removeContentTypeParser('text/plain');
   app.addContentTypeParser('*', (_req, payload, done) => done(null, payload));

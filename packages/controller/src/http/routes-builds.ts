@@ -34,6 +34,7 @@ import {
 import type { AttemptRef } from '../store/types.js';
 import { deferredBodyError, isRawBody } from './body.js';
 import { toApiError } from './errors.js';
+import { jsonValueProblem, parseJsonChecked } from './validation.js';
 import type { AppContext } from './context.js';
 
 const errors = {
@@ -46,14 +47,12 @@ const errors = {
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 const specCheck = Compile(BuildSpecInputSchema);
-/** Largest `spec` part of a submission, bytes. */
-const MAX_SPEC_BYTES = 2 * 1024 * 1024;
 /** Longest silence on a followed log stream before a `: keepalive` comment, ms. */
 const SSE_KEEPALIVE_MS = 15_000;
 /** Bytes read from the store per log chunk when streaming a log. */
 const LOG_READ_BYTES = 256 * 1024;
 
-const ArtifactPathParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }), '*': Type.String() });
+const ArtifactPathParams = Type.Object({ id: IdParamsSchema.properties.id, '*': Type.String() });
 
 export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
@@ -217,6 +216,8 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       const { id } = request.params;
       const name = request.params['*'];
       await store.getBuild(id);
+      const problem = artifactNameProblem(name);
+      if (problem) throw new ApiError('VALIDATION_FAILED', `name: ${problem}`);
       const artifact = await store.getArtifact(id, name);
       reply
         .header('content-type', 'application/octet-stream')
@@ -336,6 +337,8 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
     '/builds/:id/logs',
     {
       config: { auth: ['build'] },
+      // base64 grows data by 4/3; the rest of the chunk's JSON is small.
+      bodyLimit: Math.ceil((config.maxLogChunkBytes * 4) / 3) + 64 * 1024,
       attachValidation: true,
       schema: {
         tags: ['worker builds'],
@@ -357,6 +360,10 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
         data = Buffer.from(body.data, 'base64');
       } else {
         data = Buffer.from(body.data, 'utf8');
+      }
+      if (data.length > config.maxLogChunkBytes) {
+        await store.checkWritable(ref);
+        throw new ApiError('PAYLOAD_TOO_LARGE', `a log chunk may carry at most ${config.maxLogChunkBytes} bytes, this one has ${data.length}`);
       }
       const result = await store.appendLog({ ...ref, seq: body.seq, offset: body.offset, data, now: clock.now() });
       ctx.hint('logs', ref.buildId);
@@ -450,7 +457,7 @@ async function submitBuild(ctx: AppContext, request: FastifyRequest): Promise<Bu
     throw new ApiError('VALIDATION_FAILED', 'body must be multipart/form-data with the parts "spec" then "source"');
   }
   const length = Number(request.headers['content-length']);
-  if (Number.isFinite(length) && length > config.maxSourceBytes + MAX_SPEC_BYTES + 64 * 1024) {
+  if (Number.isFinite(length) && length > config.maxSourceBytes + config.maxSpecBytes + 64 * 1024) {
     throw new ApiError('PAYLOAD_TOO_LARGE', `source is larger than ${config.maxSourceBytes} bytes`);
   }
   const id = uuidv7();
@@ -459,12 +466,12 @@ async function submitBuild(ctx: AppContext, request: FastifyRequest): Promise<Bu
   let source: { size: number; sha256: string } | undefined;
   try {
     const parts = request.parts({
-      limits: { fileSize: config.maxSourceBytes + 1, fieldSize: MAX_SPEC_BYTES, fields: 20, files: 5, parts: 25 },
+      limits: { fileSize: config.maxSourceBytes + 1, fieldSize: config.maxSpecBytes, fields: 20, files: 5, parts: 25 },
     });
     for await (const part of parts) {
       if (part.fieldname === 'spec' && !source && !spec) {
-        const text = part.type === 'field' ? fieldText(part) : (await readSmall(part, MAX_SPEC_BYTES)).toString('utf8');
-        spec = parseSpec(text);
+        const text = part.type === 'field' ? fieldText(part, config.maxJsonDepth) : (await readSmall(part, config.maxSpecBytes)).toString('utf8');
+        spec = parseSpec(text, config.maxJsonDepth);
       } else if (part.fieldname === 'source' && part.type === 'file' && !source) {
         if (!spec) {
           part.file.resume();
@@ -508,9 +515,17 @@ async function mayExist(store: AppContext['store'], id: string): Promise<boolean
   }
 }
 
-/** A field's text; @fastify/multipart has already parsed an `application/json` field into a value. */
-function fieldText(part: MultipartValue): string {
-  return typeof part.value === 'string' ? part.value : JSON.stringify(part.value);
+/**
+ * A field's text; @fastify/multipart has already parsed an `application/json`
+ * field into a value, which must pass the JSON rules before it is
+ * serialized again (a deep one would overflow the stack).
+ */
+function fieldText(part: MultipartValue, maxDepth: number): string {
+  if (part.valueTruncated) throw new ApiError('PAYLOAD_TOO_LARGE', 'part "spec" is larger than the limit (BUILDFLEET_MAX_SPEC_BYTES)');
+  if (typeof part.value === 'string') return part.value;
+  const problem = jsonValueProblem(part.value, maxDepth, 'spec');
+  if (problem) throw new ApiError('VALIDATION_FAILED', problem);
+  return JSON.stringify(part.value);
 }
 
 async function readSmall(part: MultipartFile, max: number): Promise<Buffer> {
@@ -527,13 +542,10 @@ async function readSmall(part: MultipartFile, max: number): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-function parseSpec(text: string): BuildSpec {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new ApiError('VALIDATION_FAILED', `spec is not valid JSON: ${(err as Error).message}`);
-  }
+function parseSpec(text: string, maxDepth: number): BuildSpec {
+  const parsed = parseJsonChecked(text, maxDepth, 'spec');
+  if ('problem' in parsed) throw new ApiError('VALIDATION_FAILED', parsed.problem);
+  const value = parsed.value;
   if (!specCheck.Check(value)) {
     const first = [...specCheck.Errors(value)].find((e) => e.keyword !== 'boolean') ?? [...specCheck.Errors(value)][0];
     const where = first?.instancePath ? `spec${first.instancePath.replace(/\//g, '.')}` : 'spec';
