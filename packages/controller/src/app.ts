@@ -32,7 +32,8 @@ import type { Store } from './store/types.js';
 import type { BlobStore } from './blobs/types.js';
 import { authenticate } from './http/auth.js';
 import { installAccessCheck, securitySchemes } from './http/access.js';
-import { installBodyParsers, isRawBody } from './http/body.js';
+import { installBodyParsers } from './http/body.js';
+import { installEarlyAnswers } from './http/early-answers.js';
 import { buildValidator, checkPathAndQuery } from './http/validation.js';
 import type { AppContext, Notifier, WakeTopic } from './http/context.js';
 import { RETRY_AFTER_SECONDS, toApiError } from './http/errors.js';
@@ -225,6 +226,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   installBodyParsers(app, config);
+  installEarlyAnswers(app, config.maxDiscardBytes, clock);
   app.addHook('preHandler', checkPathAndQuery);
   await app.register(multipart, { limits: { fileSize: config.maxSourceBytes + 1 } });
   await app.register(swagger, {
@@ -272,11 +274,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         request.log.debug({ code: error.code, message: error.message }, 'request refused');
     }
     if (error.status === 503 || error.status === 429) reply.header('retry-after', String(RETRY_AFTER_SECONDS));
-    // An upload refused before (or while) its body was read: close the
-    // connection instead of reading the rest of a possibly huge body.
-    if ((isRawBody(request.body) && !request.body.readableEnded) || request.raw.complete === false) {
-      reply.header('connection', 'close');
-    }
+    // The rest of an unread upload is discarded or the connection closed: see http/early-answers.ts.
     return reply.code(error.status).type('application/json; charset=utf-8').send(error.toBody());
   });
 
