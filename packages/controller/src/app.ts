@@ -42,6 +42,7 @@ import { buildRoutes } from './http/routes-builds.js';
 import { workerRoutes } from './http/routes-workers.js';
 import { WakeChannel } from './http/wakeups.js';
 import { PollDispatcher } from './http/dispatch.js';
+import { LogFollowHub } from './http/log-follow.js';
 
 export interface AppDeps {
   config: ControllerConfig;
@@ -165,6 +166,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     metrics,
     pollWake,
     logWake,
+    // Set just below: the hub needs the finished context.
+    logFollows: undefined as unknown as LogFollowHub,
     dispatcher,
     log: app.log,
     routes,
@@ -189,6 +192,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       }
     },
   };
+  ctx.logFollows = new LogFollowHub(ctx);
   app.decorate('buildfleet', ctx);
 
   // Hints from this and other controllers.

@@ -37,6 +37,8 @@ export interface ControllerConfig {
   readonly pollRecheckMs: number;
   /** How often a followed log stream re-checks without a wake-up, ms. */
   readonly logFollowRecheckMs: number;
+  /** Live log streams one client address may hold open at once (`BUILDFLEET_MAX_FOLLOWERS_PER_CLIENT`); more is 429. */
+  readonly maxFollowersPerClient: number;
   /** Largest accepted source tarball, bytes. */
   readonly maxSourceBytes: number;
   /** Largest accepted artifact, bytes. */
@@ -136,6 +138,12 @@ export function loadControllerConfig(
     pollWaitMs: int('pollWaitMs', pick('pollWaitMs', 'BUILDFLEET_POLL_WAIT_MS'), DEFAULTS.pollWaitMs, 0, 600_000),
     pollRecheckMs: int('pollRecheckMs', pick('pollRecheckMs', 'BUILDFLEET_POLL_RECHECK_MS'), 2_000, 10),
     logFollowRecheckMs: int('logFollowRecheckMs', pick('logFollowRecheckMs'), 1_000, 10),
+    maxFollowersPerClient: int(
+      'BUILDFLEET_MAX_FOLLOWERS_PER_CLIENT',
+      pick('maxFollowersPerClient', 'BUILDFLEET_MAX_FOLLOWERS_PER_CLIENT'),
+      32,
+      1,
+    ),
     maxSourceBytes: int('BUILDFLEET_MAX_SOURCE_BYTES', pick('maxSourceBytes', 'BUILDFLEET_MAX_SOURCE_BYTES'), GiB, 1),
     maxArtifactBytes: int('BUILDFLEET_MAX_ARTIFACT_BYTES', pick('maxArtifactBytes', 'BUILDFLEET_MAX_ARTIFACT_BYTES'), 2 * GiB, 1),
     maxJsonBytes: int('BUILDFLEET_MAX_JSON_BYTES', pick('maxJsonBytes', 'BUILDFLEET_MAX_JSON_BYTES'), MiB, 1024),

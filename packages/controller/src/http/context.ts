@@ -13,6 +13,7 @@ import type { ControllerMetrics } from './metrics.js';
 import type { WakeChannel } from './wakeups.js';
 import type { PollDispatcher } from './dispatch.js';
 import type { RegisteredRoute } from './access.js';
+import type { LogFollowHub } from './log-follow.js';
 
 import type { Notifier, WakeTopic } from '../store/notifier.js';
 
@@ -32,6 +33,8 @@ export interface AppContext {
   dispatcher: PollDispatcher;
   /** Followed log streams wait here; woken by 'logs' hints. */
   logWake: WakeChannel;
+  /** Live log streams: one shared reader per followed build. */
+  logFollows: LogFollowHub;
   log: FastifyBaseLogger;
   /** Every route registered so far, with its credential declaration (the authorization matrix test walks them). */
   routes: RegisteredRoute[];

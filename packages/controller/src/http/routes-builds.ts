@@ -2,9 +2,8 @@
  * Build routes (PROTOCOL.md "Builds"): the user side with an API token and
  * the worker side with a build token.
  */
-import { PassThrough, Readable } from 'node:stream';
-import { StringDecoder } from 'node:string_decoder';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { Readable } from 'node:stream';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { MultipartFile, MultipartValue } from '@fastify/multipart';
 import { Type } from 'typebox';
@@ -33,7 +32,7 @@ import {
 } from '@buildfleet/protocol';
 import type { AttemptRef } from '../store/types.js';
 import { deferredBodyError, isRawBody } from './body.js';
-import { toApiError } from './errors.js';
+import { LOG_READ_BYTES } from './log-follow.js';
 import { jsonValueProblem, parseJsonChecked } from './validation.js';
 import type { AppContext } from './context.js';
 
@@ -47,10 +46,6 @@ const errors = {
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 const specCheck = Compile(BuildSpecInputSchema);
-/** Longest silence on a followed log stream before a `: keepalive` comment, ms. */
-const SSE_KEEPALIVE_MS = 15_000;
-/** Bytes read from the store per log chunk when streaming a log. */
-const LOG_READ_BYTES = 256 * 1024;
 
 const ArtifactPathParams = Type.Object({ id: IdParamsSchema.properties.id, '*': Type.String() });
 
@@ -166,7 +161,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       if (q.attempt !== undefined && q.attempt > build.attempt) {
         throw new ApiError('VALIDATION_FAILED', `attempt must be between 1 and ${build.attempt}`);
       }
-      if (follow) return followLog(ctx, request, reply, build, q.attempt, q.offset ?? 0);
+      if (follow) return ctx.logFollows.follow(request, reply, build, q.attempt, q.offset ?? 0);
       const attempt = q.attempt ?? build.attempt;
       let offset = q.offset ?? 0;
       async function* chunks() {
@@ -575,104 +570,4 @@ export function parseRange(header: string | undefined, size: number): { start: n
   const end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
   if (start >= size || end < start) return 'unsatisfiable';
   return { start, end };
-}
-
-/**
- * A live log as Server-Sent Events. Events (each `data` is JSON):
- * `log` `{attempt, offset, text}` (offset: bytes of the attempt before this
- * text), `attempt` `{attempt}` when following the current attempt and the
- * build moved to a new one (offsets restart at 0), `state` `{state,
- * attempt, cancelRequested}` when the state changes, and a last `end`
- * `{state, attempt, exitCode, reason}` once the build is terminal and every
- * byte was sent; `error` `{code, message}` if the store fails mid-stream.
- * Idle streams get a `: keepalive` comment every 15 s. Driven by 'logs'
- * wake-ups plus a periodic re-check (`logFollowRecheckMs`).
- */
-function followLog(
-  ctx: AppContext,
-  request: FastifyRequest,
-  reply: FastifyReply,
-  first: Build,
-  fixedAttempt: number | undefined,
-  startOffset: number,
-): FastifyReply {
-  const { store, logWake, config } = ctx;
-  const out = new PassThrough();
-  const abort = new AbortController();
-  reply.raw.on('close', () => abort.abort());
-  let lastWrite = ctx.clock.monotonic();
-  const send = async (event: string, data: unknown) => {
-    if (abort.signal.aborted) return;
-    lastWrite = ctx.clock.monotonic();
-    if (!out.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`)) {
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          out.off('drain', done);
-          abort.signal.removeEventListener('abort', done);
-          resolve();
-        };
-        out.on('drain', done);
-        abort.signal.addEventListener('abort', done, { once: true });
-      });
-    }
-  };
-  void (async () => {
-    let attempt = fixedAttempt ?? first.attempt;
-    let offset = startOffset;
-    let decoder = new StringDecoder('utf8');
-    let lastState = '';
-    const release = logWake.retain(first.id);
-    try {
-      while (!abort.signal.aborted && !logWake.isClosed) {
-        const generation = logWake.snapshot(first.id);
-        const build = await store.getBuild(first.id);
-        for (;;) {
-          const buf = await store.readLog(build.id, attempt, offset, LOG_READ_BYTES);
-          if (buf.length === 0 || abort.signal.aborted) break;
-          const text = decoder.write(buf);
-          await send('log', { attempt, offset, text });
-          offset += buf.length;
-        }
-        const stateKey = `${build.state}/${build.attempt}/${build.cancelRequested}`;
-        if (stateKey !== lastState) {
-          lastState = stateKey;
-          await send('state', { state: build.state, attempt: build.attempt, cancelRequested: build.cancelRequested });
-        }
-        if (fixedAttempt === undefined && build.attempt !== attempt) {
-          const rest = decoder.end();
-          if (rest) await send('log', { attempt, offset, text: rest });
-          attempt = build.attempt;
-          offset = 0;
-          decoder = new StringDecoder('utf8');
-          await send('attempt', { attempt });
-          continue;
-        }
-        if (isTerminal(build.state)) {
-          const rest = decoder.end();
-          if (rest) await send('log', { attempt, offset, text: rest });
-          await send('end', { state: build.state, attempt: build.attempt, exitCode: build.exitCode, reason: build.reason });
-          break;
-        }
-        await logWake.waitForChange(generation, config.logFollowRecheckMs, abort.signal);
-        // A comment line now and then keeps proxies from closing an idle stream.
-        if (ctx.clock.monotonic() - lastWrite >= SSE_KEEPALIVE_MS && !abort.signal.aborted) {
-          lastWrite = ctx.clock.monotonic();
-          out.write(': keepalive\n\n');
-        }
-      }
-    } catch (err) {
-      const { error, kind, errorId } = toApiError(err);
-      if (kind === 'internal') request.log.error({ err, errorId }, 'log stream failed');
-      else if (kind !== 'refused') request.log.warn({ err }, 'log stream failed');
-      await send('error', error.toBody().error).catch(() => {});
-    } finally {
-      release();
-      out.end();
-    }
-  })();
-  return reply
-    .header('content-type', 'text/event-stream; charset=utf-8')
-    .header('cache-control', 'no-cache')
-    .header('x-accel-buffering', 'no')
-    .send(out);
 }
