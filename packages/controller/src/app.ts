@@ -40,6 +40,8 @@ import { RETRY_AFTER_SECONDS, toApiError } from './http/errors.js';
 import { createMetrics, type ControllerMetrics } from './http/metrics.js';
 import { buildRoutes } from './http/routes-builds.js';
 import { workerRoutes } from './http/routes-workers.js';
+import { opsRoutes } from './http/routes-ops.js';
+import { countWorkerStates } from './ops/metrics.js';
 import { WakeChannel } from './http/wakeups.js';
 import { PollDispatcher } from './http/dispatch.js';
 import { LogFollowHub } from './http/log-follow.js';
@@ -304,6 +306,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   );
   app.get('/metrics', { config: pub, schema: { tags: ['operations'], produces: ['text/plain'] } }, async (_request, reply) => {
     metrics.parkedPolls.set(pollWake.size);
+    await countWorkerStates(metrics, store, clock.now(), config.leaseMs);
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
   app.get('/openapi.json', { config: pub, schema: hide }, async () => app.swagger());
@@ -317,6 +320,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     async (api) => {
       workerRoutes(api, ctx);
       buildRoutes(api, ctx);
+      opsRoutes(api, ctx);
     },
     { prefix: API_PREFIX },
   );

@@ -5,6 +5,7 @@
  */
 import path from 'node:path';
 import { DEFAULTS, ENV, TOKEN_PREFIX } from '@buildfleet/protocol';
+import { loadOperationsConfig, type OperationsConfig } from './ops/config.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -61,6 +62,8 @@ export interface ControllerConfig {
    */
   readonly maxDiscardBytes: number;
   readonly logLevel: LogLevel;
+  /** Retention, log and blob caps, webhook retries (ops/config.ts). */
+  readonly ops: OperationsConfig;
 }
 
 /** Thrown for an unusable option at startup; `message` names the option. */
@@ -153,6 +156,9 @@ export function loadControllerConfig(
     maxHeaderBytes: int('BUILDFLEET_MAX_HEADER_BYTES', pick('maxHeaderBytes', 'BUILDFLEET_MAX_HEADER_BYTES'), 16 * 1024, 1024, MiB),
     maxDiscardBytes: int('BUILDFLEET_MAX_DISCARD_BYTES', pick('maxDiscardBytes', 'BUILDFLEET_MAX_DISCARD_BYTES'), 32 * MiB, 0),
     logLevel,
+    ops: loadOperationsConfig(env, overrides.ops, (message) => {
+      throw new ConfigError(message);
+    }),
   };
   if (config.heartbeatIntervalMs >= config.leaseMs) {
     throw new ConfigError(

@@ -17,6 +17,9 @@ import { openStore, type WorkerLockDecorator } from './store/index.js';
 import type { Store } from './store/types.js';
 import { Reaper } from './reaper.js';
 import { DatabaseClock, PG_NOW_SQL } from './db-clock.js';
+import { Collector } from './gc/collector.js';
+import { WebhookDeliverer } from './webhooks/deliverer.js';
+import { observeEnded } from './ops/metrics.js';
 
 /** Credentials generated on a controller's first start (printed by the CLI). */
 export interface FirstStartCredentials {
@@ -33,6 +36,10 @@ export interface RunningController {
   app: FastifyInstance;
   store: Store;
   reaper: Reaper;
+  /** Retention (issue 14): runs every BUILDFLEET_GC_INTERVAL; `collectOnce()` for tests. */
+  collector: Collector;
+  /** Webhook delivery loop (issue 14). */
+  deliverer: WebhookDeliverer;
   /** Ends parked polls (204), stops the reaper, closes the server, notifier, blobs and store. */
   close(): Promise<void>;
   /** Set only on the first start without BUILDFLEET_API_TOKEN. */
@@ -46,6 +53,10 @@ export interface StartOptions {
   reaper?: boolean;
   /** Wraps the store's worker row lock (the race tests' barriers; see `WorkerLockDecorator`). */
   decorateWorkerLock?: WorkerLockDecorator;
+  /** Start the retention collector's rounds (default true; tests call `collector.collectOnce`). */
+  collector?: boolean;
+  /** Start the webhook delivery loop (default true). */
+  webhooks?: boolean;
 }
 
 /**
@@ -136,6 +147,9 @@ export async function startController(config: ControllerConfig, opts: StartOptio
         if (r.failed.length) m.inc({ to: 'failed' }, r.failed.length);
         if (r.canceled.length) m.inc({ to: 'canceled' }, r.canceled.length);
         if (r.timedOut.length) m.inc({ to: 'timed_out' }, r.timedOut.length);
+        observeEnded(app.buildfleet.metrics, 'failed', r.failed.length);
+        observeEnded(app.buildfleet.metrics, 'canceled', r.canceled.length);
+        observeEnded(app.buildfleet.metrics, 'timed_out', r.timedOut.length);
         logger.info(r, 'reaped builds');
         if (r.requeued.length) app.buildfleet.hint('builds');
         for (const id of [...r.requeued, ...r.failed, ...r.canceled, ...r.timedOut]) app.buildfleet.hint('logs', id);
@@ -144,6 +158,21 @@ export async function startController(config: ControllerConfig, opts: StartOptio
     });
     if (opts.reaper ?? true) reaper.start();
     cleanups.push(() => reaper.stop());
+
+    const collector = new Collector({ store: store.retention, blobs, clock, config: config.ops, metrics: app.buildfleet.metrics, logger });
+    if (opts.collector ?? true) collector.start();
+    cleanups.push(() => collector.stop());
+
+    const deliverer = new WebhookDeliverer({
+      queue: store.webhooks,
+      clock,
+      logger,
+      retry: config.ops.webhookRetry,
+      onOutcome: (o) =>
+        app.buildfleet.metrics.webhookDeliveries.inc({ result: o.ok ? 'delivered' : o.nextAttemptAt === null ? 'failed' : 'retry' }),
+    });
+    if (opts.webhooks ?? true) deliverer.start();
+    cleanups.push(() => deliverer.stop());
 
     await app.listen({ host: config.host, port: config.port });
     const address = app.server.address();
@@ -166,6 +195,8 @@ export async function startController(config: ControllerConfig, opts: StartOptio
       app,
       store,
       reaper,
+      collector,
+      deliverer,
       ...(credentials ? { firstStart: credentials } : {}),
       close: () => (closing ??= closeAll()),
     };

@@ -18,6 +18,15 @@ export const ENV = {
   heartbeatIntervalMs: 'BUILDFLEET_HEARTBEAT_INTERVAL_MS',
   blobDir: 'BUILDFLEET_BLOB_DIR',
   logLevel: 'BUILDFLEET_LOG_LEVEL',
+  retainSources: 'BUILDFLEET_RETAIN_SOURCES',
+  retainLogs: 'BUILDFLEET_RETAIN_LOGS',
+  retainArtifacts: 'BUILDFLEET_RETAIN_ARTIFACTS',
+  retainBuilds: 'BUILDFLEET_RETAIN_BUILDS',
+  gcInterval: 'BUILDFLEET_GC_INTERVAL',
+  blobMaxMb: 'BUILDFLEET_BLOB_MAX_MB',
+  logMaxMb: 'BUILDFLEET_LOG_MAX_MB',
+  webhookFirstRetry: 'BUILDFLEET_WEBHOOK_FIRST_RETRY',
+  webhookRetryFor: 'BUILDFLEET_WEBHOOK_RETRY_FOR',
 } as const;
 
 export const DEFAULTS = {
@@ -31,6 +40,16 @@ export const DEFAULTS = {
   leaseMs: 60_000,
   heartbeatIntervalMs: 10_000,
   pollWaitMs: 30_000,
+  /** Retention (issue 14): ages after a build ended, as `parseDuration` reads them. */
+  retainSources: '7d',
+  retainLogs: '30d',
+  retainArtifacts: '30d',
+  retainBuilds: '90d',
+  gcInterval: '5m',
+  /** Per attempt, MiB. */
+  logMaxMb: 64,
+  webhookFirstRetry: '10s',
+  webhookRetryFor: '24h',
 } as const;
 
 /** Header carrying an artifact's SHA-256 (lowercase hex). */

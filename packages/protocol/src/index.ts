@@ -8,3 +8,4 @@ export * from './config.js';
 export * from './sse.js';
 export * from './duration.js';
 export * from './limits.js';
+export * from './webhooks.js';

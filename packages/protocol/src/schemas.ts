@@ -14,7 +14,7 @@ import { ERROR_CODES } from './errors.js';
  * null` was stored as 0, `message: null` as ""); `nullable` keeps null and
  * is OpenAPI 3.0 too. Found by the simulation (packages/sim).
  */
-const Nullable = <T extends TSchema>(schema: T) => {
+export const Nullable = <T extends TSchema>(schema: T) => {
   const type = (schema as { type?: unknown }).type;
   if (typeof type === 'string' && type !== 'object' && type !== 'array') {
     return Type.Unsafe<Static<T> | null>({ ...schema, nullable: true });
@@ -133,6 +133,8 @@ export const AttemptSchema = Type.Object({
   finishedAt: Nullable(Timestamp),
   reason: Nullable(Type.String()),
   exitCode: Nullable(Type.Integer()),
+  logBytes: Type.Optional(Type.Integer({ description: 'bytes of log stored for this attempt (with the truncation line)' })),
+  logTruncated: Type.Optional(Type.Boolean({ description: 'the log reached BUILDFLEET_LOG_MAX_MB and was cut' })),
 });
 export type Attempt = Static<typeof AttemptSchema>;
 
@@ -155,6 +157,10 @@ export const BuildSchema = Type.Object({
   sourceSize: Type.Integer({ description: 'bytes' }),
   sourceSha256: Type.String(),
   attempts: Type.Array(AttemptSchema),
+  keep: Type.Optional(Type.Boolean({ description: 'exempt from retention (`buildfleet keep`)' })),
+  sourceExpiredAt: Type.Optional(Nullable(Timestamp)),
+  logsExpiredAt: Type.Optional(Nullable(Timestamp)),
+  artifactsExpiredAt: Type.Optional(Nullable(Timestamp)),
 });
 export type Build = Static<typeof BuildSchema>;
 
@@ -176,6 +182,7 @@ export const ArtifactSchema = Type.Object({
   name: Type.String(),
   size: Type.Integer({ description: 'bytes' }),
   sha256: Type.String(),
+  expiredAt: Type.Optional(Timestamp),
 });
 export type Artifact = Static<typeof ArtifactSchema>;
 export const ArtifactListSchema = Type.Object({ artifacts: Type.Array(ArtifactSchema) });
@@ -267,6 +274,7 @@ export const LogChunkRequestSchema = Type.Object({
 export type LogChunkRequest = Static<typeof LogChunkRequestSchema>;
 export const LogChunkResponseSchema = Type.Object({
   offset: Type.Integer({ description: 'bytes stored for this attempt after the chunk' }),
+  truncated: Type.Optional(Type.Boolean({ description: 'the log reached its cap: stop sending, the build goes on' })),
 });
 
 export const FinishRequestSchema = Type.Object({

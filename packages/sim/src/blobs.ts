@@ -48,5 +48,10 @@ export class MemoryBlobStore implements BlobStore {
     this.blobs.delete(key);
   }
 
+  /** Every key; the simulation never runs the orphan sweep, so the time is 0. */
+  async *list(): AsyncGenerator<{ key: string; modifiedAt: number }> {
+    for (const key of this.blobs.keys()) yield { key, modifiedAt: 0 };
+  }
+
   async close(): Promise<void> {}
 }

@@ -139,6 +139,10 @@ export class FsBlobStore implements BlobStore {
     }
   }
 
+  list(): AsyncIterable<{ key: string; modifiedAt: number }> {
+    return walk(this.root, this.root);
+  }
+
   async delete(key: string): Promise<void> {
     const file = this.pathOf(key);
     try {
@@ -147,6 +151,26 @@ export class FsBlobStore implements BlobStore {
       // Absent, or a directory (a prefix of other keys): nothing to delete.
       const code = (err as NodeJS.ErrnoException).code;
       if (code !== 'ENOENT' && code !== 'EISDIR' && code !== 'EPERM' && code !== 'ENOTDIR') throw err;
+    }
+  }
+}
+
+/** See `BlobStore.list`: walks the tree one directory at a time. */
+async function* walk(root: string, dir: string): AsyncGenerator<{ key: string; modifiedAt: number }> {
+  let entries;
+  try {
+    entries = await readdir(dir, { withFileTypes: true });
+  } catch (err) {
+    if (isNotFound(err)) return;
+    throw err;
+  }
+  for (const e of entries) {
+    if (e.name.startsWith(TMP_PREFIX)) continue;
+    const p = join(dir, e.name);
+    if (e.isDirectory()) yield* walk(root, p);
+    else if (e.isFile()) {
+      const st = await stat(p).catch(() => undefined);
+      if (st) yield { key: p.slice(root.length + 1).split(sep).join('/'), modifiedAt: st.mtimeMs };
     }
   }
 }

@@ -66,6 +66,7 @@ function wrap(kind: 'fs' | 'pg', store: FsBlobStore | PgBlobStore, close: () => 
     get: (key, range) => store.get(key, range),
     size: (key) => store.size(key),
     delete: (key) => store.delete(key),
+    list: () => store.list(),
     close,
   };
 }

@@ -168,6 +168,17 @@ export class PgBlobStore implements BlobStore {
     });
   }
 
+  /** See `BlobStore.list`: pages of 1000 keys in key order. */
+  async *list(): AsyncGenerator<{ key: string; modifiedAt: number }> {
+    let after = '';
+    for (;;) {
+      const { rows } = await this.query<{ key: string; created_at: string }>('SELECT key, created_at FROM blobs WHERE key > $1 ORDER BY key LIMIT 1000', [after]);
+      for (const r of rows) yield { key: r.key, modifiedAt: Number(r.created_at) };
+      if (rows.length < 1000) return;
+      after = rows[rows.length - 1]!.key;
+    }
+  }
+
   private async query<R extends pg.QueryResultRow = pg.QueryResultRow>(
     sql: string | pg.QueryConfig,
     params?: unknown[],

@@ -25,4 +25,10 @@ export interface BlobStore {
   /** Size in bytes, or undefined when absent. */
   size(key: string): Promise<number | undefined>;
   delete(key: string): Promise<void>;
+  /**
+   * Every stored key with its last write time (epoch ms), in no particular
+   * order, without in-flight uploads: what the orphan sweep of retention
+   * compares with the database. Lazily walked; cheap to stop early.
+   */
+  list(): AsyncIterable<{ key: string; modifiedAt: number }>;
 }

@@ -3,8 +3,9 @@
  * apps in one process (tests, the simulation) do not collide.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { createOpsMetrics, type OpsMetrics } from '../ops/metrics.js';
 
-export interface ControllerMetrics {
+export interface ControllerMetrics extends OpsMetrics {
   registry: Registry;
   /** Builds entering a state, labelled `to` (queued, assigned, running, terminal states, requeued). */
   buildTransitions: Counter<'to'>;
@@ -21,6 +22,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): Controll
   if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: 'buildfleet_' });
   return {
     registry,
+    ...createOpsMetrics(registry),
     buildTransitions: new Counter({
       name: 'buildfleet_build_transitions_total',
       help: 'Builds entering a state, by target state',

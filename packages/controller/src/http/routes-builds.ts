@@ -31,6 +31,7 @@ import {
   type BuildSpec,
 } from '@buildfleet/protocol';
 import type { AttemptRef } from '../store/types.js';
+import { observeEnded, observeStarted } from '../ops/metrics.js';
 import { deferredBodyError, isRawBody } from './body.js';
 import { LOG_READ_BYTES } from './log-follow.js';
 import { jsonValueProblem, parseJsonChecked } from './validation.js';
@@ -191,7 +192,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
     async (request) => {
       await store.getBuild(request.params.id);
       const list = await store.listArtifacts(request.params.id);
-      return { artifacts: list.map((a) => ({ name: a.name, size: a.size, sha256: a.sha256 })) };
+      return { artifacts: list.map((a) => ({ name: a.name, size: a.size, sha256: a.sha256, ...(a.deletedAt !== null ? { expiredAt: new Date(a.deletedAt).toISOString() } : {}) })) };
     },
   );
 
@@ -250,7 +251,10 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
     },
     async (request) => {
       const build = await store.cancelBuild(request.params.id, clock.now());
-      if (build.state === 'canceled') metrics.buildTransitions.inc({ to: 'canceled' });
+      if (build.state === 'canceled') {
+        metrics.buildTransitions.inc({ to: 'canceled' });
+        observeEnded(metrics, 'canceled');
+      }
       request.log.info({ buildId: build.id, state: build.state, cancelRequested: build.cancelRequested }, 'build cancel requested');
       ctx.hint('logs', build.id);
       return { build };
@@ -322,7 +326,10 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       const ref = await jsonWriteRef(request, checkAttemptCurrent);
       const before = await store.getBuild(ref.buildId);
       const build = await store.startBuild(ref, clock.now(), config.leaseMs);
-      if (before.state !== 'running' && build.state === 'running') metrics.buildTransitions.inc({ to: 'running' });
+      if (before.state !== 'running' && build.state === 'running') {
+        metrics.buildTransitions.inc({ to: 'running' });
+        observeStarted(metrics, build);
+      }
       ctx.hint('logs', build.id);
       return { build };
     },
@@ -360,7 +367,8 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
         await store.checkWritable(ref);
         throw new ApiError('PAYLOAD_TOO_LARGE', `a log chunk may carry at most ${config.maxLogChunkBytes} bytes, this one has ${data.length}`);
       }
-      const result = await store.appendLog({ ...ref, seq: body.seq, offset: body.offset, data, now: clock.now() });
+      const result = await store.appendLog({ ...ref, seq: body.seq, offset: body.offset, data, now: clock.now(), maxBytes: config.ops.logMaxBytes });
+      metrics.logBytes.inc(data.length);
       ctx.hint('logs', ref.buildId);
       return result;
     },
@@ -401,6 +409,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       else throw new ApiError('VALIDATION_FAILED', 'content-type must be application/octet-stream');
       const blobKey = `artifacts/${ref.buildId}/${ref.attempt}/${sha256}`;
       const stored = await blobs.put(blobKey, body, { maxBytes: config.maxArtifactBytes, expectSha256: sha256 });
+      metrics.blobBytesWritten.inc({ kind: 'artifact' }, stored.size);
       const { created } = await store.recordArtifact({ ...ref, name, size: stored.size, sha256, blobKey, now: clock.now() });
       request.log.info({ buildId: ref.buildId, attempt: ref.attempt, name, size: stored.size, created }, 'artifact stored');
       return reply.code(created ? 201 : 200).send({ name, size: stored.size, sha256 });
@@ -431,7 +440,10 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
         message: body.message ?? null,
         now: clock.now(),
       });
-      if (!isTerminal(before.state)) metrics.buildTransitions.inc({ to: build.state });
+      if (!isTerminal(before.state)) {
+        metrics.buildTransitions.inc({ to: build.state });
+        observeEnded(metrics, build.state);
+      }
       request.log.info({ buildId: build.id, attempt: ref.attempt, state: build.state, exitCode: build.exitCode }, 'build finished');
       ctx.hint('logs', build.id);
       ctx.hint('builds');
@@ -473,6 +485,7 @@ async function submitBuild(ctx: AppContext, request: FastifyRequest): Promise<Bu
           throw new ApiError('VALIDATION_FAILED', 'part "spec" must come before part "source"');
         }
         source = await blobs.put(sourceKey, part.file, { maxBytes: config.maxSourceBytes });
+        ctx.metrics.blobBytesWritten.inc({ kind: 'source' }, source.size);
         if (part.file.truncated) throw new ApiError('PAYLOAD_TOO_LARGE', `source is larger than ${config.maxSourceBytes} bytes`);
       } else if (part.type === 'file') {
         // Unknown or repeated parts are drained and ignored.

@@ -4,8 +4,9 @@
  * booleans are INTEGER 0/1, bytes are BLOB/bytea. Migrations are a static
  * list (no filesystem scanning) so they run the same from src (tsx) and dist.
  */
-import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
+import { sql, type Generated, type Kysely, type Migration, type MigrationProvider } from 'kysely';
 import type { BuildState } from '@buildfleet/protocol';
+import { operations, type WebhookDeliveriesTable, type WebhookEventsTable, type WebhooksTable } from './schema-ops.js';
 
 export type Dialect = 'sqlite' | 'postgres';
 
@@ -78,6 +79,13 @@ export interface BuildsTable {
   source_key: string;
   source_size: number;
   source_sha256: string;
+  /** 1: exempt from retention (0002). */
+  keep: Generated<number>;
+  /** When retention (or the blob cap) removed the source, and why: `retention` | `blob_cap` (0002). */
+  source_deleted_at: number | null;
+  source_deleted_reason: string | null;
+  logs_deleted_at: number | null;
+  artifacts_deleted_at: number | null;
 }
 
 export interface BuildAttemptsTable {
@@ -92,6 +100,8 @@ export interface BuildAttemptsTable {
   exit_code: number | null;
   /** Bytes of log stored for this attempt (the next chunk's expected offset). */
   log_bytes: number;
+  /** 1 once the log reached the cap and ends with the truncation line (0002). */
+  log_truncated: Generated<number>;
 }
 
 export interface LogChunksTable {
@@ -111,6 +121,9 @@ export interface ArtifactsTable {
   sha256: string;
   blob_key: string;
   created_at: number;
+  /** Set when retention or the blob cap removed the bytes (0002); the row stays so the API can answer 410. */
+  deleted_at: number | null;
+  deleted_reason: string | null;
 }
 
 export interface DB {
@@ -122,6 +135,9 @@ export interface DB {
   build_attempts: BuildAttemptsTable;
   log_chunks: LogChunksTable;
   artifacts: ArtifactsTable;
+  webhooks: WebhooksTable;
+  webhook_events: WebhookEventsTable;
+  webhook_deliveries: WebhookDeliveriesTable;
 }
 
 function initial(dialect: Dialect): Migration {
@@ -246,7 +262,7 @@ function initial(dialect: Dialect): Migration {
 export function migrationProvider(dialect: Dialect): MigrationProvider {
   return {
     async getMigrations() {
-      return { '0001_initial': initial(dialect) };
+      return { '0001_initial': initial(dialect), '0002_operations': operations(dialect) };
     },
   };
 }

@@ -14,6 +14,8 @@
  * | `sql/builds.ts`     | create/get/list builds, cancel, start, finish                          |
  * | `sql/logs.ts`       | appendLog, readLog, checkWritable                                      |
  * | `sql/artifacts.ts`  | recordArtifact, listArtifacts, getArtifact                             |
+ * | `sql/retention.ts`  | `retention` (the collector's batches), setKeep                         |
+ * | `sql/webhooks.ts`   | `webhooks` (subscriptions, delivery queue); the outbox rows of transitions |
  *
  * Shared by them: `sql/context.ts` (transactions, error mapping, row locks),
  * `sql/transitions.ts` (every build state change, from domain/transition.ts),
@@ -33,6 +35,10 @@ import * as leases from './sql/leases.js';
 import * as logs from './sql/logs.js';
 import * as tokens from './sql/tokens.js';
 import * as workers from './sql/workers.js';
+import * as retention from './sql/retention.js';
+import * as webhooks from './sql/webhooks.js';
+import { withCollectorLock } from './sql/collector-lock.js';
+import { buildNotFound } from './sql/rows.js';
 import type {
   ArtifactInput,
   AttemptRef,
@@ -48,7 +54,9 @@ import type {
   RegisterNewInput,
   RegisterResult,
   ReregisterInput,
+  RetentionStore,
   Store,
+  WebhookStore,
   StoredArtifact,
   WorkerAuth,
 } from './types.js';
@@ -65,6 +73,8 @@ export interface SqlStoreOptions {
 export class SqlStore implements Store {
   readonly dialect: Dialect;
   private readonly ctx: SqlContext;
+  readonly retention: RetentionStore;
+  readonly webhooks: WebhookStore;
 
   constructor(options: SqlStoreOptions) {
     this.dialect = options.dialect;
@@ -75,6 +85,30 @@ export class SqlStore implements Store {
       logger: options.logger,
       lockWorker: options.decorateWorkerLock ? options.decorateWorkerLock(lock) : lock,
     };
+    const ctx = this.ctx;
+    this.retention = {
+      expireBatch: (kind, cutoff, limit, now) => run(() => retention.expireBatch(ctx, kind, cutoff, limit, now)),
+      evictBatch: (want, limit, now) => run(() => retention.evictBatch(ctx, want, limit, now)),
+      liveBlobBytes: () => run(() => retention.liveBlobBytes(ctx)),
+      liveLogBytes: () => run(() => retention.liveLogBytes(ctx)),
+      unreferencedBlobs: (keys) => run(() => retention.unreferenced(ctx.db, keys)),
+      expireWebhookEvents: (cutoff, limit) => run(() => retention.expireWebhookEvents(ctx, cutoff, limit)),
+      reclaimSpace: () => run(() => retention.reclaimSpace(ctx)),
+      withCollectorLock: (fn) => withCollectorLock(ctx.db, ctx.dialect, fn),
+    };
+    this.webhooks = {
+      createWebhook: (input) => run(() => webhooks.createWebhook(ctx, input)),
+      listWebhooks: () => run(() => webhooks.listWebhooks(ctx)),
+      deleteWebhook: (id) => run(() => webhooks.deleteWebhook(ctx, id)),
+      listDeliveries: (id, opts) => run(() => webhooks.listDeliveries(ctx, id, opts)),
+      claimDeliveries: (input) => run(() => webhooks.claimDeliveries(ctx, input)),
+      recordDelivery: (o) => run(() => webhooks.recordDelivery(ctx, o)),
+    };
+  }
+
+  async setKeep(id: string, keep: boolean): Promise<Build> {
+    if (!(await run(() => retention.setKeep(this.ctx, id, keep)))) throw buildNotFound(id);
+    return this.getBuild(id);
   }
 
   // --- lifecycle -------------------------------------------------------------
@@ -190,7 +224,7 @@ export class SqlStore implements Store {
 
   // --- logs and artifacts ----------------------------------------------------------
 
-  appendLog(input: LogChunkInput): Promise<{ offset: number }> {
+  appendLog(input: LogChunkInput): Promise<{ offset: number; truncated?: boolean }> {
     return logs.appendLog(this.ctx, input);
   }
   readLog(buildId: string, attempt: number, offset: number, limit: number): Promise<Buffer> {

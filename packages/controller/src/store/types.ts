@@ -13,6 +13,9 @@
  * takes the worker's row first (`FOR UPDATE` on PostgreSQL, `BEGIN IMMEDIATE`
  * on SQLite), then build rows.
  */
+import type { Webhook, WebhookDelivery } from '@buildfleet/protocol';
+import type { WebhookQueue } from '../webhooks/types.js';
+import type { BatchResult, RetentionKind } from './sql/retention.js';
 import type {
   Artifact,
   AssignedBuild,
@@ -145,6 +148,12 @@ export interface LogChunkInput extends AttemptRef {
   offset: number;
   data: Buffer;
   now: number;
+  /**
+   * Per-attempt cap, bytes (BUILDFLEET_LOG_MAX_MB). Past it the stored log
+   * ends with a truncation line and later chunks are answered without being
+   * stored. Undefined: no cap.
+   */
+  maxBytes?: number;
 }
 
 export interface ArtifactInput extends AttemptRef {
@@ -158,6 +167,34 @@ export interface ArtifactInput extends AttemptRef {
 export interface StoredArtifact extends Artifact {
   attempt: number;
   blobKey: string;
+  /** Epoch ms when retention or the blob cap removed the bytes; the row stays for the 410 answer. */
+  deletedAt: number | null;
+  deletedReason: string | null;
+}
+
+/** The collector's side of the store (retention, `sql/retention.ts`). */
+export interface RetentionStore {
+  /** One age-based batch of `kind` for builds that ended before `cutoff`. */
+  expireBatch(kind: RetentionKind, cutoff: number, limit: number, now: number): Promise<BatchResult>;
+  /** One batch of the blob cap: oldest artifacts first, then sources. */
+  evictBatch(wantBytes: number, limit: number, now: number): Promise<BatchResult>;
+  liveBlobBytes(): Promise<{ sources: number; artifacts: number }>;
+  liveLogBytes(): Promise<number>;
+  /** Of `keys`, those no live row refers to (orphans). */
+  unreferencedBlobs(keys: readonly string[]): Promise<string[]>;
+  expireWebhookEvents(cutoff: number, limit: number): Promise<number>;
+  /** Runs `fn` unless another collector (this or another controller) is running. */
+  withCollectorLock<T>(fn: () => Promise<T>): Promise<{ ran: true; value: T } | { ran: false }>;
+}
+
+/** Webhook subscriptions and the delivery queue (`sql/webhooks.ts`). */
+export interface WebhookStore extends WebhookQueue {
+  createWebhook(input: { id: string; url: string; events: string[]; secret: string; description: string | null; now: number }): Promise<Webhook>;
+  listWebhooks(): Promise<Webhook[]>;
+  /** Throws NOT_FOUND. */
+  deleteWebhook(id: string): Promise<void>;
+  /** Newest first. Throws NOT_FOUND. */
+  listDeliveries(webhookId: string, opts: { limit: number; state?: string }): Promise<WebhookDelivery[]>;
 }
 
 export interface ReapResult {
@@ -255,6 +292,7 @@ export interface Store {
   createBuild(input: NewBuild): Promise<Build>;
   /** Throws BUILD_NOT_FOUND. */
   getBuild(id: string): Promise<Build>;
+  /** Throws BUILD_NOT_FOUND, or GONE when retention removed the source. */
   getSourceKey(id: string): Promise<string>;
   listBuilds(filter: BuildListFilter): Promise<{ builds: Build[]; nextCursor: string | null }>;
   /** PROTOCOL.md "States": queued/assigned → canceled; running → cancelRequested. Terminal → INVALID_TRANSITION. */
@@ -264,9 +302,13 @@ export interface Store {
    * attempt is not the build's current one), INVALID_TRANSITION (state).
    */
   startBuild(ref: AttemptRef, now: number, leaseMs: number): Promise<Build>;
-  /** Stores a log chunk once per (build, attempt, seq). Returns bytes stored for the attempt. */
-  appendLog(input: LogChunkInput): Promise<{ offset: number }>;
-  /** Log bytes of one attempt from `offset`, at most `limit` bytes. */
+  /**
+   * Stores a log chunk once per (build, attempt, seq). Returns bytes stored
+   * for the attempt, and `truncated` once the attempt's log reached
+   * `maxBytes`.
+   */
+  appendLog(input: LogChunkInput): Promise<{ offset: number; truncated?: boolean }>;
+  /** Log bytes of one attempt from `offset`, at most `limit` bytes. Throws GONE when retention removed the logs. */
   readLog(buildId: string, attempt: number, offset: number, limit: number): Promise<Buffer>;
   /** Throws like `startBuild` when the attempt cannot write (build must be running). */
   checkWritable(ref: AttemptRef): Promise<void>;
@@ -274,7 +316,7 @@ export interface Store {
   recordArtifact(input: ArtifactInput): Promise<{ created: boolean }>;
   /** Artifacts of the attempt that finished the build (or the current attempt). */
   listArtifacts(buildId: string): Promise<StoredArtifact[]>;
-  /** Throws ARTIFACT_NOT_FOUND. */
+  /** Throws ARTIFACT_NOT_FOUND, or GONE (saying when and why) when retention or the blob cap removed it. */
   getArtifact(buildId: string, name: string): Promise<StoredArtifact>;
   /** Same outcome twice → returns the build; another outcome after terminal → INVALID_TRANSITION. */
   finishBuild(
@@ -284,6 +326,11 @@ export interface Store {
   reap(options: ReapOptions): Promise<ReapResult>;
   /** Whether any queued build exists (cheap wake-up re-check). */
   hasQueuedBuilds(): Promise<boolean>;
+
+  /** Sets the build's `keep` flag (exempt from retention). Throws BUILD_NOT_FOUND. */
+  setKeep(id: string, keep: boolean): Promise<Build>;
+  readonly retention: RetentionStore;
+  readonly webhooks: WebhookStore;
 }
 
 /** What the HTTP layer needs to turn a held build into a wire build. */

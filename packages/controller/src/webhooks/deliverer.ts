@@ -48,6 +48,8 @@ export class WebhookDeliverer {
   private running = false;
   private round: Promise<void> | undefined;
   private again = false;
+  /** Aborts requests in flight when the loop stops (their leases run out; another round sends them again). */
+  private readonly stopping = new AbortController();
 
   constructor(private readonly opts: DelivererOptions) {
     this.pollMs = opts.pollMs ?? 1_000;
@@ -72,9 +74,10 @@ export class WebhookDeliverer {
     this.schedule(0);
   }
 
-  /** Stops the loop and waits for the round in flight (its requests time out on their own). */
+  /** Stops the loop, aborts requests in flight (they are sent again after their lease) and waits for the round. */
   async stop(): Promise<void> {
     this.running = false;
+    this.stopping.abort();
     this.opts.clock.clearTimeout(this.timer);
     this.timer = undefined;
     await this.round;
@@ -130,7 +133,7 @@ export class WebhookDeliverer {
       const res = await (this.opts.fetch ?? fetch)(d.url, {
         method: 'POST',
         redirect: 'manual',
-        signal: controller.signal,
+        signal: AbortSignal.any([controller.signal, this.stopping.signal]),
         headers: {
           'content-type': 'application/json',
           'user-agent': 'buildfleet-webhooks/1',
@@ -150,6 +153,8 @@ export class WebhookDeliverer {
     } finally {
       clock.clearTimeout(timeout);
     }
+    // Stopped mid-request: leave the delivery to its lease (at least once).
+    if (this.stopping.signal.aborted) return;
     const now = clock.now();
     const ok = error === null;
     const outcome: DeliveryOutcome = {

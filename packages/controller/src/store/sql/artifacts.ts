@@ -7,6 +7,7 @@
 import { ApiError } from '@buildfleet/protocol';
 import type { ArtifactInput, StoredArtifact } from '../types.js';
 import { run, tx, type SqlContext } from './context.js';
+import { gone } from './gone.js';
 import { checkRunning, lockBuild } from './fencing.js';
 import { buildNotFound } from './rows.js';
 
@@ -50,7 +51,15 @@ async function artifactsOf(ctx: SqlContext, buildId: string, name?: string): Pro
   let q = ctx.db.selectFrom('artifacts').selectAll().where('build_id', '=', buildId).where('attempt', '=', b.attempt);
   if (name !== undefined) q = q.where('name', '=', name);
   const rows = await q.orderBy('name').execute();
-  return rows.map((r) => ({ name: r.name, size: Number(r.size), sha256: r.sha256, attempt: r.attempt, blobKey: r.blob_key }));
+  return rows.map((r) => ({
+    name: r.name,
+    size: Number(r.size),
+    sha256: r.sha256,
+    attempt: r.attempt,
+    blobKey: r.blob_key,
+    deletedAt: r.deleted_at === null ? null : Number(r.deleted_at),
+    deletedReason: r.deleted_reason,
+  }));
 }
 
 /** Throws BUILD_NOT_FOUND. */
@@ -58,11 +67,12 @@ export function listArtifacts(ctx: SqlContext, buildId: string): Promise<StoredA
   return run(() => artifactsOf(ctx, buildId));
 }
 
-/** Throws BUILD_NOT_FOUND, ARTIFACT_NOT_FOUND. */
+/** Throws BUILD_NOT_FOUND, ARTIFACT_NOT_FOUND, or GONE (when and why) once retention or the blob cap removed it. */
 export function getArtifact(ctx: SqlContext, buildId: string, name: string): Promise<StoredArtifact> {
   return run(async () => {
     const [a] = await artifactsOf(ctx, buildId, name);
     if (!a) throw new ApiError('ARTIFACT_NOT_FOUND', `artifact ${name} of build ${buildId} not found`);
+    if (a.deletedAt !== null) throw gone(`artifact "${name}" of build ${buildId}`, a.deletedAt, a.deletedReason, 'BUILDFLEET_RETAIN_ARTIFACTS');
     return a;
   });
 }

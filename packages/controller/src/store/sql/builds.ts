@@ -13,6 +13,8 @@ import { run, tx, type Db, type SqlContext } from './context.js';
 import { fence, lockBuild, raceError } from './fencing.js';
 import { buildNotFound, labelsJson, rowToBuild, type AttemptRow, type BuildRow } from './rows.js';
 import { applyTransition } from './transitions.js';
+import { gone } from './gone.js';
+import { recordBuildEvent } from './webhooks.js';
 
 /** Stores a new `queued` build as attempt 1 and returns it. */
 export function createBuild(ctx: SqlContext, input: NewBuild): Promise<Build> {
@@ -40,8 +42,17 @@ export function createBuild(ctx: SqlContext, input: NewBuild): Promise<Build> {
       source_key: input.sourceKey,
       source_size: input.sourceSize,
       source_sha256: input.sourceSha256,
+      keep: 0,
+      source_deleted_at: null,
+      source_deleted_reason: null,
+      logs_deleted_at: null,
+      artifacts_deleted_at: null,
     };
-    await ctx.db.insertInto('builds').values(row).execute();
+    // The build.created webhook event commits with the build (transactional outbox).
+    await ctx.db.transaction().execute(async (trx) => {
+      await trx.insertInto('builds').values(row).execute();
+      await recordBuildEvent(trx, 'build.created', row.id, input.now);
+    });
     return rowToBuild(row, []);
   });
 }
@@ -63,11 +74,16 @@ export function getBuild(ctx: SqlContext, id: string): Promise<Build> {
   });
 }
 
-/** The blob key of the build's source tarball. Throws BUILD_NOT_FOUND. */
+/** The blob key of the build's source tarball. Throws BUILD_NOT_FOUND, or GONE once retention removed it. */
 export function getSourceKey(ctx: SqlContext, id: string): Promise<string> {
   return run(async () => {
-    const row = await ctx.db.selectFrom('builds').select('source_key').where('id', '=', id).executeTakeFirst();
+    const row = await ctx.db
+      .selectFrom('builds')
+      .select(['source_key', 'source_deleted_at', 'source_deleted_reason'])
+      .where('id', '=', id)
+      .executeTakeFirst();
     if (!row) throw buildNotFound(id);
+    if (row.source_deleted_at !== null) throw gone(`the source of build ${id}`, row.source_deleted_at, row.source_deleted_reason, 'BUILDFLEET_RETAIN_SOURCES');
     return row.source_key;
   });
 }

@@ -10,22 +10,42 @@ import type { AttemptRef, LogChunkInput } from '../types.js';
 import { forUpdate, run, tx, type SqlContext } from './context.js';
 import { checkRunning, lockBuild } from './fencing.js';
 import { buildNotFound } from './rows.js';
+import { gone } from './gone.js';
+
+/**
+ * The last chunk an attempt stores once its log reaches `maxBytes`: the first
+ * `room` bytes of `data` (backed off to a UTF-8 character boundary) and the
+ * truncation line (docs/protocol.md "Log limits").
+ */
+export function truncateLog(data: Buffer, room: number, maxBytes: number): Buffer {
+  let n = Math.max(0, Math.min(room, data.length));
+  while (n > 0 && n < data.length && (data[n]! & 0xc0) === 0x80) n--;
+  const mib = maxBytes / (1024 * 1024);
+  const size = Number.isInteger(mib) ? `${mib} MiB` : `${maxBytes} bytes`;
+  const line = `\n[buildfleet] log truncated: this attempt's log reached ${size} (BUILDFLEET_LOG_MAX_MB); later output is not stored, the build goes on\n`;
+  return Buffer.concat([data.subarray(0, n), Buffer.from(line)]);
+}
 
 /**
  * Stores a chunk once per (build, attempt, seq) and resolves the bytes
  * stored for the attempt. Throws like `checkWritable`, and OFFSET_MISMATCH
  * (its message names the stored byte count) when `offset` is not that count.
  */
-export function appendLog(ctx: SqlContext, input: LogChunkInput): Promise<{ offset: number }> {
+export function appendLog(ctx: SqlContext, input: LogChunkInput): Promise<{ offset: number; truncated?: boolean }> {
   return tx(ctx, async (trx) => {
     // Shared lock on the build (finish waits for chunks in flight), exclusive on the attempt (one append at a time).
     const row = await lockBuild(ctx, trx, input.buildId, 'share');
     checkRunning(row, input);
     const att = await forUpdate(
       ctx,
-      trx.selectFrom('build_attempts').select('log_bytes').where('build_id', '=', input.buildId).where('attempt', '=', input.attempt),
+      trx
+        .selectFrom('build_attempts')
+        .select(['log_bytes', 'log_truncated'])
+        .where('build_id', '=', input.buildId)
+        .where('attempt', '=', input.attempt),
     ).executeTakeFirstOrThrow();
     const stored = Number(att.log_bytes);
+    const truncated = Number(att.log_truncated) === 1;
     const dup = await trx
       .selectFrom('log_chunks')
       .select('seq')
@@ -33,29 +53,34 @@ export function appendLog(ctx: SqlContext, input: LogChunkInput): Promise<{ offs
       .where('attempt', '=', input.attempt)
       .where('seq', '=', input.seq)
       .executeTakeFirst();
-    if (dup) return { offset: stored };
+    if (dup) return truncated ? { offset: stored, truncated } : { offset: stored };
+    // Past the cap nothing more is stored, whatever the offset (an older worker keeps sending).
+    if (truncated) return { offset: stored, truncated };
     if (input.offset !== stored) {
       throw new ApiError('OFFSET_MISMATCH', `expected offset ${stored}: ${stored} bytes are stored for attempt ${input.attempt}`);
     }
+    const cut = input.maxBytes !== undefined && stored + input.data.length > input.maxBytes;
+    const data = cut ? truncateLog(input.data, input.maxBytes! - stored, input.maxBytes!) : input.data;
     await trx
       .insertInto('log_chunks')
-      .values({ build_id: input.buildId, attempt: input.attempt, seq: input.seq, byte_offset: stored, size: input.data.length, data: input.data })
+      .values({ build_id: input.buildId, attempt: input.attempt, seq: input.seq, byte_offset: stored, size: data.length, data })
       .execute();
     await trx
       .updateTable('build_attempts')
-      .set({ log_bytes: stored + input.data.length })
+      .set({ log_bytes: stored + data.length, ...(cut ? { log_truncated: 1 } : {}) })
       .where('build_id', '=', input.buildId)
       .where('attempt', '=', input.attempt)
       .execute();
-    return { offset: stored + input.data.length };
+    return cut ? { offset: stored + data.length, truncated: true } : { offset: stored + data.length };
   });
 }
 
-/** Up to `limit` log bytes of one attempt from byte `offset`. Throws BUILD_NOT_FOUND. */
+/** Up to `limit` log bytes of one attempt from byte `offset`. Throws BUILD_NOT_FOUND, or GONE once retention removed the logs. */
 export function readLog(ctx: SqlContext, buildId: string, attempt: number, offset: number, limit: number): Promise<Buffer> {
   return run(async () => {
-    const b = await ctx.db.selectFrom('builds').select('id').where('id', '=', buildId).executeTakeFirst();
+    const b = await ctx.db.selectFrom('builds').select(['id', 'logs_deleted_at']).where('id', '=', buildId).executeTakeFirst();
     if (!b) throw buildNotFound(buildId);
+    if (b.logs_deleted_at !== null) throw gone(`the log of build ${buildId}`, b.logs_deleted_at, 'retention', 'BUILDFLEET_RETAIN_LOGS');
     if (limit <= 0) return Buffer.alloc(0);
     const chunks = await ctx.db
       .selectFrom('log_chunks')

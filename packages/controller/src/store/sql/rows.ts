@@ -63,6 +63,10 @@ export function rowToBuild(row: BuildRow, attempts: AttemptRow[]): Build {
     leaseExpiresAt: toIso(row.lease_expires_at),
     sourceSize: Number(row.source_size),
     sourceSha256: row.source_sha256,
+    keep: Number(row.keep) === 1,
+    sourceExpiredAt: toIso(row.source_deleted_at),
+    logsExpiredAt: toIso(row.logs_deleted_at),
+    artifactsExpiredAt: toIso(row.artifacts_deleted_at),
     attempts: attempts
       .slice()
       .sort((a, b) => a.attempt - b.attempt)
@@ -75,6 +79,8 @@ export function rowToBuild(row: BuildRow, attempts: AttemptRow[]): Build {
         finishedAt: toIso(a.finished_at),
         reason: a.reason,
         exitCode: a.exit_code,
+        logBytes: Number(a.log_bytes),
+        logTruncated: Number(a.log_truncated) === 1,
       })),
   };
 }

@@ -8,6 +8,8 @@ import type { Transaction } from 'kysely';
 import { transition, type BuildEvent, type TransitionResult } from '../../domain/transition.js';
 import type { DB } from '../schema.js';
 import { transitionInput, type BuildRow } from './rows.js';
+import { isTerminal } from '@buildfleet/protocol';
+import { recordBuildEvent } from './webhooks.js';
 
 /**
  * Applies `event` (at `now`, epoch ms) to a build row read in this
@@ -34,5 +36,8 @@ export async function applyTransition(trx: Transaction<DB>, row: BuildRow, event
       .where('attempt', '=', row.attempt)
       .execute();
   }
+  // The webhook event commits (or rolls back) with the state change: a transactional outbox.
+  const type = isTerminal(t.to) ? 'build.finished' : t.to === 'running' && t.from !== 'running' ? 'build.started' : undefined;
+  if (type) await recordBuildEvent(trx, type, row.id, now);
   return t;
 }
