@@ -66,6 +66,9 @@ export interface ControllerConfig {
   readonly ops: OperationsConfig;
 }
 
+/** What callers may set instead of the environment; `ops` may be partial. */
+export type ControllerConfigOverrides = Omit<Partial<ControllerConfig>, 'ops'> & { ops?: Partial<OperationsConfig> };
+
 /** Thrown for an unusable option at startup; `message` names the option. */
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -102,9 +105,9 @@ function token(name: string, raw: string | undefined, prefix: string): string | 
  */
 export function loadControllerConfig(
   env: Record<string, string | undefined> = process.env,
-  overrides: Partial<ControllerConfig> = {},
+  overrides: ControllerConfigOverrides = {},
 ): ControllerConfig {
-  const pick = <K extends keyof ControllerConfig>(k: K, envName?: string): unknown =>
+  const pick = <K extends Exclude<keyof ControllerConfig, 'ops'>>(k: K, envName?: string): unknown =>
     overrides[k] !== undefined ? overrides[k] : envName ? env[envName] : undefined;
 
   const dataDir = path.resolve(String(pick('dataDir', ENV.dataDir) ?? DEFAULTS.dataDir));

@@ -251,7 +251,9 @@ export class BuildRun {
       send: (chunk) =>
         this.write(async () => {
           const body: LogChunkRequest = { attempt: this.attempt, seq: chunk.seq, offset: chunk.offset, data: chunk.data.toString('base64'), encoding: 'base64' };
-          await client.json({ method: 'POST', path: paths.logs(this.id), token: this.build.buildToken, json: body, signal: this.abort.signal });
+          const answer = await client.json<{ offset: number; truncated?: boolean }>({ method: 'POST', path: paths.logs(this.id), token: this.build.buildToken, json: body, signal: this.abort.signal });
+          // The controller stores no more of this attempt's log (BUILDFLEET_LOG_MAX_MB): stop sending it.
+          return { truncated: answer.body?.truncated === true };
         }),
       backpressure: (high) => {
         const out = this.proc?.child.stdout;

@@ -22,8 +22,12 @@ export interface LogChunk {
 
 export interface LogStreamerOptions {
   clock: Clock;
-  /** Uploads one chunk; retries are its own business. A throw stops the streamer. */
-  send: (chunk: LogChunk) => Promise<void>;
+  /**
+   * Uploads one chunk; retries are its own business. A throw stops the
+   * streamer. `truncated: true` (the controller's log cap was reached) stops
+   * uploading for good: later output is dropped, and flush resolves.
+   */
+  send: (chunk: LogChunk) => Promise<void | { truncated?: boolean }>;
   /** Send once this many bytes are pending (default 64 KiB). */
   minChunkBytes?: number;
   /** Largest chunk (default 1 MiB). */
@@ -48,6 +52,8 @@ export class LogStreamer {
   private inFlight: Promise<void> | undefined;
   private failure: unknown;
   private paused = false;
+  /** The controller stopped storing this log (its cap): drop everything from now on. */
+  private truncated = false;
   private readonly minChunk: number;
   private readonly maxChunk: number;
   private readonly interval: number;
@@ -69,8 +75,13 @@ export class LogStreamer {
     return this.failure;
   }
 
+  /** Whether the controller said the log reached its cap (nothing more is sent). */
+  get wasTruncated(): boolean {
+    return this.truncated;
+  }
+
   write(data: Buffer | string): void {
-    if (this.failure !== undefined) return;
+    if (this.failure !== undefined || this.truncated) return;
     const buf = typeof data === 'string' ? Buffer.from(data) : data;
     if (buf.length === 0) return;
     this.pending.push(buf);
@@ -107,8 +118,17 @@ export class LogStreamer {
     this.timer = undefined;
     const chunk = this.cut();
     this.inFlight = this.opts.send(chunk).then(
-      () => {
+      (answer) => {
         this.inFlight = undefined;
+        if (answer && answer.truncated) {
+          this.truncated = true;
+          this.pending = [];
+          this.pendingBytes = 0;
+          this.opts.clock.clearTimeout(this.timer);
+          this.timer = undefined;
+          this.release();
+          return;
+        }
         this.kick(false);
       },
       (err: unknown) => {

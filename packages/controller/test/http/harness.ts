@@ -10,7 +10,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import type { FastifyBaseLogger } from 'fastify';
 import { paths, type Build, type Clock, type RegisterResponse } from '@buildfleet/protocol';
-import { loadControllerConfig, type ControllerConfig } from '../../src/config.js';
+import { loadControllerConfig, type ControllerConfigOverrides } from '../../src/config.js';
 import { startController, type RunningController } from '../../src/server.js';
 
 export const API_TOKEN = 'bfa_test-api-token-0123456789abcdef';
@@ -30,7 +30,7 @@ export interface Harness {
 }
 
 export async function startHarness(
-  overrides: Partial<ControllerConfig> = {},
+  overrides: ControllerConfigOverrides = {},
   opts: { clock?: Clock; logger?: FastifyBaseLogger } = {},
 ): Promise<Harness> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'bf-http-'));

@@ -5,7 +5,7 @@
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { loadControllerConfig, startController, type ControllerConfig, type RunningController } from '@buildfleet/controller';
+import { loadControllerConfig, startController, type ControllerConfigOverrides, type RunningController } from '@buildfleet/controller';
 import { paths, type Build, type Clock } from '@buildfleet/protocol';
 
 export const API_TOKEN = 'bfa_worker-integration-api-token-0123456789';
@@ -22,7 +22,7 @@ export interface Ctl {
   close(): Promise<void>;
 }
 
-export async function startCtl(over: Partial<ControllerConfig> = {}, clock?: Clock): Promise<Ctl> {
+export async function startCtl(over: ControllerConfigOverrides = {}, clock?: Clock): Promise<Ctl> {
   const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'bf-wint-'));
   const config = loadControllerConfig(
     {},
