@@ -209,6 +209,7 @@ export class Collector {
       }
     }
 
+    if (Object.keys(summary.removed).length > 0) await store.reclaimSpace();
     const live = await store.liveBlobBytes();
     this.opts.metrics?.storedBytes.set({ kind: 'source' }, live.sources);
     this.opts.metrics?.storedBytes.set({ kind: 'artifact' }, live.artifacts);

@@ -80,6 +80,9 @@ export function openDatabase(options: Omit<OpenStoreOptions, 'decorateWorkerLock
   const path = options.sqlitePath;
   if (!path) throw new Error('openStore: sqlitePath is required without a PostgreSQL databaseUrl');
   const database = new Database(path);
+  // Lets retention hand freed pages back to the file system (incremental_vacuum
+  // after each collection); takes effect only on a new, empty database.
+  database.pragma('auto_vacuum = INCREMENTAL');
   database.pragma('journal_mode = WAL');
   database.pragma(`busy_timeout = ${Math.trunc(options.lockTimeoutMs ?? 5_000)}`);
   database.pragma('foreign_keys = ON');

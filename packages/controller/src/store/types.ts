@@ -183,6 +183,8 @@ export interface RetentionStore {
   /** Of `keys`, those no live row refers to (orphans). */
   unreferencedBlobs(keys: readonly string[]): Promise<string[]>;
   expireWebhookEvents(cutoff: number, limit: number): Promise<number>;
+  /** Returns freed space to the file system where the database needs telling (SQLite). */
+  reclaimSpace(): Promise<void>;
   /** Runs `fn` unless another collector (this or another controller) is running. */
   withCollectorLock<T>(fn: () => Promise<T>): Promise<{ ran: true; value: T } | { ran: false }>;
 }

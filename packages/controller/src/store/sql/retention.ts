@@ -276,3 +276,16 @@ export function markCollectedInSnapshot(
     art.run(now, k);
   }
 }
+
+/**
+ * Gives pages freed by removals back to the file system: SQLite
+ * `incremental_vacuum` (databases created with auto_vacuum=INCREMENTAL; a
+ * no-op on older ones, where freed pages are reused instead). PostgreSQL's
+ * autovacuum does the equivalent on its own.
+ */
+export async function reclaimSpace(ctx: RetentionContext): Promise<void> {
+  if (ctx.dialect !== 'sqlite') return;
+  await sql`pragma incremental_vacuum`.execute(ctx.db);
+  // The freed pages went through the WAL; truncate it so the file shrinks too.
+  await sql`pragma wal_checkpoint(TRUNCATE)`.execute(ctx.db);
+}
