@@ -168,6 +168,7 @@ export async function startController(config: ControllerConfig, opts: StartOptio
       clock,
       logger,
       retry: config.ops.webhookRetry,
+      timeoutMs: config.ops.webhookTimeoutMs,
       onOutcome: (o) =>
         app.buildfleet.metrics.webhookDeliveries.inc({ result: o.ok ? 'delivered' : o.nextAttemptAt === null ? 'failed' : 'retry' }),
     });

@@ -27,6 +27,7 @@ export const ENV = {
   logMaxMb: 'BUILDFLEET_LOG_MAX_MB',
   webhookFirstRetry: 'BUILDFLEET_WEBHOOK_FIRST_RETRY',
   webhookRetryFor: 'BUILDFLEET_WEBHOOK_RETRY_FOR',
+  webhookTimeout: 'BUILDFLEET_WEBHOOK_TIMEOUT',
 } as const;
 
 export const DEFAULTS = {
@@ -50,6 +51,7 @@ export const DEFAULTS = {
   logMaxMb: 64,
   webhookFirstRetry: '10s',
   webhookRetryFor: '24h',
+  webhookTimeout: '10s',
 } as const;
 
 /** Header carrying an artifact's SHA-256 (lowercase hex). */

@@ -25,6 +25,8 @@ export interface OperationsConfig {
   /** Log bytes stored per attempt before the log is cut (the truncation line comes on top). */
   readonly logMaxBytes: number;
   readonly webhookRetry: RetryPolicy;
+  /** How long one webhook request may take, ms. */
+  readonly webhookTimeoutMs: number;
   /** A blob no row refers to is collected once it is this old, ms (uploads write the blob before its row). */
   readonly orphanGraceMs: number;
   /** Rows per collector transaction: small, so claims never wait long behind one. */
@@ -69,6 +71,7 @@ export function loadOperationsConfig(
     blobMaxBytes: overrides && 'blobMaxBytes' in overrides ? overrides.blobMaxBytes : megabytes(ENV.blobMaxMb, env[ENV.blobMaxMb]),
     logMaxBytes: overrides?.logMaxBytes ?? megabytes(ENV.logMaxMb, env[ENV.logMaxMb]) ?? DEFAULTS.logMaxMb * MiB,
     webhookRetry: Object.freeze(overrides?.webhookRetry ?? { firstDelayMs: Math.max(1, firstDelayMs), maxDelayMs: Math.max(firstDelayMs, 3_600_000), retryForMs }),
+    webhookTimeoutMs: overrides?.webhookTimeoutMs ?? Math.max(100, duration(ENV.webhookTimeout, DEFAULTS.webhookTimeout, false)),
     orphanGraceMs: overrides?.orphanGraceMs ?? 3_600_000,
     gcBatchSize: overrides?.gcBatchSize ?? 100,
   });

@@ -92,7 +92,7 @@ export class WebhookDeliverer {
       now: this.opts.clock.now(),
       limit: this.concurrency,
       // A try ends within timeoutMs; the lease adds room for recording it.
-      leaseMs: this.timeoutMs * 3,
+      leaseMs: this.timeoutMs + 5_000,
     });
     await Promise.all(claimed.map((d) => this.deliver(d)));
     return claimed.length;
