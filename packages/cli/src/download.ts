@@ -31,7 +31,10 @@ export async function downloadArtifacts(
   outDir: string,
   onFile?: (a: DownloadedArtifact) => void,
 ): Promise<DownloadedArtifact[]> {
-  const list = await client.artifacts(id);
+  const all = await client.artifacts(id);
+  // Retention removed these (their download answers 410 GONE); say so instead of failing.
+  for (const a of all.filter((x) => x.expiredAt)) process.stderr.write(`artifact ${a.name} expired at ${a.expiredAt} (retention); not downloaded\n`);
+  const list = all.filter((x) => !x.expiredAt);
   const root = resolve(outDir);
   const done: DownloadedArtifact[] = [];
   for (const a of list) {

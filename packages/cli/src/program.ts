@@ -18,7 +18,7 @@ import { shown } from './pack.js';
 import { resolveClientSettings } from './settings.js';
 import { formatBytes, loadSpec, parseEnvPair, submitDirectory, type SpecOverrides } from './submit.js';
 import { addServiceCommands } from './serve.js';
-import { addOpsCommands } from './ops-commands.js';
+import { addApiOpsCommands, addOpsCommands } from './ops-commands.js';
 
 export const CLI_VERSION = '0.1.0';
 
@@ -37,7 +37,7 @@ function collect(value: string, previous: string[] | undefined): string[] {
 const err = (line: string) => process.stderr.write(`${line}\n`);
 const out = (line: string) => process.stdout.write(`${line}\n`);
 
-function clientFor(cmd: Command): ApiClient {
+export function clientFor(cmd: Command): ApiClient {
   const g = cmd.optsWithGlobals<{ url?: string; token?: string }>();
   return new ApiClient(resolveClientSettings(process.env, { url: g.url, token: g.token }));
 }
@@ -90,6 +90,7 @@ export function buildProgram(): Command {
 
   addServiceCommands(program);
   addOpsCommands(program);
+  addApiOpsCommands(program, clientFor);
 
   program
     .command('submit')
@@ -190,7 +191,8 @@ export function buildProgram(): Command {
     .argument('<id>', 'build id')
     .option('-f, --follow', 'keep printing until the build ends; exit code follows the outcome')
     .option('--attempt <n>', 'attempt number (default: the current one)', intArg('--attempt', 1))
-    .action(async (id: string, o: { follow?: boolean; attempt?: number }, cmd: Command) => {
+    .option('--full', `print the whole log even when it is longer than ${TAIL_BYTES / 1024 / 1024} MiB (default: its end)`)
+    .action(async (id: string, o: { follow?: boolean; attempt?: number; full?: boolean }, cmd: Command) => {
       const client = clientFor(cmd);
       if (o.follow) {
         const build = await followBuild(client, id, writeStdout, {
@@ -201,7 +203,8 @@ export function buildProgram(): Command {
         finishWith(build, false);
         return;
       }
-      const res = await client.request(paths.logs(id), { query: { attempt: o.attempt }, headers: { accept: 'text/plain' } });
+      const offset = o.full ? 0 : await tailOffset(client, id, o.attempt);
+      const res = await client.request(paths.logs(id), { query: { attempt: o.attempt, offset: offset || undefined }, headers: { accept: 'text/plain' } });
       if (res.body) await pipeline(Readable.fromWeb(res.body as WebReadableStream<Uint8Array>), stdoutSink());
     });
 
@@ -260,6 +263,22 @@ export function buildProgram(): Command {
     });
 
   return program;
+}
+
+/** A log longer than this prints only its end unless `--full` (a huge log's end is where the error is). */
+export const TAIL_BYTES = 1024 * 1024;
+
+/**
+ * Where `logs` starts for a huge log: `TAIL_BYTES` before its end (the
+ * attempt's `logBytes` in the build object), else 0. Says so on stderr.
+ */
+async function tailOffset(client: ApiClient, id: string, attempt: number | undefined): Promise<number> {
+  const build = await client.getBuild(id);
+  const a = build.attempts.find((x) => x.attempt === (attempt ?? build.attempt));
+  const size = a?.logBytes ?? 0;
+  if (size <= TAIL_BYTES) return 0;
+  err(`log is ${formatBytes(size)}${a?.logTruncated ? ' (truncated at the cap)' : ''}: showing its last ${formatBytes(TAIL_BYTES)}; --full prints all of it`);
+  return size - TAIL_BYTES;
 }
 
 /** Stdout as a sink that does not close the process's stdout at the end. */
