@@ -40,12 +40,17 @@ export function addOpsCommands(program: Command): void {
       if (process.env[ENV.databaseUrl]) {
         throw new CliError('DATABASE_URL is set: back up PostgreSQL with pg_dump (README "Backups"); `buildfleet backup` copies the embedded store');
       }
-      const { backupEmbedded, BackupError } = await loadControllerModule();
+      const { backupEmbedded, BackupError, markCollectedInSnapshot } = await loadControllerModule();
       try {
-        const m = await backupEmbedded({ dataDir: dataDir(o.dataDir), file: resolve(file), now: () => Date.now() });
+        const m = await backupEmbedded({
+          dataDir: dataDir(o.dataDir),
+          file: resolve(file),
+          now: () => Date.now(),
+          onMissingBlobs: (snapshot, keys) => markCollectedInSnapshot(snapshot, keys, Date.now()),
+        });
         out(resolve(file));
         err(`backup of ${m.builds} builds and ${m.blobs} blobs (${formatBytes(m.blobBytes)}) taken at ${m.createdAt}`);
-        if (m.missingBlobs.length) err(`${m.missingBlobs.length} blob(s) were collected by retention during the backup and are missing from it`);
+        if (m.missingBlobs.length) err(`${m.missingBlobs.length} blob(s) were collected by retention during the backup and are marked so in it`);
       } catch (e) {
         if (e instanceof BackupError) throw new CliError(e.message);
         throw e;

@@ -42,6 +42,7 @@ import { buildRoutes } from './http/routes-builds.js';
 import { workerRoutes } from './http/routes-workers.js';
 import { opsRoutes } from './http/routes-ops.js';
 import { countWorkerStates } from './ops/metrics.js';
+import { CONTROLLER_VERSION } from './ops/versions.js';
 import { WakeChannel } from './http/wakeups.js';
 import { PollDispatcher } from './http/dispatch.js';
 import { LogFollowHub } from './http/log-follow.js';
@@ -293,9 +294,17 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // --- operations --------------------------------------------------------------
   const hide = { hide: true };
   const pub = { auth: 'public' } as const;
-  app.get('/healthz', { config: pub, schema: { tags: ['operations'], response: { 200: Type.Object({ ok: Type.Boolean() }) } } }, async () => ({
-    ok: true,
-  }));
+  app.get(
+    '/healthz',
+    {
+      config: pub,
+      schema: {
+        tags: ['operations'],
+        response: { 200: Type.Object({ ok: Type.Boolean(), version: Type.String(), minWorkerVersion: Type.String() }) },
+      },
+    },
+    async () => ({ ok: true, version: CONTROLLER_VERSION, minWorkerVersion: config.ops.minWorkerVersion }),
+  );
   app.get(
     '/readyz',
     { config: pub, schema: { tags: ['operations'], response: { 200: Type.Object({ ok: Type.Boolean() }), 503: ErrorBodySchema } } },

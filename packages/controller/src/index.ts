@@ -12,3 +12,7 @@ export { InProcessNotifier, PgNotifier, type Notifier } from './store/notifier.j
 export { backupEmbedded, restoreEmbedded, BackupError, SQLITE_FILE, type BackupManifest, type RestoreResult } from './backup.js';
 export { inspectDatabase, type DatabaseInfo } from './ops/db-info.js';
 export { SchemaTooNewError, assertSchemaNotNewer, knownMigrations } from './store/schema-guard.js';
+export { markCollectedInSnapshot } from './store/sql/retention.js';
+export { Collector, type RoundSummary } from './gc/collector.js';
+export { WebhookDeliverer } from './webhooks/deliverer.js';
+export { signWebhook, verifyWebhook, WEBHOOK_HEADERS } from './webhooks/signature.js';

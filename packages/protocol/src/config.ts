@@ -28,6 +28,7 @@ export const ENV = {
   webhookFirstRetry: 'BUILDFLEET_WEBHOOK_FIRST_RETRY',
   webhookRetryFor: 'BUILDFLEET_WEBHOOK_RETRY_FOR',
   webhookTimeout: 'BUILDFLEET_WEBHOOK_TIMEOUT',
+  minWorkerVersion: 'BUILDFLEET_MIN_WORKER_VERSION',
 } as const;
 
 export const DEFAULTS = {

@@ -31,6 +31,7 @@ import { generateToken, hashToken } from '../credentials.js';
 import type { HeldBuild, RegisterResult } from '../store/types.js';
 import { requireBearer, workerAuthOf } from './auth.js';
 import { iso, toAssigned, type AppContext } from './context.js';
+import { checkWorkerVersion } from '../ops/versions.js';
 import { deferredBodyError } from './body.js';
 
 const errors = { 400: ErrorBodySchema, 401: ErrorBodySchema, 403: ErrorBodySchema, 404: ErrorBodySchema, 409: ErrorBodySchema };
@@ -73,6 +74,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
       if (body.workerId === undefined && body.workerSecret !== undefined) {
         throw new ApiError('VALIDATION_FAILED', 'workerSecret needs workerId');
       }
+      checkWorkerVersion(body.version, ctx.config.ops.minWorkerVersion);
       const now = clock.now();
       const accessToken = generateToken('access');
       const issued = { hash: hashToken(accessToken), expiresAt: now + config.accessTokenTtlMs };

@@ -6,6 +6,7 @@
  */
 import { DEFAULTS, ENV, parseDuration } from '@buildfleet/protocol';
 import type { RetryPolicy } from '../webhooks/backoff.js';
+import { MIN_WORKER_VERSION, assertVersion } from './versions.js';
 
 /** How long data of an ended build is kept, ms after it ended; Infinity keeps it for ever. */
 export interface RetentionPolicy {
@@ -25,6 +26,8 @@ export interface OperationsConfig {
   /** Log bytes stored per attempt before the log is cut (the truncation line comes on top). */
   readonly logMaxBytes: number;
   readonly webhookRetry: RetryPolicy;
+  /** Workers older than this release are refused at registration (BUILDFLEET_MIN_WORKER_VERSION). */
+  readonly minWorkerVersion: string;
   /** How long one webhook request may take, ms. */
   readonly webhookTimeoutMs: number;
   /** A blob no row refers to is collected once it is this old, ms (uploads write the blob before its row). */
@@ -71,6 +74,15 @@ export function loadOperationsConfig(
     blobMaxBytes: overrides && 'blobMaxBytes' in overrides ? overrides.blobMaxBytes : megabytes(ENV.blobMaxMb, env[ENV.blobMaxMb]),
     logMaxBytes: overrides?.logMaxBytes ?? megabytes(ENV.logMaxMb, env[ENV.logMaxMb]) ?? DEFAULTS.logMaxMb * MiB,
     webhookRetry: Object.freeze(overrides?.webhookRetry ?? { firstDelayMs: Math.max(1, firstDelayMs), maxDelayMs: Math.max(firstDelayMs, 3_600_000), retryForMs }),
+    minWorkerVersion:
+      overrides?.minWorkerVersion ??
+      (() => {
+        try {
+          return assertVersion(ENV.minWorkerVersion, env[ENV.minWorkerVersion] || MIN_WORKER_VERSION);
+        } catch (err) {
+          return fail((err as Error).message);
+        }
+      })(),
     webhookTimeoutMs: overrides?.webhookTimeoutMs ?? Math.max(100, duration(ENV.webhookTimeout, DEFAULTS.webhookTimeout, false)),
     orphanGraceMs: overrides?.orphanGraceMs ?? 3_600_000,
     gcBatchSize: overrides?.gcBatchSize ?? 100,
