@@ -9,7 +9,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { paths, type Build, type BuildList } from '@buildfleet/protocol';
+import { unlinkSync } from 'node:fs';
 import { BackupError, allReferencedBlobs, backupEmbedded, restoreEmbedded } from '../../src/backup.js';
+import { markCollectedInSnapshot } from '../../src/store/sql/retention.js';
 import { API_TOKEN, sha256, startHarness, type Harness } from '../http/harness.js';
 import { ProtocolWorker } from './protocol-worker.js';
 
@@ -128,6 +130,33 @@ describe('backup and restore of the embedded store', () => {
     });
     expect(m.missingBlobs).toEqual(['artifacts/gone/1/abc']);
     expect(told).toEqual(['artifacts/gone/1/abc']);
+
+    // Retention deletes an artifact's blob between the snapshot and the linking:
+    // the backup marks it collected, so the restored controller answers 410, not a broken 200.
+    const w = await ProtocolWorker.register(h);
+    const b = await h.submitOk({ script: 'true' });
+    await w.claim(2);
+    await w.start(b.id);
+    await w.artifact(b.id, 'out/x.bin', new Uint8Array(1000).fill(7));
+    await w.finish(b.id);
+    const file2 = join(await tempDir(), 'b2.tar');
+    const m2 = await backupEmbedded({
+      dataDir: h.dataDir,
+      file: file2,
+      now: () => Date.now(),
+      referencedBlobs: (db) => {
+        const keys = allReferencedBlobs(db);
+        for (const k of keys.filter((x) => x.startsWith(`artifacts/${b.id}/`))) unlinkSync(join(h.dataDir, 'blobs', k));
+        return keys;
+      },
+      onMissingBlobs: (db, keys) => markCollectedInSnapshot(db, keys, Date.now()),
+    });
+    expect(m2.missingBlobs).toHaveLength(1);
+    const dir2 = await tempDir();
+    await restoreEmbedded({ file: file2, dataDir: dir2, now: () => Date.now() });
+    const h3 = await startHarness({ dataDir: dir2 });
+    cleanups.push(() => h3.close());
+    expect((await h3.req('GET', paths.artifact(b.id, 'out/x.bin'), { token: API_TOKEN })).status).toBe(410);
 
     const junk = join(await tempDir(), 'junk.tar');
     await writeFile(junk, 'not a tar file at all');
