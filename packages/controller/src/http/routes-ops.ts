@@ -31,7 +31,7 @@ export function opsRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.post(
     '/webhooks',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: {
         tags: ['webhooks'],
@@ -60,13 +60,13 @@ export function opsRoutes(app: FastifyInstance, ctx: AppContext): void {
 
   r.get(
     '/webhooks',
-    { config: { auth: 'api' }, schema: { tags: ['webhooks'], response: { 200: WebhookListSchema, ...errors } } },
+    { config: { auth: ['api'] }, schema: { tags: ['webhooks'], response: { 200: WebhookListSchema, ...errors } } },
     async () => ({ webhooks: await store.webhooks.listWebhooks() }),
   );
 
   r.delete(
     '/webhooks/:id',
-    { config: { auth: 'api' }, schema: { tags: ['webhooks'], params: IdParamsSchema, response: { 204: Type.Null(), ...errors } } },
+    { config: { auth: ['api'] }, schema: { tags: ['webhooks'], params: IdParamsSchema, response: { 204: Type.Null(), ...errors } } },
     async (request, reply) => {
       await store.webhooks.deleteWebhook(request.params.id);
       request.log.info({ webhookId: request.params.id }, 'webhook removed');
@@ -77,7 +77,7 @@ export function opsRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.get(
     '/webhooks/:id/deliveries',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: {
         tags: ['webhooks'],
@@ -101,7 +101,7 @@ export function opsRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.post(
     '/builds/:id/keep',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: {
         tags: ['builds'],
