@@ -125,7 +125,7 @@ function webhookTests(start: Start): void {
     const h = await start();
     const rx = new WebhookReceiver();
     await rx.listen();
-    const db = (h.ctl.store as unknown as { db: Kysely<any> }).db;
+    const db = (h.ctl.store as unknown as { ctx: { db: Kysely<any> } }).ctx.db;
     try {
       await addHook(h, rx, ['build.finished']);
       const w = await ProtocolWorker.register(h);
