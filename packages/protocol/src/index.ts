@@ -9,3 +9,4 @@ export * from './sse.js';
 export * from './duration.js';
 export * from './limits.js';
 export * from './webhooks.js';
+export * from './views.js';

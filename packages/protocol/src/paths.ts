@@ -11,6 +11,7 @@ export const paths = {
   workers: () => `${API_PREFIX}/workers`,
   worker: (id: string) => `${API_PREFIX}/workers/${enc(id)}`,
   drain: (id: string) => `${API_PREFIX}/workers/${enc(id)}/drain`,
+  resume: (id: string) => `${API_PREFIX}/workers/${enc(id)}/resume`,
   builds: () => `${API_PREFIX}/builds`,
   build: (id: string) => `${API_PREFIX}/builds/${enc(id)}`,
   cancel: (id: string) => `${API_PREFIX}/builds/${enc(id)}/cancel`,
@@ -23,6 +24,8 @@ export const paths = {
   artifact: (id: string, name: string) => `${API_PREFIX}/builds/${enc(id)}/artifacts/${enc(name)}`,
   enrollmentTokens: () => `${API_PREFIX}/enrollment-tokens`,
   enrollmentToken: (id: string) => `${API_PREFIX}/enrollment-tokens/${enc(id)}`,
+  events: () => `${API_PREFIX}/events`,
+  stats: () => `${API_PREFIX}/stats`,
 };
 
 function enc(s: string): string {

@@ -93,6 +93,7 @@ export const BuildSpecInputSchema = Type.Object(
     priority: Type.Optional(Type.Integer({ minimum: -1000, maximum: 1000 })),
     maxAttempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 10 })),
     metadata: Type.Optional(Type.Record(Type.String({ maxLength: 200 }), Type.Unknown(), { maxProperties: 100 })),
+    name: Type.Optional(Text({ minLength: 1, maxLength: 200, description: 'shown in lists; default: from metadata or the script' })),
   },
   { additionalProperties: false },
 );
@@ -107,6 +108,7 @@ export const BuildSpecSchema = Type.Object({
   priority: Type.Integer(),
   maxAttempts: Type.Integer(),
   metadata: Type.Record(Type.String(), Type.Unknown()),
+  name: Type.Optional(Type.String()),
 });
 export type BuildSpec = Static<typeof BuildSpecSchema>;
 
@@ -121,6 +123,7 @@ export function normalizeSpec(input: BuildSpecInput): BuildSpec {
     priority: input.priority ?? 0,
     maxAttempts: input.maxAttempts ?? 2,
     metadata: input.metadata ?? {},
+    ...(input.name !== undefined ? { name: input.name } : {}),
   };
 }
 
@@ -135,8 +138,27 @@ export const AttemptSchema = Type.Object({
   exitCode: Nullable(Type.Integer()),
   logBytes: Type.Optional(Type.Integer({ description: 'bytes of log stored for this attempt (with the truncation line)' })),
   logTruncated: Type.Optional(Type.Boolean({ description: 'the log reached BUILDFLEET_LOG_MAX_MB and was cut' })),
+  workerName: Type.Optional(Nullable(Type.String({ description: "the worker's name when the answer was made (null: deleted)" }))),
 });
 export type Attempt = Static<typeof AttemptSchema>;
+
+/**
+ * Why a queued build has not been taken yet, checked against the workers
+ * seen within one lease period: `no_matching_worker` (none has all its
+ * labels), `workers_draining` (every one that has them is draining),
+ * `workers_busy` (they are all full or ahead builds take them). Reasons may
+ * be added (a client shows an unknown one as is).
+ */
+export const WAITING_REASONS = ['no_matching_worker', 'workers_busy', 'workers_draining'] as const;
+export type WaitingReason = (typeof WAITING_REASONS)[number];
+export const WaitingSchema = Type.Object({
+  reason: Type.String({ description: WAITING_REASONS.join(' | ') }),
+  position: Type.Integer({
+    minimum: 1,
+    description: 'place among the queued builds a worker would take before it (priority, then oldest), from 1',
+  }),
+});
+export type Waiting = Static<typeof WaitingSchema>;
 
 export const BuildSchema = Type.Object({
   id: Type.String(),
@@ -161,22 +183,39 @@ export const BuildSchema = Type.Object({
   sourceExpiredAt: Type.Optional(Nullable(Timestamp)),
   logsExpiredAt: Type.Optional(Nullable(Timestamp)),
   artifactsExpiredAt: Type.Optional(Nullable(Timestamp)),
+  workerName: Type.Optional(Nullable(Type.String({ description: "name of the worker holding the build (workerId's)" }))),
+  waiting: Type.Optional(Nullable(WaitingSchema)),
 });
 export type Build = Static<typeof BuildSchema>;
 
 export const BuildEnvelopeSchema = Type.Object({ build: BuildSchema });
 export const BuildListSchema = Type.Object({
   builds: Type.Array(BuildSchema),
-  nextCursor: Nullable(Type.String()),
+  nextCursor: Nullable(Type.String({ description: 'pass as `cursor` for the next (older) page; null on the last' })),
+  prevCursor: Type.Optional(
+    Nullable(Type.String({ description: 'pass as `before` for the previous (newer) page; null on the first' })),
+  ),
 });
 export type BuildList = Static<typeof BuildListSchema>;
 
+/**
+ * `GET /builds`: newest first. Filters combine with AND: `state`, `label`
+ * (the build has it), `worker` (an attempt ran on it), `meta` (`key=value`,
+ * repeatable: `metadata[key]` equals the value as text), `q` (case-insensitive
+ * text in the id, the name or the script). Paging: `cursor` (older than a
+ * page) or `before` (newer than a page), never both.
+ */
 export const BuildListQuerySchema = Type.Object({
   state: Type.Optional(BuildStateSchema),
   label: Type.Optional(LabelSchema),
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500 })),
   cursor: Type.Optional(Text({ maxLength: 500 })),
+  before: Type.Optional(Text({ maxLength: 500 })),
+  worker: Type.Optional(Id),
+  meta: Type.Optional(Type.Array(Type.String({ maxLength: 500, pattern: '^[^=]+=' }), { maxItems: 10 })),
+  q: Type.Optional(Text({ maxLength: 200 })),
 });
+export type BuildListQuery = Static<typeof BuildListQuerySchema>;
 
 export const ArtifactSchema = Type.Object({
   name: Type.String(),
@@ -219,6 +258,7 @@ export const RegisterRequestSchema = Type.Object({
   workerSecret: Type.Optional(Type.String({ minLength: 1, maxLength: 500, pattern: '^[\\x21-\\x7e]+$' })),
   activeBuildCount: Type.Optional(Type.Integer({ minimum: 0, maximum: 100_000 })),
   activeBuildIds: Type.Optional(Type.Array(Id, { maxItems: 1000 })),
+  executor: Type.Optional(Type.String({ maxLength: 100, description: 'how the worker runs builds, e.g. "process" or "bubblewrap"' })),
 });
 export type RegisterRequest = Static<typeof RegisterRequestSchema>;
 
@@ -288,6 +328,13 @@ export type FinishRequest = Static<typeof FinishRequestSchema>;
 export const WorkerStatusSchema = Type.Union([Type.Literal('active'), Type.Literal('draining')]);
 export type WorkerStatus = Static<typeof WorkerStatusSchema>;
 
+/**
+ * What a worker is doing, for people: `offline` (not seen within one lease
+ * period), `draining`, `building` (holds at least one build) or `idle`.
+ */
+export const WORKER_STATES = ['idle', 'building', 'draining', 'offline'] as const;
+export type WorkerState = (typeof WORKER_STATES)[number];
+
 export const WorkerSchema = Type.Object({
   id: Type.String(),
   name: Type.String(),
@@ -300,6 +347,8 @@ export const WorkerSchema = Type.Object({
   createdAt: Timestamp,
   lastSeenAt: Nullable(Timestamp),
   accessTokenExpiresAt: Nullable(Timestamp),
+  state: Type.Optional(Type.Union(WORKER_STATES.map((s) => Type.Literal(s)))),
+  executor: Type.Optional(Nullable(Type.String())),
 });
 export type Worker = Static<typeof WorkerSchema>;
 export const WorkerEnvelopeSchema = Type.Object({ worker: WorkerSchema });
