@@ -25,7 +25,6 @@ import {
   systemClock,
   type Clock,
 } from '@buildfleet/protocol';
-import { dashboardHtml } from '@buildfleet/dashboard';
 import type { ControllerConfig } from './config.js';
 import { BuildTokens } from './credentials.js';
 import type { Store } from './store/types.js';
@@ -46,6 +45,7 @@ import { CONTROLLER_VERSION } from './ops/versions.js';
 import { WakeChannel } from './http/wakeups.js';
 import { PollDispatcher } from './http/dispatch.js';
 import { LogFollowHub } from './http/log-follow.js';
+import { dashboardRoutes } from './dashboard.js';
 
 export interface AppDeps {
   config: ControllerConfig;
@@ -319,10 +319,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
   app.get('/openapi.json', { config: pub, schema: hide }, async () => app.swagger());
-  const html = dashboardHtml();
-  app.get('/', { config: pub, schema: hide }, async (_request, reply) =>
-    reply.type('text/html; charset=utf-8').header('cache-control', 'no-cache').header('x-frame-options', 'DENY').send(html),
-  );
+  dashboardRoutes(app);
   app.get('/favicon.ico', { config: pub, schema: hide }, async (_request, reply) => reply.code(204).send());
 
   await app.register(
