@@ -116,6 +116,8 @@ export async function startWorker(config: WorkerConfig, opts: StartWorkerOptions
 
 class Agent {
   private draining = false;
+  /** The controller says this worker is drained (heartbeat `draining`); its polls get no new builds meanwhile. */
+  private remoteDraining = false;
   private stopping = false;
   private readonly stopAc = new AbortController();
   private readonly pollAc = new AbortController();
@@ -307,12 +309,15 @@ class Agent {
       for (const id of ids) if (!abandoned.has(id)) this.renewed.set(id, sentAt);
       for (const id of res.cancel) this.executor.stop(id, 'canceled', 'canceled: cancellation requested');
       for (const id of res.abandon) this.executor.stop(id, 'lost', 'abandoned: the controller says this worker no longer owns it');
-      if (res.draining && !this.draining) {
-        // POST /workers/{id}/drain acts like a first SIGTERM: no new builds,
-        // heartbeats go on, running builds finish, then the worker stops.
-        this.logger.info({}, 'controller says this worker is draining: no new builds; stopping once running builds finish');
-        this.events.emit('draining');
-        void this.stop({ drain: true }).catch(() => undefined);
+      // POST /workers/{id}/drain: the controller hands out no new builds and
+      // running ones finish; the worker stays connected and idle, so
+      // POST /workers/{id}/resume gives it builds again (only a signal or
+      // stop() makes it exit).
+      const remote = res.draining === true;
+      if (remote !== this.remoteDraining) {
+        this.remoteDraining = remote;
+        this.logger.info({}, remote ? 'controller says this worker is draining: running builds finish, no new ones until it is resumed' : 'controller resumed this worker: it takes builds again');
+        this.events.emit(remote ? 'draining' : 'resumed');
       }
       this.events.emit('heartbeat', res);
     } catch (err) {

@@ -165,6 +165,22 @@ describe('worker against the real controller', () => {
     expect((await ctl.build(second.id)).state).toBe('queued');
   });
 
+  it('a drain from the controller keeps the worker connected and idle; resume gives it builds again', async () => {
+    ctl = await startCtl();
+    const w = await worker();
+    const source = tarGz([{ path: 'README', data: 'x' }]);
+    expect((await ctl.api('POST', paths.drain(w.workerId))).status).toBe(200);
+    await once(w.events, 'draining');
+    const queued = await ctl.submit({ script: 'echo resumed' }, source);
+    // Still there and heartbeating, but given nothing while drained.
+    await once(w.events, 'heartbeat');
+    await once(w.events, 'heartbeat');
+    expect((await ctl.build(queued.id)).state).toBe('queued');
+    expect((await ctl.api('POST', paths.resume(w.workerId))).status).toBe(200);
+    await once(w.events, 'resumed');
+    expect(await finished(queued.id)).toMatchObject({ state: 'succeeded', workerId: w.workerId });
+  });
+
   it('a worker restarted after a crash (SIGKILL) kills the old process group; the build runs again as attempt 2', async () => {
     ctl = await startCtl({ leaseMs: 1_500, heartbeatIntervalMs: 200 });
     const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=source', fileURLToPath(new URL('./support/worker-main.ts', import.meta.url))], {
