@@ -46,6 +46,7 @@ import { WakeChannel } from './http/wakeups.js';
 import { PollDispatcher } from './http/dispatch.js';
 import { LogFollowHub } from './http/log-follow.js';
 import { dashboardRoutes } from './dashboard.js';
+import { dashboardApiRoutes } from './http/routes-dashboard.js';
 
 export interface AppDeps {
   config: ControllerConfig;
@@ -327,6 +328,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       workerRoutes(api, ctx);
       buildRoutes(api, ctx);
       opsRoutes(api, ctx);
+      dashboardApiRoutes(api, ctx);
     },
     { prefix: API_PREFIX },
   );

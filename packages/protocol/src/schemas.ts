@@ -347,7 +347,7 @@ export const WorkerSchema = Type.Object({
   createdAt: Timestamp,
   lastSeenAt: Nullable(Timestamp),
   accessTokenExpiresAt: Nullable(Timestamp),
-  state: Type.Optional(Type.Union(WORKER_STATES.map((s) => Type.Literal(s)))),
+  state: Type.Optional(Type.Enum(WORKER_STATES)),
   executor: Type.Optional(Nullable(Type.String())),
 });
 export type Worker = Static<typeof WorkerSchema>;

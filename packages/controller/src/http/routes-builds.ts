@@ -32,6 +32,7 @@ import {
 } from '@buildfleet/protocol';
 import type { AttemptRef } from '../store/types.js';
 import { observeEnded, observeStarted } from '../ops/metrics.js';
+import { buildView, buildViews } from '../views.js';
 import { deferredBodyError, isRawBody } from './body.js';
 import { LOG_READ_BYTES } from './log-follow.js';
 import { jsonValueProblem, parseJsonChecked } from './validation.js';
@@ -53,6 +54,8 @@ const ArtifactPathParams = Type.Object({ id: IdParamsSchema.properties.id, '*': 
 export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
   const { config, store, blobs, clock, metrics } = ctx;
+  /** A build as people read it: worker names, and why it waits (views.ts). */
+  const view = (build: Build) => buildView(store, build, clock.now(), config.leaseMs);
 
   /** The verified build token's attempt (set by the auth hook). */
   const claimsOf = (request: FastifyRequest): AttemptRef => {
@@ -110,8 +113,9 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       const build = await submitBuild(ctx, request);
       metrics.buildTransitions.inc({ to: 'queued' });
       ctx.hint('builds');
+      ctx.hint('logs', build.id);
       request.log.info({ buildId: build.id, labels: build.spec.labels, sourceSize: build.sourceSize }, 'build submitted');
-      return reply.code(201).send({ build });
+      return reply.code(201).send({ build: await view(build) });
     },
   );
 
@@ -126,7 +130,8 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       const bodyError = deferredBodyError(request);
       if (bodyError) throw bodyError;
       const q = request.query;
-      return store.listBuilds({ state: q.state, label: q.label, limit: q.limit ?? 50, cursor: q.cursor });
+      const page = await store.listBuilds({ ...q, limit: q.limit ?? 50 });
+      return { ...page, builds: await buildViews(store, page.builds, clock.now(), config.leaseMs) };
     },
   );
 
@@ -137,7 +142,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       attachValidation: true,
       schema: { tags: ['builds'], params: IdParamsSchema, response: { 200: BuildEnvelopeSchema, ...errors } },
     },
-    async (request) => ({ build: await store.getBuild(request.params.id) }),
+    async (request) => ({ build: await view(await store.getBuild(request.params.id)) }),
   );
 
   r.get(
@@ -257,7 +262,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       }
       request.log.info({ buildId: build.id, state: build.state, cancelRequested: build.cancelRequested }, 'build cancel requested');
       ctx.hint('logs', build.id);
-      return { build };
+      return { build: await view(build) };
     },
   );
 
@@ -286,8 +291,9 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       });
       metrics.buildTransitions.inc({ to: 'queued' });
       ctx.hint('builds');
+      ctx.hint('logs', build.id);
       request.log.info({ buildId: build.id, retryOf: old.id }, 'build retried');
-      return reply.code(201).send({ build });
+      return reply.code(201).send({ build: await view(build) });
     },
   );
 

@@ -33,6 +33,7 @@ import { requireBearer, workerAuthOf } from './auth.js';
 import { iso, toAssigned, type AppContext } from './context.js';
 import { checkWorkerVersion } from '../ops/versions.js';
 import { deferredBodyError } from './body.js';
+import { workerView } from '../views.js';
 
 const errors = { 400: ErrorBodySchema, 401: ErrorBodySchema, 403: ErrorBodySchema, 404: ErrorBodySchema, 409: ErrorBodySchema };
 
@@ -95,6 +96,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
           bootId: body.bootId,
           activeBuildCount: body.activeBuildCount,
           activeBuildIds: body.activeBuildIds,
+          ...(body.executor !== undefined ? { executor: body.executor } : {}),
           now,
         });
         // A parked poll holding the rotated token must answer like a fresh request.
@@ -116,8 +118,10 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
           maxConcurrentBuilds: body.maxConcurrentBuilds,
           version: body.version,
           bootId: body.bootId,
+          ...(body.executor !== undefined ? { executor: body.executor } : {}),
           now,
         });
+        ctx.hint('workers', result.workerId);
       }
       if (result.lost.length > 0) {
         ctx.metrics.buildTransitions.inc({ to: 'lost' }, result.lost.length);
@@ -212,7 +216,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.get(
     '/workers',
     { config: { auth: ['api'] }, schema: { tags: ['admin'], summary: 'List workers', response: { 200: WorkerListSchema } } },
-    async () => ({ workers: await store.listWorkers(clock.now(), config.leaseMs) }),
+    async () => ({ workers: (await store.listWorkers(clock.now(), config.leaseMs)).map(workerView) }),
   );
 
   r.get(
@@ -224,7 +228,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
     },
     async (request) => {
       const worker = await store.getWorker(request.params.id, clock.now(), config.leaseMs);
-      return { worker };
+      return { worker: workerView(worker) };
     },
   );
 
@@ -244,7 +248,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
       const worker = await store.drainWorker(request.params.id, clock.now(), config.leaseMs);
       request.log.info({ workerId: worker.id }, 'worker draining');
       ctx.hint('workers', worker.id);
-      return { worker };
+      return { worker: workerView(worker) };
     },
   );
 
@@ -364,6 +368,8 @@ async function longPoll(
       if (held.length > 0) {
         result = 'builds';
         metrics.claims.inc({ kind: 'poll' }, held.length);
+        // Assigned: log followers and the event stream look again.
+        for (const b of held) ctx.hint('logs', b.id);
         return held;
       }
       const left = deadline - clock.monotonic();

@@ -7,6 +7,7 @@
 import { sql, type Generated, type Kysely, type Migration, type MigrationProvider } from 'kysely';
 import type { BuildState } from '@buildfleet/protocol';
 import { operations, type WebhookDeliveriesTable, type WebhookEventsTable, type WebhooksTable } from './schema-ops.js';
+import { createDashboardIndexes } from './sql/dashboard.js';
 
 export type Dialect = 'sqlite' | 'postgres';
 
@@ -52,6 +53,8 @@ export interface WorkersTable {
   active_build_count: number;
   created_at: number;
   last_seen_at: number | null;
+  /** How it runs builds, as it registered (migration 0003; null for older workers). */
+  executor: string | null;
 }
 
 export interface BuildsTable {
@@ -258,11 +261,21 @@ function initial(dialect: Dialect): Migration {
   };
 }
 
+/** Issue 11: a worker's executor; indexes for the per-minute history (store/sql/dashboard.ts). */
+function dashboard(): Migration {
+  return {
+    async up(db: Kysely<any>) {
+      await db.schema.alterTable('workers').addColumn('executor', 'text').execute();
+      await createDashboardIndexes(db);
+    },
+  };
+}
+
 /** Numbered migrations, in order. Never edit a released one: add the next number. */
 export function migrationProvider(dialect: Dialect): MigrationProvider {
   return {
     async getMigrations() {
-      return { '0001_initial': initial(dialect), '0002_operations': operations(dialect) };
+      return { '0001_initial': initial(dialect), '0002_operations': operations(dialect), '0003_dashboard': dashboard() };
     },
   };
 }

@@ -23,7 +23,8 @@
  * (attempt fencing of build-token writes), `sql/rows.ts` (row mapping).
  */
 import { sql, Migrator, type Kysely } from 'kysely';
-import type { Build, BuildOutcome, EnrollmentToken, Worker } from '@buildfleet/protocol';
+import type { Build, BuildOutcome, EnrollmentToken, MinuteStat, QueueGroup, Worker } from '@buildfleet/protocol';
+import type { QueuedEntry } from '../domain/waiting.js';
 import { mapDbError } from './errors.js';
 import { appliedMigrations, assertSchemaNotNewer } from './schema-guard.js';
 import { migrationProvider, type DB, type Dialect } from './schema.js';
@@ -31,6 +32,7 @@ import { run, workerRowLock, type SqlContext, type StoreLogger, type WorkerLockD
 import * as artifacts from './sql/artifacts.js';
 import * as builds from './sql/builds.js';
 import * as claims from './sql/claims.js';
+import * as dashboard from './sql/dashboard.js';
 import * as leases from './sql/leases.js';
 import * as logs from './sql/logs.js';
 import * as tokens from './sql/tokens.js';
@@ -179,6 +181,10 @@ export class SqlStore implements Store {
   drainWorker(id: string, now: number, leaseMs: number): Promise<Worker> {
     return workers.drainWorker(this.ctx, id, now, leaseMs);
   }
+
+  resumeWorker(id: string, now: number, leaseMs: number): Promise<Worker> {
+    return workers.resumeWorker(this.ctx, id, now, leaseMs);
+  }
   deleteWorker(id: string, now: number): Promise<{ lost: string[] }> {
     return workers.deleteWorker(this.ctx, id, now);
   }
@@ -206,8 +212,16 @@ export class SqlStore implements Store {
   getSourceKey(id: string): Promise<string> {
     return builds.getSourceKey(this.ctx, id);
   }
-  listBuilds(filter: BuildListFilter): Promise<{ builds: Build[]; nextCursor: string | null }> {
+  listBuilds(filter: BuildListFilter): Promise<{ builds: Build[]; nextCursor: string | null; prevCursor: string | null }> {
     return builds.listBuilds(this.ctx, filter);
+  }
+
+  listQueued(): Promise<QueuedEntry[]> {
+    return dashboard.listQueued(this.ctx);
+  }
+
+  stats(now: number, minutes: number): Promise<{ queue: QueueGroup[]; minutes: MinuteStat[] }> {
+    return dashboard.queueStats(this.ctx, now, minutes);
   }
   hasQueuedBuilds(): Promise<boolean> {
     return builds.hasQueuedBuilds(this.ctx);

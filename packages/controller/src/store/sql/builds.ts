@@ -15,6 +15,7 @@ import { buildNotFound, labelsJson, rowToBuild, type AttemptRow, type BuildRow }
 import { applyTransition } from './transitions.js';
 import { gone } from './gone.js';
 import { recordBuildEvent } from './webhooks.js';
+import { buildFilterConditions } from './dashboard.js';
 
 /** Stores a new `queued` build as attempt 1 and returns it. */
 export function createBuild(ctx: SqlContext, input: NewBuild): Promise<Build> {
@@ -100,7 +101,7 @@ function encodeCursor(row: BuildRow): string {
   return Buffer.from(JSON.stringify([row.created_at, row.id])).toString('base64url');
 }
 
-function decodeCursor(cursor: string): { createdAt: number; id: string } {
+function decodeCursor(cursor: string, name = 'cursor'): { createdAt: number; id: string } {
   try {
     const v = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown;
     if (Array.isArray(v) && v.length === 2 && Number.isSafeInteger(v[0]) && typeof v[1] === 'string') {
@@ -109,7 +110,7 @@ function decodeCursor(cursor: string): { createdAt: number; id: string } {
   } catch {
     // fall through
   }
-  throw new ApiError('VALIDATION_FAILED', 'cursor: not a cursor returned by this listing');
+  throw new ApiError('VALIDATION_FAILED', `${name}: not a cursor returned by this listing`);
 }
 
 /** "The build's labels include `label`", per dialect. */
@@ -120,31 +121,55 @@ function hasLabel(dialect: Dialect, label: string) {
 }
 
 /**
- * Newest first, keyset-paginated by (created_at, id); `limit` is clamped to
- * 1..1000. Throws VALIDATION_FAILED for a cursor this listing did not return.
+ * Newest first, keyset-paginated by (created_at, id) both ways: `cursor`
+ * reads the older page after it, `before` the newer page before it; `limit`
+ * is clamped to 1..1000. Filters beyond state and label are
+ * `buildFilterConditions` (dashboard.ts). Throws VALIDATION_FAILED for a
+ * cursor this listing did not return, or both `cursor` and `before`.
  */
-export async function listBuilds(ctx: SqlContext, filter: BuildListFilter): Promise<{ builds: Build[]; nextCursor: string | null }> {
+export async function listBuilds(
+  ctx: SqlContext,
+  filter: BuildListFilter,
+): Promise<{ builds: Build[]; nextCursor: string | null; prevCursor: string | null }> {
+  if (filter.cursor !== undefined && filter.before !== undefined) throw new ApiError('VALIDATION_FAILED', 'cursor and before: pass one of them');
   const cursor = filter.cursor !== undefined ? decodeCursor(filter.cursor) : undefined;
+  const before = filter.before !== undefined ? decodeCursor(filter.before, 'before') : undefined;
   const limit = Math.max(1, Math.min(filter.limit, 1000));
+  const conditions = buildFilterConditions(ctx.dialect, filter);
   return run(async () => {
     let q = ctx.db.selectFrom('builds').selectAll();
     if (filter.state !== undefined) q = q.where('state', '=', filter.state);
     if (filter.label !== undefined) q = q.where(hasLabel(ctx.dialect, filter.label));
+    for (const c of conditions) q = q.where(c);
     if (cursor) {
       q = q.where((eb) =>
         eb.or([eb('created_at', '<', cursor.createdAt), eb.and([eb('created_at', '=', cursor.createdAt), eb('id', '<', cursor.id)])]),
       );
     }
-    const rows = await q.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(limit + 1).execute();
-    const page = rows.slice(0, limit);
+    if (before) {
+      q = q.where((eb) =>
+        eb.or([eb('created_at', '>', before.createdAt), eb.and([eb('created_at', '=', before.createdAt), eb('id', '>', before.id)])]),
+      );
+    }
+    // A `before` page reads upwards from its cursor, then shows newest first like every page.
+    const rows = before
+      ? await q.orderBy('created_at', 'asc').orderBy('id', 'asc').limit(limit + 1).execute()
+      : await q.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(limit + 1).execute();
+    const more = rows.length > limit;
+    const page = before ? rows.slice(0, limit).reverse() : rows.slice(0, limit);
     const attempts = page.length
       ? await ctx.db.selectFrom('build_attempts').selectAll().where('build_id', 'in', page.map((r) => r.id)).execute()
       : [];
     const byBuild = new Map<string, AttemptRow[]>();
     for (const a of attempts) byBuild.set(a.build_id, [...(byBuild.get(a.build_id) ?? []), a]);
+    const first = page[0];
+    const last = page[page.length - 1];
     return {
       builds: page.map((r) => rowToBuild(r, byBuild.get(r.id) ?? [])),
-      nextCursor: rows.length > limit ? encodeCursor(page[page.length - 1]!) : null,
+      // Older builds exist past a full page, and always past a `before` page (its cursor's row).
+      nextCursor: last && (before || more) ? encodeCursor(last) : null,
+      // Newer builds exist before a `cursor` page (its cursor's row), and past a full `before` page.
+      prevCursor: first && (cursor || (before && more)) ? encodeCursor(first) : null,
     };
   });
 }

@@ -43,6 +43,7 @@ export function registerNew(ctx: SqlContext, input: RegisterNewInput): Promise<R
             max_concurrent_builds: input.maxConcurrentBuilds,
             version: input.version,
             boot_id: input.bootId ?? existing.boot_id,
+            executor: input.executor ?? existing.executor,
           })
           .where('id', '=', existing.id)
           .execute();
@@ -69,6 +70,7 @@ export function registerNew(ctx: SqlContext, input: RegisterNewInput): Promise<R
         active_build_count: 0,
         created_at: input.now,
         last_seen_at: input.now,
+        executor: input.executor ?? null,
       })
       .execute();
     return { workerId: input.newWorkerId, created: true, builds: [], abandon: [], lost: [] };
@@ -110,7 +112,13 @@ export function reregister(ctx: SqlContext, input: ReregisterInput): Promise<Reg
         // A restarted process may come back with a new configuration; a
         // token refresh (same process) keeps what the worker registered.
         ...(restarted
-          ? { name: input.name, labels: labelsJson(input.labels), max_concurrent_builds: input.maxConcurrentBuilds, version: input.version }
+          ? {
+              name: input.name,
+              labels: labelsJson(input.labels),
+              max_concurrent_builds: input.maxConcurrentBuilds,
+              version: input.version,
+              executor: input.executor ?? w.executor,
+            }
           : {}),
       })
       .where('id', '=', w.id)
@@ -170,6 +178,7 @@ function toWorker(row: WorkerWithHeld, now: number, leaseMs: number): Worker {
     createdAt: toIso(row.created_at)!,
     lastSeenAt: toIso(row.last_seen_at),
     accessTokenExpiresAt: toIso(row.access_token_expires_at),
+    executor: row.executor,
   };
 }
 
@@ -188,9 +197,18 @@ export function getWorker(ctx: SqlContext, id: string, now: number, leaseMs: num
 }
 
 /** Marks a worker draining (no new claims; PROTOCOL.md "Admin"). Throws WORKER_NOT_FOUND. */
-export async function drainWorker(ctx: SqlContext, id: string, now: number, leaseMs: number): Promise<Worker> {
+export function drainWorker(ctx: SqlContext, id: string, now: number, leaseMs: number): Promise<Worker> {
+  return setStatus(ctx, id, 'draining', now, leaseMs);
+}
+
+/** Undoes a drain: the worker's polls claim again (docs/protocol.md "Admin"). Throws WORKER_NOT_FOUND. */
+export function resumeWorker(ctx: SqlContext, id: string, now: number, leaseMs: number): Promise<Worker> {
+  return setStatus(ctx, id, 'active', now, leaseMs);
+}
+
+async function setStatus(ctx: SqlContext, id: string, status: 'active' | 'draining', now: number, leaseMs: number): Promise<Worker> {
   await run(async () => {
-    const res = await ctx.db.updateTable('workers').set({ status: 'draining' }).where('id', '=', id).executeTakeFirst();
+    const res = await ctx.db.updateTable('workers').set({ status }).where('id', '=', id).executeTakeFirst();
     if (Number(res.numUpdatedRows) === 0) throw workerNotFound(id);
   });
   return getWorker(ctx, id, now, leaseMs);
