@@ -35,6 +35,11 @@ export function Chart({ label, x, ys, series, yLabel, height = 200 }: ChartProps
     const el = box.current;
     if (!el) return;
     const bars = uPlot.paths.bars?.({ size: [0.7, 24], gap: 1 });
+    // Canvas text and lines take real colours, not CSS variables.
+    const css = getComputedStyle(el);
+    const muted = css.getPropertyValue('--muted').trim() || '#5f6b7c';
+    const grid = { stroke: css.getPropertyValue('--line').trim() || '#e3e7ed', width: 1 };
+    const font = `12px ${css.fontFamily}`;
     const opts: uPlot.Options = {
       width: Math.max(200, el.clientWidth),
       height,
@@ -42,8 +47,8 @@ export function Chart({ label, x, ys, series, yLabel, height = 200 }: ChartProps
       legend: { live: true },
       scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(1, max * 1.1)] } },
       axes: [
-        { stroke: 'var(--muted)', grid: { stroke: 'rgba(128,128,128,0.15)' }, ticks: { stroke: 'rgba(128,128,128,0.3)' } },
-        { label: yLabel, stroke: 'var(--muted)', grid: { stroke: 'rgba(128,128,128,0.15)' }, ticks: { stroke: 'rgba(128,128,128,0.3)' }, size: 56 },
+        { stroke: muted, font, grid, ticks: grid },
+        { label: yLabel, stroke: muted, font, labelFont: font, grid, ticks: grid, size: 50 },
       ],
       series: [
         {},
@@ -53,7 +58,8 @@ export function Chart({ label, x, ys, series, yLabel, height = 200 }: ChartProps
           fill: s.fill,
           width: s.bars ? 0 : 2,
           paths: s.bars ? bars : undefined,
-          points: { show: false },
+          // Points too: a minute with data between empty ones is no line.
+          points: { show: !s.bars, size: 6, fill: s.stroke },
           value: (_u: uPlot, v: number | null) => (v === null ? '–' : s.format ? s.format(v) : String(v)),
         })),
       ],

@@ -22,7 +22,7 @@ import {
   waitingText,
 } from '../format.js';
 import { useLive } from '../live.js';
-import { useLoad } from '../components/load.js';
+import { useDebounced, useLoad } from '../components/load.js';
 import { ConfirmButton } from '../components/confirm.js';
 import { CopyButton, Empty, ErrorNote, Labels, PageHeader, RelTime, StateBadge, useNow } from '../components/ui.js';
 import { BuildLog } from './build-log.js';
@@ -36,9 +36,12 @@ export function BuildPage() {
   const artifacts = useLoad<Artifact[]>((signal) => api.listArtifacts(id, signal), [id, b ? TERMINAL.has(b.state) : false]);
   const now = useNow();
 
+  const reloadSoon = useDebounced(build.reload, 500);
   useLive((e) => {
     if (e.type === 'hello') build.reload();
     else if (e.type === 'build' && e.build.id === id) build.setData(() => e.build);
+    // The fleet changed: why a queued build waits may have too.
+    else if ((e.type === 'worker' || e.type === 'worker-deleted') && build.data?.state === 'queued') reloadSoon();
   });
 
   if (!b) {
