@@ -5,6 +5,7 @@
  * this page, so reload, back/forward and shared links work.
  */
 import { render } from 'preact';
+import { lazy, Suspense } from 'preact/compat';
 import { useEffect, useState } from 'preact/hooks';
 import { Link, Redirect, Route, Switch, useLocation } from 'wouter-preact';
 import { paths } from '@buildfleet/protocol';
@@ -14,7 +15,8 @@ import { startLive, stopLive, useLiveStatus } from './live.js';
 import { BuildsPage } from './pages/builds.js';
 import { BuildPage } from './pages/build.js';
 import { WorkerPage, WorkersPage } from './pages/workers.js';
-import { QueuePage } from './pages/queue.js';
+// The queue page carries the charting library: loaded when first opened.
+const QueuePage = lazy(() => import('./pages/queue.js').then((m) => m.QueuePage));
 import { TokensPage } from './pages/tokens.js';
 import './styles.css';
 
@@ -146,7 +148,11 @@ function App() {
           <Route path="/builds/:id" component={BuildPage} />
           <Route path="/workers" component={WorkersPage} />
           <Route path="/workers/:id" component={WorkerPage} />
-          <Route path="/queue" component={QueuePage} />
+          <Route path="/queue">
+            <Suspense fallback={<div class="empty">Loading…</div>}>
+              <QueuePage />
+            </Suspense>
+          </Route>
           <Route path="/tokens" component={TokensPage} />
           <Route component={NotFound} />
         </Switch>

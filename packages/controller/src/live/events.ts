@@ -22,7 +22,7 @@ import { buildViews, workerView, type ViewSource } from '../views.js';
 export type EventSink = (event: 'build' | 'worker' | 'worker-deleted', data: unknown) => void;
 
 export interface EventHubDeps {
-  store: ViewSource & { getBuild(id: string): Promise<Build> };
+  store: ViewSource & { getBuild(id: string): Promise<Build>; listWorkers(now: number, leaseMs: number): Promise<Worker[]> };
   notifier: Notifier;
   clock: Clock;
   leaseMs: number;

@@ -24,7 +24,7 @@
  */
 import { sql, Migrator, type Kysely } from 'kysely';
 import type { Build, BuildOutcome, EnrollmentToken, MinuteStat, QueueGroup, Worker } from '@buildfleet/protocol';
-import type { QueuedEntry } from '../domain/waiting.js';
+import type { FleetEntry, QueuedEntry } from '../domain/waiting.js';
 import { mapDbError } from './errors.js';
 import { appliedMigrations, assertSchemaNotNewer } from './schema-guard.js';
 import { migrationProvider, type DB, type Dialect } from './schema.js';
@@ -218,6 +218,14 @@ export class SqlStore implements Store {
 
   listQueued(): Promise<QueuedEntry[]> {
     return dashboard.listQueued(this.ctx);
+  }
+
+  workerNames(ids: string[]): Promise<Map<string, string>> {
+    return dashboard.workerNames(this.ctx, ids);
+  }
+
+  waitingFleet(now: number, leaseMs: number): Promise<FleetEntry[]> {
+    return dashboard.waitingFleet(this.ctx, now, leaseMs);
   }
 
   stats(now: number, minutes: number): Promise<{ queue: QueueGroup[]; minutes: MinuteStat[] }> {

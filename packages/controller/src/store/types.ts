@@ -29,7 +29,7 @@ import type {
   Worker,
   WorkerSettings,
 } from '@buildfleet/protocol';
-import type { QueuedEntry } from '../domain/waiting.js';
+import type { FleetEntry, QueuedEntry } from '../domain/waiting.js';
 
 /** Timing rules the store applies; announced to workers as `settings`. */
 export interface LeaseSettings extends WorkerSettings {
@@ -314,6 +314,10 @@ export interface Store {
   listBuilds(filter: BuildListFilter): Promise<{ builds: Build[]; nextCursor: string | null; prevCursor: string | null }>;
   /** Every queued build in claim terms (for `waiting`). */
   listQueued(): Promise<QueuedEntry[]>;
+  /** Names of these workers (deleted ones absent). */
+  workerNames(ids: string[]): Promise<Map<string, string>>;
+  /** Every worker's labels, status and whether it was seen within `leaseMs` (for `waiting`). */
+  waitingFleet(now: number, leaseMs: number): Promise<FleetEntry[]>;
   /** Queued builds per label set, and the last `minutes` minutes of history (`now`'s minute last). */
   stats(now: number, minutes: number): Promise<{ queue: QueueGroup[]; minutes: MinuteStat[] }>;
   /** PROTOCOL.md "States": queued/assigned → canceled; running → cancelRequested. Terminal → INVALID_TRANSITION. */

@@ -8,8 +8,10 @@ import { useRef, useState } from 'preact/hooks';
 import { errorText } from './ui.js';
 
 export interface ConfirmButtonProps {
-  /** The button's text (its accessible name). */
+  /** The button's text (its accessible name unless `ariaLabel` says more). */
   label: string;
+  /** A fuller accessible name when the text alone is ambiguous (a button per table row). */
+  ariaLabel?: string;
   title: string;
   children: ComponentChildren;
   /** The confirming button's text, e.g. "Cancel build". */
@@ -42,7 +44,7 @@ export function ConfirmButton(props: ConfirmButtonProps) {
   };
   return (
     <>
-      <button type="button" class={`btn${props.danger ? ' danger' : ''}`} disabled={props.disabled} onClick={open}>
+      <button type="button" class={`btn${props.danger ? ' danger' : ''}`} disabled={props.disabled} onClick={open} aria-label={props.ariaLabel}>
         {props.label}
       </button>
       <dialog ref={dialog} class="confirm" aria-label={props.title}>

@@ -142,6 +142,7 @@ export function TokensPage() {
                     {t.revoked ? null : (
                       <ConfirmButton
                         label="Revoke"
+                        ariaLabel={`Revoke ${t.description ?? `token ${t.id}`}`}
                         title="Revoke this enrollment token?"
                         confirmLabel="Revoke token"
                         danger

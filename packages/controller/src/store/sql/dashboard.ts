@@ -6,7 +6,7 @@
  */
 import { sql, type Expression, type Kysely, type SqlBool } from 'kysely';
 import { ApiError, type MinuteStat, type QueueGroup } from '@buildfleet/protocol';
-import type { QueuedEntry } from '../../domain/waiting.js';
+import type { FleetEntry, QueuedEntry } from '../../domain/waiting.js';
 import type { Dialect } from '../schema.js';
 import type { BuildListFilter } from '../types.js';
 import { run, type SqlContext } from './context.js';
@@ -53,6 +53,27 @@ export function buildFilterConditions(dialect: Dialect, filter: BuildListFilter)
     );
   }
   return out;
+}
+
+/** Names of the workers with these ids (absent: deleted). */
+export function workerNames({ db }: SqlContext, ids: string[]): Promise<Map<string, string>> {
+  return run(async () => {
+    if (ids.length === 0) return new Map<string, string>();
+    const rows = await db.selectFrom('workers').select(['id', 'name']).where('id', 'in', ids).execute();
+    return new Map(rows.map((r) => [r.id, r.name]));
+  });
+}
+
+/** The fleet as `waiting` sees it: labels, status, and seen within `leaseMs` of `now`. */
+export function waitingFleet({ db }: SqlContext, now: number, leaseMs: number): Promise<FleetEntry[]> {
+  return run(async () => {
+    const rows = await db.selectFrom('workers').select(['labels', 'status', 'last_seen_at']).execute();
+    return rows.map((r) => ({
+      labels: JSON.parse(r.labels) as string[],
+      status: r.status,
+      connected: r.last_seen_at !== null && now - Number(r.last_seen_at) <= leaseMs,
+    }));
+  });
 }
 
 /** Every queued build in claim terms (`waiting` is computed from these). */
