@@ -236,30 +236,35 @@ describe('leases and faults (real processes, SQLite)', () => {
     await api.request('POST', `/api/v1/builds/${other.id}/cancel`);
   });
 
-  it('(d) POST /workers/{id}/drain during a build: no new builds, the build succeeds, then the worker exits', { timeout: 90_000 }, async () => {
+  it('(d) POST /workers/{id}/drain during a build: no new builds, the build succeeds, the worker stays until resumed', { timeout: 90_000 }, async () => {
     const w = worker('wd2', ['d2']);
     const workerId = await workerRegistered('wd2');
     const release = join(tmp.dir, 'd2-release');
     const build = await api.submit({ labels: ['d2'], script: `echo started; ${waitForFileSh(release)}; echo finished` });
     await waitState(build.id, (b) => b.state === 'running', 'the build to run');
     await api.request('POST', `/api/v1/workers/${workerId}/drain`);
-    const other = await api.submit({ labels: ['d2'], script: 'echo should not run' });
+    const other = await api.submit({ labels: ['d2'], script: 'echo after resume' });
     // The worker hears of the drain with its next heartbeat; it keeps running its build.
-    const drainedAt = Date.now();
-    await waitFor(
-      async () => {
-        const info = (await api.workers()).find((x) => x.id === workerId)!;
-        return info.lastSeenAt !== null && Date.parse(info.lastSeenAt) > drainedAt + 2 * TIMINGS.heartbeatIntervalMs;
-      },
-      'heartbeats after the drain',
-    );
+    const heartbeatsAfter = (since: number) =>
+      waitFor(
+        async () => {
+          const info = (await api.workers()).find((x) => x.id === workerId)!;
+          return info.lastSeenAt !== null && Date.parse(info.lastSeenAt) > since + 2 * TIMINGS.heartbeatIntervalMs;
+        },
+        'heartbeats after the drain',
+      );
+    await heartbeatsAfter(Date.now());
     expect(w.proc.exitCode).toBeNull();
     await writeFile(release, '');
     const done = await waitState(build.id, (b) => b.state === 'succeeded', 'the build to succeed');
     expect(done.attempts).toHaveLength(1);
-    expect(await w.exited).toBe(0);
+    // Drained, not gone (issue 11): connected, idle, given nothing.
+    await heartbeatsAfter(Date.now());
+    expect(w.proc.exitCode).toBeNull();
     expect(await api.build(other.id)).toMatchObject({ state: 'queued', workerId: null });
-    await api.request('POST', `/api/v1/builds/${other.id}/cancel`);
+    // Resumed: it takes the waiting build.
+    await api.request('POST', `/api/v1/workers/${workerId}/resume`);
+    expect(await waitState(other.id, (b) => b.state === 'succeeded', 'the queued build to run after the resume')).toMatchObject({ workerId });
   });
 
   it('(e) a build saturating every core keeps its lease', { timeout: 90_000 }, async () => {
