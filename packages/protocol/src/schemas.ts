@@ -205,6 +205,7 @@ export type BuildList = Static<typeof BuildListSchema>;
  * text in the id, the name or the script). Paging: `cursor` (older than a
  * page) or `before` (newer than a page), never both.
  */
+const MetaPair = Type.String({ maxLength: 500, pattern: '^[^=]+=' });
 export const BuildListQuerySchema = Type.Object({
   state: Type.Optional(BuildStateSchema),
   label: Type.Optional(LabelSchema),
@@ -212,7 +213,8 @@ export const BuildListQuerySchema = Type.Object({
   cursor: Type.Optional(Text({ maxLength: 500 })),
   before: Type.Optional(Text({ maxLength: 500 })),
   worker: Type.Optional(Id),
-  meta: Type.Optional(Type.Array(Type.String({ maxLength: 500, pattern: '^[^=]+=' }), { maxItems: 10 })),
+  // One `meta=k=v`, or several (an array); queries are not coerced into arrays.
+  meta: Type.Optional(Type.Union([MetaPair, Type.Array(MetaPair, { maxItems: 10 })])),
   q: Type.Optional(Text({ maxLength: 200 })),
 });
 export type BuildListQuery = Static<typeof BuildListQuerySchema>;

@@ -130,7 +130,8 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       const bodyError = deferredBodyError(request);
       if (bodyError) throw bodyError;
       const q = request.query;
-      const page = await store.listBuilds({ ...q, limit: q.limit ?? 50 });
+      const meta = q.meta === undefined ? undefined : typeof q.meta === 'string' ? [q.meta] : q.meta;
+      const page = await store.listBuilds({ ...q, meta, limit: q.limit ?? 50 });
       return { ...page, builds: await buildViews(store, page.builds, clock.now(), config.leaseMs) };
     },
   );
