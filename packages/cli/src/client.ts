@@ -83,6 +83,11 @@ export class ApiClient {
     return this.json<{ worker?: Worker }>(paths.drain(id), { method: 'POST' }).then((r) => r.worker);
   }
 
+  /** Undoes a drain (`POST /workers/{id}/resume`). */
+  resume(id: string): Promise<Worker | undefined> {
+    return this.json<{ worker?: Worker }>(paths.resume(id), { method: 'POST' }).then((r) => r.worker);
+  }
+
   private connectionError(err: unknown): CliError {
     const cause = (err as { cause?: { code?: string; message?: string } }).cause;
     const code = cause?.code;

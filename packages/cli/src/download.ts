@@ -12,7 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { artifactNameProblem, CHECKSUM_HEADER, paths, type Artifact } from '@buildfleet/protocol';
 import type { ApiClient } from './client.js';
-import { CliError } from './errors.js';
+import { CliError, EXIT } from './errors.js';
 
 export interface DownloadedArtifact extends Artifact {
   /** Absolute path of the downloaded file. */
@@ -46,7 +46,7 @@ export async function downloadArtifacts(
     const res = await client.request(paths.artifact(id, a.name));
     const header = res.headers.get(CHECKSUM_HEADER);
     if (header && header.toLowerCase() !== a.sha256.toLowerCase())
-      throw new CliError(`artifact ${a.name}: the listing says SHA-256 ${a.sha256} but the download header says ${header}`);
+      throw new CliError(`artifact ${a.name}: the listing says SHA-256 ${a.sha256} but the download header says ${header}`, EXIT.checksumMismatch);
     if (!res.body) throw new CliError(`artifact ${a.name}: empty answer`);
     const hash = createHash('sha256');
     let size = 0;
@@ -67,7 +67,10 @@ export async function downloadArtifacts(
     const sha256 = hash.digest('hex');
     if (sha256 !== a.sha256.toLowerCase() || size !== a.size) {
       await rm(part, { force: true });
-      throw new CliError(`artifact ${a.name}: checksum mismatch (expected ${a.sha256}, ${a.size} bytes; got ${sha256}, ${size} bytes)`);
+      throw new CliError(
+        `artifact ${a.name}: checksum mismatch (expected ${a.sha256}, ${a.size} bytes; got ${sha256}, ${size} bytes)`,
+        EXIT.checksumMismatch,
+      );
     }
     // The protocol carries no file mode; programs (ELF or #!) are made executable so `./out/app` runs.
     if (await looksExecutable(part)) await chmod(part, 0o755);

@@ -1,7 +1,8 @@
 /**
  * Exit codes and the one error type the CLI prints without a stack trace.
  * `submit --follow`, `status`-like waits and the task brief share these codes:
- * 0 succeeded, 1 failed, 2 canceled or timed out, 3 usage or connection error.
+ * 0 succeeded, 1 failed, 2 canceled or timed out, 3 usage or connection error,
+ * 4 a downloaded artifact failed its checksum.
  */
 import { ApiError } from '@buildfleet/protocol';
 
@@ -10,6 +11,8 @@ export const EXIT = {
   failed: 1,
   canceledOrTimedOut: 2,
   error: 3,
+  /** A downloaded artifact did not match its SHA-256 (or size): the bytes are not what the build produced. */
+  checksumMismatch: 4,
 } as const;
 
 /** An expected failure: printed as one line, then the process exits with `exitCode`. */

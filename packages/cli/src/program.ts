@@ -2,7 +2,7 @@
  * The `buildfleet` command line: client commands talk to a controller over
  * PROTOCOL.md's user API; `up`, `controller` and `worker` run the services
  * (src/serve.ts). Exit codes: 0 succeeded, 1 failed, 2 canceled/timed out,
- * 3 usage or connection error (src/errors.ts).
+ * 3 usage or connection error, 4 an artifact failed its checksum (src/errors.ts).
  */
 import { pipeline } from 'node:stream/promises';
 import { Readable, Writable } from 'node:stream';
@@ -16,6 +16,7 @@ import { followBuild, waitForBuild } from './follow.js';
 import { buildRows, formatBuild, outcome, workerRows } from './format.js';
 import { shown } from './pack.js';
 import { resolveClientSettings } from './settings.js';
+import { gitMetadata } from './git.js';
 import { formatBytes, loadSpec, parseEnvPair, submitDirectory, type SpecOverrides } from './submit.js';
 import { addServiceCommands } from './serve.js';
 import { addApiOpsCommands, addOpsCommands } from './ops-commands.js';
@@ -103,6 +104,8 @@ export function buildProgram(): Command {
     .option('--timeout <seconds>', 'build timeout in seconds', intArg('--timeout', 1))
     .option('--priority <n>', 'higher runs first', intArg('--priority', -1000, 1000))
     .option('--max-attempts <n>', 'attempts when a worker is lost', intArg('--max-attempts', 1, 10))
+    .option('--name <name>', 'what lists and the dashboard call the build (default: from metadata or the script)')
+    .option('--no-git', 'do not record the git checkout (repo, branch, commit, dirty) in the metadata')
     .option('-f, --follow', 'stream the log until the build ends; exit code follows the outcome')
     .option('--download <outdir>', 'wait for the build, then download its artifacts into OUTDIR (SHA-256 checked)')
     .option('--json', 'print the build as JSON instead of its id')
@@ -119,6 +122,11 @@ export function buildProgram(): Command {
       if (o.timeout !== undefined) overrides.timeoutSeconds = o.timeout as number;
       if (o.priority !== undefined) overrides.priority = o.priority as number;
       if (o.maxAttempts !== undefined) overrides.maxAttempts = o.maxAttempts as number;
+      if (o.name !== undefined) overrides.name = o.name as string;
+      if (o.git !== false) {
+        const git = await gitMetadata(dir);
+        if (git) overrides.metadata = { ...git };
+      }
       const spec = await loadSpec(dir, overrides);
       const client = clientFor(cmd);
       const json = Boolean(o.json);
@@ -126,6 +134,10 @@ export function buildProgram(): Command {
         onPacked: (files, bytes) => err(`packed ${files} files (${formatBytes(bytes)}) from ${shown(dir)}`),
         onProgress: progressReporter(),
       });
+      if (build.waiting?.reason === 'no_matching_worker') {
+        const labels = build.spec.labels.length ? `labels ${build.spec.labels.join(', ')}` : 'no labels';
+        err(`warning: no connected worker has ${labels}; the build waits until one registers ("buildfleet workers" lists them)`);
+      }
       if (!o.follow && !o.download) {
         out(json ? JSON.stringify(build, null, 2) : build.id);
         err(`build ${build.id} ${build.state}; see "buildfleet status ${build.id}" or "buildfleet logs -f ${build.id}"`);
@@ -260,6 +272,15 @@ export function buildProgram(): Command {
     .action(async (id: string, _o: unknown, cmd: Command) => {
       await clientFor(cmd).drain(id);
       out(`worker ${id} draining`);
+    });
+
+  program
+    .command('resume')
+    .description('undo a drain: the worker takes new builds again')
+    .argument('<worker-id>', 'worker id')
+    .action(async (id: string, _o: unknown, cmd: Command) => {
+      await clientFor(cmd).resume(id);
+      out(`worker ${id} resumed`);
     });
 
   return program;

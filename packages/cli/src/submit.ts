@@ -21,6 +21,9 @@ export interface SpecOverrides {
   timeoutSeconds?: number;
   priority?: number;
   maxAttempts?: number;
+  name?: string;
+  /** Merged under the file's `metadata` (the file wins): e.g. what `gitMetadata` found. */
+  metadata?: Record<string, unknown>;
 }
 
 /**
@@ -57,6 +60,11 @@ export async function loadSpec(dir: string, overrides: SpecOverrides): Promise<B
   if (overrides.timeoutSeconds !== undefined) spec.timeoutSeconds = overrides.timeoutSeconds;
   if (overrides.priority !== undefined) spec.priority = overrides.priority;
   if (overrides.maxAttempts !== undefined) spec.maxAttempts = overrides.maxAttempts;
+  if (overrides.name !== undefined) spec.name = overrides.name;
+  if (overrides.metadata !== undefined) {
+    const own = typeof base.metadata === 'object' && base.metadata !== null ? (base.metadata as Record<string, unknown>) : {};
+    spec.metadata = { ...overrides.metadata, ...own };
+  }
   if (typeof spec.script !== 'string' || spec.script.trim() === '')
     throw new CliError(`no build script: add "script" to ${file} or pass --script`);
   return spec as BuildSpecInput;

@@ -6,7 +6,7 @@ import { systemClock } from '@buildfleet/protocol';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ApiClient } from '../src/client.js';
 import { downloadArtifacts } from '../src/download.js';
-import { CliError } from '../src/errors.js';
+import { CliError, EXIT } from '../src/errors.js';
 import { followBuild } from '../src/follow.js';
 import { sendJson, startFakeController, type FakeController } from './fake-controller.js';
 
@@ -56,6 +56,9 @@ describe('downloadArtifacts', () => {
     const err = await downloadArtifacts(client, 'b1', out).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CliError);
     expect((err as Error).message).toMatch(/checksum mismatch/);
+    // An exit code of its own, not the usage/connection error's 3.
+    expect((err as CliError).exitCode).toBe(EXIT.checksumMismatch);
+    expect(EXIT.checksumMismatch).not.toBe(EXIT.error);
     expect(await readdir(out)).toEqual([]);
   });
 
