@@ -141,11 +141,17 @@ function printControllerBanner(controller: RunningController, dataDir: string, b
     say('The CLI reads that file when BUILDFLEET_API_TOKEN is unset.');
   } else if (existsSync(credFile)) {
     say(`  credentials: ${credFile}`);
+  } else {
+    // Another controller on the same database generated the tokens; they live there, not in this data directory.
+    say('  credentials: shared through the database; the controller that started first saved them in its');
+    say('  credentials.json. New enrollment tokens: the dashboard\'s Tokens page or POST /api/v1/enrollment-tokens.');
   }
   say('');
   say('Add a worker on another machine (start this controller with BUILDFLEET_HOST=0.0.0.0 so it is reachable):');
   const host = bind && bind !== '127.0.0.1' && bind !== 'localhost' ? controller.url : controller.url.replace('127.0.0.1', '<this-host>');
-  const token = controller.firstStart?.enrollmentToken ?? `<enrollmentToken in ${credFile}>`;
+  const token =
+    controller.firstStart?.enrollmentToken ??
+    (existsSync(credFile) ? `<enrollmentToken in ${credFile}>` : `<an enrollment token: ${controller.url}/tokens>`);
   say(`  BUILDFLEET_CONTROLLER_URL=${host} BUILDFLEET_ENROLLMENT_TOKEN=${token} BUILDFLEET_DATA_DIR=<a directory of its own> node packages/cli/bin/buildfleet.js worker`);
   say('  (every worker keeps its identity in its data directory: two workers must never share one)');
   say('');
@@ -303,7 +309,7 @@ export function addServiceCommands(program: Command): void {
     .option('--labels <list>', 'labels, comma-separated (env BUILDFLEET_LABELS)')
     .option('--concurrency <n>', 'builds run at once (env BUILDFLEET_CONCURRENCY, default 1)', positive)
     .option('--data-dir <dir>', 'identity and workspaces (env BUILDFLEET_DATA_DIR, default ./.buildfleet)')
-    .option('--name <name>', 'worker name (default: the host name)')
+    .option('--name <name>', 'worker name (env BUILDFLEET_WORKER_NAME; default: the host name and 4 hex digits of the data directory)')
     .action(async (o: ServiceFlags) => {
       const mod = await loadWorkerModule();
       const config = mod.loadWorkerConfig(process.env, workerOverrides(o));

@@ -11,6 +11,7 @@ export const ENV = {
   enrollmentToken: 'BUILDFLEET_ENROLLMENT_TOKEN',
   controllerUrl: 'BUILDFLEET_CONTROLLER_URL',
   labels: 'BUILDFLEET_LABELS',
+  workerName: 'BUILDFLEET_WORKER_NAME',
   concurrency: 'BUILDFLEET_CONCURRENCY',
   accessTokenTtlMs: 'BUILDFLEET_ACCESS_TOKEN_TTL_MS',
   ackTimeoutMs: 'BUILDFLEET_ACK_TIMEOUT_MS',

@@ -86,6 +86,7 @@ export async function startWorker(config: WorkerConfig, opts: StartWorkerOptions
     clock,
     requestTimeoutMs: config.requestTimeoutMs,
     ...(opts.transport ? { transport: opts.transport } : {}),
+    onFailover: (from, to, why) => logger.warn({ from, to, why }, `controller ${from} failed (${why}); failing over to ${to}`),
   });
   let session!: Session;
   const executor = new Executor({

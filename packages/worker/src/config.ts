@@ -2,6 +2,7 @@
  * Worker options, validated and frozen once, then passed down (STYLE.md
  * habit 11). Environment names are PROTOCOL.md's "Configuration names".
  */
+import { createHash } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import { DEFAULTS, ENV } from '@buildfleet/protocol';
@@ -32,6 +33,15 @@ export interface WorkerConfig {
 }
 
 export const WORKER_VERSION = '0.1.0';
+
+/**
+ * The default name: the host name and four hex digits of the data
+ * directory's path, so two workers on one host (each with its own data
+ * directory) are told apart, and a restarted worker keeps its name.
+ */
+export function defaultWorkerName(hostname: string, dataDir: string): string {
+  return `${hostname}-${createHash('sha256').update(path.resolve(dataDir)).digest('hex').slice(0, 4)}`;
+}
 
 /** Thrown for an invalid option; `message` names the option. */
 export class ConfigError extends Error {
@@ -95,7 +105,7 @@ export function loadWorkerConfig(
   }
 
   const dataDir = path.resolve(overrides.dataDir ?? env[ENV.dataDir] ?? DEFAULTS.dataDir);
-  const name = overrides.name ?? os.hostname();
+  const name = overrides.name ?? (env[ENV.workerName] || defaultWorkerName(os.hostname(), dataDir));
   if (!name || name.length > 200) throw new ConfigError('worker name must be 1-200 characters');
 
   const enrollmentToken = overrides.enrollmentToken ?? (env[ENV.enrollmentToken] || undefined);

@@ -70,6 +70,8 @@ export interface ControllerClientOptions {
   /** Default per-request timeout, ms. */
   requestTimeoutMs: number;
   transport?: Transport;
+  /** Told when requests move to the next URL: the one that failed, the next, and why. */
+  onFailover?: (from: string, to: string, why: string) => void;
 }
 
 /**
@@ -83,6 +85,7 @@ export class ControllerClient {
   private readonly transport: Transport;
   readonly clock: Clock;
   readonly requestTimeoutMs: number;
+  private readonly onFailover: ControllerClientOptions['onFailover'];
 
   constructor(opts: ControllerClientOptions) {
     if (opts.urls.length === 0) throw new Error('ControllerClient needs at least one URL');
@@ -90,6 +93,7 @@ export class ControllerClient {
     this.clock = opts.clock;
     this.requestTimeoutMs = opts.requestTimeoutMs;
     this.transport = opts.transport ?? ((url, init) => fetch(url, init));
+    this.onFailover = opts.onFailover;
   }
 
   /** The base URL requests go to now. */
@@ -97,9 +101,12 @@ export class ControllerClient {
     return this.urls[this.index]!;
   }
 
-  private failover(failedIndex: number): void {
+  private failover(failedIndex: number, why: string): void {
     // Only move on if nobody else has moved already, so N concurrent failures skip one URL, not N.
-    if (this.urls.length > 1 && this.index === failedIndex) this.index = (failedIndex + 1) % this.urls.length;
+    if (this.urls.length > 1 && this.index === failedIndex) {
+      this.index = (failedIndex + 1) % this.urls.length;
+      this.onFailover?.(this.urls[failedIndex]!, this.urls[this.index]!, why);
+    }
   }
 
   /**
@@ -139,7 +146,7 @@ export class ControllerClient {
       res = await this.transport(url, init);
     } catch (err) {
       if (opts.signal?.aborted) throw new TransportError('aborted', `${opts.method} ${opts.path}: aborted`, url, undefined, undefined, { cause: err });
-      this.failover(idx);
+      this.failover(idx, timedOut ? `no answer within ${timeoutMs}ms` : `${(err as Error).message ?? String(err)}`);
       if (timedOut) throw new TransportError('timeout', `${opts.method} ${opts.path}: no answer within ${timeoutMs}ms`, url, undefined, undefined, { cause: err });
       throw new TransportError('network', `${opts.method} ${opts.path}: ${(err as Error).message ?? String(err)}`, url, undefined, undefined, { cause: err });
     } finally {
@@ -149,7 +156,7 @@ export class ControllerClient {
 
     if (res.ok) return res;
     const retryAfterMs = parseRetryAfter(res.headers.get('retry-after'), this.clock.now());
-    if (res.status === 503) this.failover(idx);
+    if (res.status === 503) this.failover(idx, 'it answered 503');
     let parsed: unknown;
     try {
       const text = await res.text();

@@ -18,7 +18,12 @@ describe('loadWorkerConfig', () => {
     expect(c.labels).toEqual(['linux', 'x64']);
     expect(c.maxConcurrentBuilds).toBe(3);
     expect(c.cancelGraceMs).toBe(10_000);
-    expect(c.name).toBe(os.hostname());
+    // Host name plus a tag of the data directory: two workers on one host differ, a restart keeps its name.
+    expect(c.name).toMatch(new RegExp(`^${os.hostname()}-[0-9a-f]{4}$`));
+    expect(loadWorkerConfig({ BUILDFLEET_DATA_DIR: '/tmp/bf-data' }).name).toBe(c.name);
+    expect(loadWorkerConfig({ BUILDFLEET_DATA_DIR: '/tmp/bf-data-2' }).name).not.toBe(c.name);
+    expect(loadWorkerConfig({ BUILDFLEET_WORKER_NAME: 'rack4-a' }).name).toBe('rack4-a');
+    expect(loadWorkerConfig({ BUILDFLEET_WORKER_NAME: 'rack4-a' }, { name: 'flag' }).name).toBe('flag');
     expect(Object.isFrozen(c)).toBe(true);
     expect(Object.isFrozen(c.labels)).toBe(true);
   });

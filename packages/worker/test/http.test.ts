@@ -58,13 +58,23 @@ describe('ControllerClient', () => {
 
   it('fails over to the next URL after a network error, and after a 503', async () => {
     const dead = await deadUrl();
-    const c = new ControllerClient({ urls: [dead, fake.url], clock: systemClock, requestTimeoutMs: 5000 });
+    const moves: string[] = [];
+    const c = new ControllerClient({
+      urls: [dead, fake.url],
+      clock: systemClock,
+      requestTimeoutMs: 5000,
+      onFailover: (from, to, why) => moves.push(`${from} -> ${to}: ${why}`),
+    });
     expect(c.baseUrl).toBe(dead);
     await expect(c.json({ method: 'POST', path: paths.register(), json: {} })).rejects.toMatchObject({ kind: 'network' });
     expect(c.baseUrl).toBe(fake.url);
     fake.failNext('register', 'UNAVAILABLE');
     await expect(c.json({ method: 'POST', path: paths.register(), json: {} })).rejects.toMatchObject({ code: 'UNAVAILABLE' });
     expect(c.baseUrl).toBe(dead);
+    // Each move is reported (the worker logs it).
+    expect(moves).toHaveLength(2);
+    expect(moves[0]).toMatch(new RegExp(`^${dead} -> ${fake.url}: `));
+    expect(moves[1]).toBe(`${fake.url} -> ${dead}: it answered 503`);
   });
 
   it('parses Retry-After dates', () => {
