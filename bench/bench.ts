@@ -71,16 +71,17 @@ export async function runBench(opts: BenchOptions, log: Log, profileDir?: string
       const s: StoreResults = {};
       r.stores[store] = s;
       // A fresh controller per section (or one per store with `shareController`); stopped even when a section throws.
+      // The result lands in `s[section]` (StoreResults' keys are the section names).
       let shared: ControllerHandle | undefined;
-      const fresh = async <T>(section: Section, fn: (ctl: ControllerHandle) => Promise<T>): Promise<T | undefined> => {
-        if (!has(section)) return undefined;
+      const fresh = async <K extends Exclude<Section, 'peer'>>(section: K, fn: (ctl: ControllerHandle) => Promise<StoreResults[K]>): Promise<void> => {
+        if (!has(section)) return;
         r.load[`${store}.${section}`] = loadavg()[0]!;
         log(`[${rep + 1}/${opts.repeat}] ${store}: ${section}`);
         const t0 = performance.now();
         const ctl = shared ?? (await start(`${store}-${opts.shareController ? 'all' : section}-${rep + 1}`));
         if (opts.shareController) shared = ctl;
         try {
-          return await fn(ctl);
+          s[section] = await fn(ctl);
         } finally {
           if (!opts.shareController) await ctl.stop();
           r.seconds[`${store}.${section}`] = round((performance.now() - t0) / 1000, 1);
@@ -92,13 +93,13 @@ export async function runBench(opts: BenchOptions, log: Log, profileDir?: string
         if (dir) await mkdir(dir, { recursive: true });
         return startController(store, dir ? { cpuProfDir: dir } : {});
       };
-      s.dispatch = await fresh('dispatch', (c) => dispatch(c, opts.dispatchSamples));
-      s.drain = await fresh('drain', (c) => drain(c, opts.drain.builds, opts.drain.workers));
-      s.steady = await fresh('steady', (c) => steady(c, opts.steady.builds, opts.steady.workers, opts.steady.submitters));
-      s.steps = await fresh('steps', (c) => steps(c, opts.stepBuilds));
-      s.reregister = await fresh('reregister', (c) => reregister(c, opts.reregister.parked, opts.reregister.samples));
-      s.idle = await fresh('idle', (c) => idle(c, opts.idle.sizes, opts.idle));
-      s.artifact = await fresh('artifact', (c) => artifact(c, opts.artifactBytes));
+      await fresh('dispatch', (c) => dispatch(c, opts.dispatchSamples));
+      await fresh('drain', (c) => drain(c, opts.drain.builds, opts.drain.workers));
+      await fresh('steady', (c) => steady(c, opts.steady.builds, opts.steady.workers, opts.steady.submitters));
+      await fresh('steps', (c) => steps(c, opts.stepBuilds));
+      await fresh('reregister', (c) => reregister(c, opts.reregister.parked, opts.reregister.samples));
+      await fresh('idle', (c) => idle(c, opts.idle.sizes, opts.idle));
+      await fresh('artifact', (c) => artifact(c, opts.artifactBytes));
       await shared?.stop();
     }
   }
