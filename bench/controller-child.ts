@@ -3,11 +3,14 @@
  * with the driver counters installed, so its RSS, CPU and statements are its
  * own and not the load generator's. Started by `controller.ts`; talks over
  * IPC: it sends `{type: 'ready', url}`, answers `{type: 'counts', reset}`
- * with the counts so far, and closes the controller and exits on
- * `{type: 'stop'}` (so `--cpu-prof` writes its profile).
+ * with the counts so far, `{type: 'profile', file}` by starting the CPU
+ * profiler (no file) or stopping it and writing the `.cpuprofile` there,
+ * and closes the controller and exits on `{type: 'stop'}`.
  *
  * Configuration comes as JSON in BENCH_CONTROLLER (`databaseUrl`, `dataDir`).
  */
+import { writeFile } from 'node:fs/promises';
+import { Session } from 'node:inspector/promises';
 import { installCounters, takeCounts } from './sqlcount.js';
 
 installCounters();
@@ -32,9 +35,30 @@ const controller = await startController(
 );
 takeCounts(true);
 
-process.on('message', (m: { type: string; reset?: boolean; seq?: number }) => {
+let profiler: Session | undefined;
+async function profile(file: string | undefined): Promise<void> {
+  if (!file) {
+    profiler = new Session();
+    profiler.connect();
+    await profiler.post('Profiler.enable');
+    await profiler.post('Profiler.setSamplingInterval', { interval: 500 }); // µs
+    await profiler.post('Profiler.start');
+    return;
+  }
+  const { profile: p } = await profiler!.post('Profiler.stop');
+  profiler!.disconnect();
+  profiler = undefined;
+  await writeFile(file, JSON.stringify(p));
+}
+
+process.on('message', (m: { type: string; reset?: boolean; seq?: number; file?: string }) => {
   if (m.type === 'counts') {
     process.send!({ type: 'counts', seq: m.seq, counts: takeCounts(m.reset === true) });
+  } else if (m.type === 'profile') {
+    void profile(m.file).then(
+      () => process.send!({ type: 'profile', seq: m.seq }),
+      (err) => process.send!({ type: 'profile', seq: m.seq, error: String(err) }),
+    );
   } else if (m.type === 'stop') {
     void controller.close().finally(() => process.exit(0));
   }

@@ -24,17 +24,22 @@ export interface ControllerHandle {
   dataDir: string;
   /** Statement counts since start or the last reset. */
   counts(reset?: boolean): Promise<StatementCounts>;
+  /**
+   * Runs `fn` as a measured phase: with a profile directory, the controller's
+   * CPU profile of just this phase goes to `<dir>/<name>.cpuprofile`.
+   */
+  phase<T>(name: string, fn: () => Promise<T>): Promise<T>;
   /** Closes the controller (parked polls answer 204), then drops the database and the temp dir. */
   stop(): Promise<void>;
 }
 
 const CHILD = fileURLToPath(new URL('./controller-child.ts', import.meta.url));
 
-/** `cpuProfDir`: run the child with `--cpu-prof` and write the profile there on stop. */
+/** `cpuProfDir`: write each measured phase's CPU profile there (see `phase`). */
 export async function startController(store: StoreKind, opts: { cpuProfDir?: string } = {}): Promise<ControllerHandle> {
   const dir = await mkdtemp(join(tmpdir(), 'bf-bench-'));
   const db = store === 'postgres' ? await createDatabase() : undefined;
-  const execArgv = ['--import', 'tsx', ...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [])];
+  const execArgv = ['--import', 'tsx'];
   const child: ChildProcess = fork(CHILD, [], {
     execArgv,
     env: { ...process.env, BENCH_CONTROLLER: JSON.stringify({ dataDir: join(dir, 'controller'), ...(db ? { databaseUrl: db.url } : {}) }) },
@@ -58,23 +63,34 @@ export async function startController(store: StoreKind, opts: { cpuProfDir?: str
   }
   let seq = 0;
   let stopping: Promise<void> | undefined;
+  const ask = <R>(type: string, extra: Record<string, unknown>) =>
+    new Promise<R>((resolve, reject) => {
+      const mine = ++seq;
+      const on = (m: { type: string; seq: number; error?: string } & R) => {
+        if (m.type !== type || m.seq !== mine) return;
+        child.off('message', on);
+        if (m.error) reject(new Error(m.error));
+        else resolve(m);
+      };
+      child.on('message', on);
+      child.send({ type, seq: mine, ...extra });
+    });
   return {
     store,
     url,
     pid: child.pid!,
     db,
     dataDir: join(dir, 'controller'),
-    counts: (reset = false) =>
-      new Promise((resolve) => {
-        const mine = ++seq;
-        const on = (m: { type: string; seq: number; counts: StatementCounts }) => {
-          if (m.type !== 'counts' || m.seq !== mine) return;
-          child.off('message', on);
-          resolve(m.counts);
-        };
-        child.on('message', on);
-        child.send({ type: 'counts', reset, seq: mine });
-      }),
+    counts: async (reset = false) => (await ask<{ counts: StatementCounts }>('counts', { reset })).counts,
+    phase: async (name, fn) => {
+      if (!opts.cpuProfDir) return fn();
+      await ask('profile', {});
+      try {
+        return await fn();
+      } finally {
+        await ask('profile', { file: join(opts.cpuProfDir, `${name}.cpuprofile`) });
+      }
+    },
     stop: () =>
       (stopping ??= (async () => {
         child.send({ type: 'stop' });

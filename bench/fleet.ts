@@ -16,7 +16,7 @@ export interface LoopState {
 export interface LoopHooks {
   /** A poll answered with this build (`at`: `nowMs()` when the answer arrived). */
   onBuild?: (b: Assigned, at: number) => void;
-  /** The build's finish was acknowledged. */
+  /** The build's finish was acknowledged (not called for an attempt lost on the way). */
   onFinished?: (b: Assigned, at: number) => void;
 }
 
@@ -34,8 +34,7 @@ export async function workLoop(w: WireWorker, waitMs: number, state: LoopState, 
       const at = nowMs();
       for (const b of builds) {
         hooks.onBuild?.(b, at);
-        await w.run(b);
-        hooks.onFinished?.(b, nowMs());
+        if (await w.run(b)) hooks.onFinished?.(b, nowMs());
       }
     }
   } catch (err) {
@@ -46,13 +45,22 @@ export async function workLoop(w: WireWorker, waitMs: number, state: LoopState, 
   }
 }
 
-/** Starts every worker's loop; `stop()` drops their requests (parked polls end on the controller too) and waits for them. */
-export function startLoops(workers: WireWorker[], waitMs: number, hooks: LoopHooks = {}) {
+/**
+ * Starts every worker's loop (with `paused`, only when `start()` is called);
+ * `stop()` drops their requests (parked polls end on the controller too) and
+ * waits for them.
+ */
+export function startLoops(workers: WireWorker[], waitMs: number, hooks: LoopHooks = {}, opts: { paused?: boolean } = {}) {
   const state: LoopState = { stopped: false, polling: 0 };
-  const loops = workers.map((w) => workLoop(w, waitMs, state, hooks));
-  for (const l of loops) l.catch(() => {});
+  let loops: Promise<void>[] = [];
+  const start = () => {
+    loops = workers.map((w) => workLoop(w, waitMs, state, hooks));
+    for (const l of loops) l.catch(() => {});
+  };
+  if (!opts.paused) start();
   return {
     state,
+    start,
     /** Resolves once every worker has a poll in flight. */
     async allPolling(): Promise<void> {
       while (state.polling < workers.length) {

@@ -9,7 +9,8 @@
  *   --artifact-mib N        artifact size
  *   --builds N              drain and steady size (peer too)
  *   --shared / --no-shared  one controller per store for all sections (default with --quick) or one per section
- *   --cpu-prof              controllers run with --cpu-prof (profiles under bench/results/profiles/)
+ *   --cpu-prof              CPU profiles of the controller during the measured drain and steady phases
+ *                           (bench/results/profiles-<timestamp>/<store>-<section>-<rep>/<phase>.cpuprofile)
  *   --out FILE              JSON file (default bench/results/<timestamp>.json)
  */
 import { parseArgs } from 'node:util';

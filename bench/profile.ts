@@ -44,6 +44,38 @@ export function selfTimes(p: Profile, key: (n: Node) => string): Map<string, num
   return out;
 }
 
+/**
+ * Each sample charged to its nearest caller in the controller's own code
+ * (`controller/…`), skipping anonymous frames: which of our functions the
+ * busy time (library and native time included) was spent under.
+ */
+export function ownerTimes(p: Profile): Map<string, number> {
+  const parent = new Map<number, Node>();
+  for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n);
+  const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  const owner = new Map<number, string>();
+  const find = (n: Node): string => {
+    const cached = owner.get(n.id);
+    if (cached) return cached;
+    const f = n.callFrame;
+    const pkg = packageOf(f.url, f.functionName);
+    let key: string;
+    if (pkg.startsWith('controller/') && f.functionName) key = `${f.functionName}  ${pkg}`;
+    else {
+      const up = parent.get(n.id);
+      key = up ? find(up) : pkg.startsWith('(') ? pkg : '(outside controller code)';
+    }
+    owner.set(n.id, key);
+    return key;
+  };
+  const out = new Map<string, number>();
+  for (let i = 0; i < p.samples.length; i++) {
+    const k = find(byId.get(p.samples[i]!)!);
+    out.set(k, (out.get(k) ?? 0) + (p.timeDeltas[i] ?? 0) / 1000);
+  }
+  return out;
+}
+
 function print(title: string, m: Map<string, number>, busy: number, top: number): void {
   console.log(`\n${title}`);
   for (const [k, ms] of [...m].sort((a, b) => b[1] - a[1]).slice(0, top)) {
@@ -65,5 +97,8 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     const byFn = selfTimes(p, (n) => (n.callFrame.url || n.callFrame.functionName === '' ? `${n.callFrame.functionName || '(anonymous)'}  ${packageOf(n.callFrame.url, n.callFrame.functionName)}:${n.callFrame.lineNumber + 1}` : n.callFrame.functionName));
     byFn.delete('(idle)');
     print('self time by function (% of busy)', byFn, busy, Number(values.top));
+    const byOwner = ownerTimes(p);
+    byOwner.delete('(idle)');
+    print('busy time by nearest controller function (libraries and native included)', byOwner, busy, Number(values.top));
   }
 }

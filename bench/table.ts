@@ -49,6 +49,7 @@ function specs(reps: RepResults[]): Spec[] {
     { figure: 'dispatch p99, ms', bf: (s) => s.dispatch?.p99, peer: (p) => p.graphile.dispatch.p99, goal: { text: '≤ 2×', on: 'ratio', max: 2 } },
     { figure: 'backlog drain, builds/s (jobs/s)', bf: (s) => s.drain?.buildsPerSecond, peer: (p) => p.graphile.drain.jobsPerSecond, goal: { text: '≥ 1×', on: 'ratio', min: 1 } },
     { figure: '  requests answered 503 and retried', bf: (s) => (s.drain ? s.drain.retried + (s.steady?.retried ?? 0) : s.steady?.retried) },
+    { figure: '  attempts lost (ack deadline) and rerun', bf: (s) => (s.drain ? (s.drain.lostAttempts ?? 0) + (s.steady?.lostAttempts ?? 0) : s.steady?.lostAttempts) },
     { figure: '  raw SKIP LOCKED claim, rows/s (4 conns)', bf: (s) => s.drain?.buildsPerSecond, peer: (p) => p.skipLocked.rowsPerSecond },
     { figure: 'steady submit → finish, builds/s (jobs/s)', bf: (s) => s.steady?.buildsPerSecond, peer: (p) => p.graphile.steady.jobsPerSecond, goal: { text: '≥ 1×', on: 'ratio', min: 1 } },
     { figure: '  steady submit → finish p50, ms', bf: (s) => s.steady?.latency.p50, peer: (p) => p.graphile.steady.latency.p50 },

@@ -58,6 +58,9 @@ export function request(
   });
 }
 
+/** Attempts dropped on 409 (lease lost) so far in this process. */
+export const lost = { count: 0 };
+
 /** 503 and 429 answers retried so far in this process (PROTOCOL.md: retry with backoff). */
 export const retried = { count: 0 };
 
@@ -206,13 +209,27 @@ export class WireWorker {
     await json(`${this.base}/api/v1/workers/${this.workerId}/heartbeat`, 'POST', this.accessToken, { activeBuildIds });
   }
 
-  /** start → one log chunk → finish(succeeded): the build's life on the worker side. */
-  async run(b: Assigned): Promise<void> {
+  /**
+   * start → one log chunk → finish(succeeded): the build's life on the
+   * worker side. Returns false when the attempt was lost (409: not started
+   * by its ack deadline on a saturated controller, so requeued as a new
+   * attempt): the worker drops it, as PROTOCOL.md's worker duties say.
+   */
+  async run(b: Assigned): Promise<boolean> {
     const u = `${this.base}/api/v1/builds/${b.id}`;
     const signal = this.gone.signal;
-    await json(`${u}/start`, 'POST', b.buildToken, { attempt: b.attempt }, undefined, signal);
-    await json(`${u}/logs`, 'POST', b.buildToken, { attempt: b.attempt, seq: 0, offset: 0, data: 'bench: hello\n' }, undefined, signal);
-    await json(`${u}/finish`, 'POST', b.buildToken, { attempt: b.attempt, outcome: 'succeeded', exitCode: 0, message: null }, undefined, signal);
+    try {
+      await json(`${u}/start`, 'POST', b.buildToken, { attempt: b.attempt }, undefined, signal);
+      await json(`${u}/logs`, 'POST', b.buildToken, { attempt: b.attempt, seq: 0, offset: 0, data: 'bench: hello\n' }, undefined, signal);
+      await json(`${u}/finish`, 'POST', b.buildToken, { attempt: b.attempt, outcome: 'succeeded', exitCode: 0, message: null }, undefined, signal);
+      return true;
+    } catch (err) {
+      if (err instanceof WireError && err.status === 409) {
+        lost.count++;
+        return false;
+      }
+      throw err;
+    }
   }
 }
 

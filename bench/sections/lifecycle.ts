@@ -7,7 +7,7 @@ import type { ControllerHandle } from '../controller.js';
 import { startLoops } from '../fleet.js';
 import type { StatementCounts } from '../sqlcount.js';
 import { deferred, latency, pool, round, sleep, nowMs, type Latency } from '../stats.js';
-import { registerFleet, retried, submitBuild } from '../wire.js';
+import { lost, registerFleet, retried, submitBuild } from '../wire.js';
 
 const WAIT_MS = 30_000;
 const WARMUP = 5;
@@ -50,12 +50,15 @@ export interface DrainResult {
   counts: { submit: StatementCounts; drain: StatementCounts };
   /** Requests answered 503/429 and retried (a pool exhausted under load shows here). */
   retried: number;
+  /** Attempts lost (not started by their ack deadline) and run again as a new attempt. */
+  lostAttempts: number;
 }
 
 /** Queues `builds` with no worker polling, then lets `workers` HTTP workers drain them. */
 export async function drain(ctl: ControllerHandle, builds: number, workers: number): Promise<DrainResult> {
   const fleet = await registerFleet(ctl.url, workers, 'drain', 32);
   const r0 = retried.count;
+  const l0 = lost.count;
   await ctl.counts(true);
   const s0 = performance.now();
   await pool(builds, 16, async () => void (await submitBuild(ctl.url)));
@@ -63,13 +66,16 @@ export async function drain(ctl: ControllerHandle, builds: number, workers: numb
   const submit = await ctl.counts(true);
   let finished = 0;
   const done = deferred();
-  const t0 = performance.now();
-  const loops = startLoops(fleet, WAIT_MS, { onFinished: () => ++finished === builds && done.resolve() });
-  let drainMs: number;
+  const loops = startLoops(fleet, WAIT_MS, { onFinished: () => ++finished === builds && done.resolve() }, { paused: true });
+  let drainMs!: number;
   let drained: StatementCounts;
   try {
-    await Promise.race([done.promise, failed(loops.state)]);
-    drainMs = performance.now() - t0;
+    await ctl.phase('drain', async () => {
+      const t0 = performance.now();
+      loops.start();
+      await Promise.race([done.promise, failed(loops.state)]);
+      drainMs = performance.now() - t0;
+    });
     drained = await ctl.counts(true);
   } finally {
     await loops.stop();
@@ -82,6 +88,7 @@ export async function drain(ctl: ControllerHandle, builds: number, workers: numb
     statementsPerBuild: { submit: round(submit.statements / builds), drain: round(drained.statements / builds) },
     counts: { submit, drain: drained },
     retried: retried.count - r0,
+    lostAttempts: lost.count - l0,
   };
 }
 
@@ -99,6 +106,7 @@ export interface SteadyResult {
   counts: StatementCounts;
   /** Requests answered 503/429 and retried. */
   retried: number;
+  lostAttempts: number;
 }
 
 /** `submitters` submit `builds` in a closed loop while `workers` long-poll and run them. */
@@ -114,6 +122,7 @@ export async function steady(ctl: ControllerHandle, builds: number, workers: num
   });
   const startedAt = new Map<string, number>();
   const r0 = retried.count;
+  const l0 = lost.count;
   let counts: StatementCounts;
   let ms: number;
   try {
@@ -121,11 +130,13 @@ export async function steady(ctl: ControllerHandle, builds: number, workers: num
     await sleep(50);
     await ctl.counts(true);
     const t0 = performance.now();
-    await pool(builds, submitters, async () => {
-      const s = nowMs();
-      startedAt.set(await submitBuild(ctl.url), s);
+    await ctl.phase('steady', async () => {
+      await pool(builds, submitters, async () => {
+        const s = nowMs();
+        startedAt.set(await submitBuild(ctl.url), s);
+      });
+      await Promise.race([done.promise, failed(loops.state)]);
     });
-    await Promise.race([done.promise, failed(loops.state)]);
     ms = performance.now() - t0;
     counts = await ctl.counts(true);
   } finally {
@@ -141,6 +152,7 @@ export async function steady(ctl: ControllerHandle, builds: number, workers: num
     transactionsPerBuild: round(counts.transactions / builds),
     counts,
     retried: retried.count - r0,
+    lostAttempts: lost.count - l0,
   };
 }
 
@@ -168,7 +180,7 @@ export async function steps(ctl: ControllerHandle, builds: number): Promise<Step
     await submitBuild(ctl.url);
     const got = await w!.poll(1_000);
     if (got.length !== 1) throw new Error(`poll answered ${got.length} builds, expected 1`);
-    await w!.run(got[0]!);
+    if (!(await w!.run(got[0]!))) throw new Error('the attempt was lost with nothing else running');
   }
   const c = await ctl.counts(true);
   const result: StepCounts = { steps: {}, statementsPerBuild: 0, transactionsPerBuild: 0, preparesPerBuild: round(c.prepares / builds) };
