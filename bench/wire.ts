@@ -149,18 +149,15 @@ export class WireWorker {
     readonly name: string,
   ) {}
 
+  /** The fields every registration sends (PROTOCOL.md "POST /workers/register"). */
+  private identity() {
+    return { name: this.name, labels: [], maxConcurrentBuilds: 1, version: 'bench', bootId: this.bootId, activeBuildCount: 0, activeBuildIds: [] };
+  }
+
   /** New registration with the enrollment token (patient: a busy controller answers 503 for a while). */
   async register(): Promise<void> {
-    const { data } = await json(`${this.base}/api/v1/workers/register`, 'POST', ENROLLMENT_TOKEN, {
-      name: this.name,
-      labels: [],
-      maxConcurrentBuilds: 1,
-      version: 'bench',
-      bootId: this.bootId,
-      registrationId: this.registrationId,
-      activeBuildCount: 0,
-      activeBuildIds: [],
-    }, [200, 201], undefined, 60);
+    const body = { ...this.identity(), registrationId: this.registrationId };
+    const { data } = await json(`${this.base}/api/v1/workers/register`, 'POST', ENROLLMENT_TOKEN, body, [200, 201], undefined, 60);
     this.workerId = data.workerId;
     this.secret = data.workerSecret;
     this.accessToken = data.accessToken;
@@ -168,17 +165,8 @@ export class WireWorker {
 
   /** Re-registration with the secret (token refresh, same bootId): the access token rotates. */
   async reRegister(): Promise<void> {
-    const { data } = await json(`${this.base}/api/v1/workers/register`, 'POST', undefined, {
-      name: this.name,
-      labels: [],
-      maxConcurrentBuilds: 1,
-      version: 'bench',
-      bootId: this.bootId,
-      workerId: this.workerId,
-      workerSecret: this.secret,
-      activeBuildCount: 0,
-      activeBuildIds: [],
-    });
+    const body = { ...this.identity(), workerId: this.workerId, workerSecret: this.secret };
+    const { data } = await json(`${this.base}/api/v1/workers/register`, 'POST', undefined, body);
     this.accessToken = data.accessToken;
   }
 
