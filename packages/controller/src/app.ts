@@ -29,7 +29,7 @@ import type { ControllerConfig } from './config.js';
 import { BuildTokens } from './credentials.js';
 import type { Store } from './store/types.js';
 import type { BlobStore } from './blobs/types.js';
-import { authenticate } from './http/auth.js';
+import { authenticate, authenticateRegistration } from './http/auth.js';
 import { installAccessCheck, securitySchemes } from './http/access.js';
 import { installBodyParsers } from './http/body.js';
 import { installEarlyAnswers } from './http/early-answers.js';
@@ -235,6 +235,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   installBodyParsers(app, config);
   installEarlyAnswers(app, config.maxDiscardBytes, clock);
+  // Registration credentials need the body; checked before anything else the route does.
+  app.addHook('preHandler', async (request) => authenticateRegistration(ctx, request, request.routeOptions.config?.auth));
   app.addHook('preHandler', checkPathAndQuery);
   await app.register(multipart, { limits: { fileSize: config.maxSourceBytes + 1 } });
   await app.register(swagger, {

@@ -5,7 +5,7 @@
  * come before existence (404), lease (409) and body validation (400).
  */
 import type { FastifyRequest } from 'fastify';
-import { ApiError, TOKEN_PREFIX, bearerToken } from '@buildfleet/protocol';
+import { ApiError, ID_PATTERN, TOKEN_PREFIX, bearerToken } from '@buildfleet/protocol';
 import { hashToken, type BuildTokenClaims } from '../credentials.js';
 import type { AppContext } from './context.js';
 import type { RouteAuth } from './access.js';
@@ -42,8 +42,9 @@ export function isWellFormed(token: string, prefix: string): boolean {
  *   TOKEN_INVALID before the store is asked); the store checks it against
  *   the path's worker in the same transaction as the route's work, so every
  *   access-token route must pass `request.workerAuth` to the store;
- * - `enrollment` / `workerSecret` (registration): checked by the route,
- *   which needs the body to know which one applies;
+ * - `enrollment` / `workerSecret` (registration): need the body to know
+ *   which one applies, so `authenticateRegistration` checks them once it
+ *   is parsed;
  * - `public`: nothing.
  */
 export async function authenticate(ctx: AppContext, request: FastifyRequest, auth: RouteAuth | undefined): Promise<void> {
@@ -62,6 +63,35 @@ export async function authenticate(ctx: AppContext, request: FastifyRequest, aut
     return;
   }
 }
+
+/**
+ * Authenticates a route that takes an enrollment token or a worker secret
+ * (registration), once the body is parsed (a preHandler), in PROTOCOL.md's
+ * order even when the body is invalid: with `workerId` and `workerSecret`
+ * in the body, the secret (404 WORKER_NOT_FOUND, 401 TOKEN_INVALID; the
+ * bearer is ignored); otherwise the bearer must be a usable enrollment token
+ * (401), checked without taking a use. A `workerId` without a secret, or
+ * either one malformed, is left to body validation (400). Nothing is written.
+ */
+export async function authenticateRegistration(ctx: AppContext, request: FastifyRequest, auth: RouteAuth | undefined): Promise<void> {
+  if (request.is404 || auth === undefined || auth === 'public') return;
+  const takesSecret = auth.includes('workerSecret');
+  if (!takesSecret && !auth.includes('enrollment')) return;
+  const body = (typeof request.body === 'object' && request.body !== null ? request.body : {}) as Record<string, unknown>;
+  const { workerId, workerSecret, registrationId } = body;
+  if (takesSecret && workerId !== undefined) {
+    if (typeof workerId !== 'string' || !ID.test(workerId) || typeof workerSecret !== 'string' || !PRINTABLE.test(workerSecret)) return;
+    await ctx.store.checkWorkerSecret(workerId, hashToken(workerSecret));
+    return;
+  }
+  if (!auth.includes('enrollment')) throw new ApiError('TOKEN_INVALID', 'this route needs workerId and workerSecret');
+  const bearer = bearerToken(request.headers.authorization);
+  const rid = typeof registrationId === 'string' && ID.test(registrationId) ? registrationId : undefined;
+  await ctx.store.checkEnrollmentToken(bearer ? hashToken(bearer) : undefined, ctx.clock.now(), rid);
+}
+
+const ID = new RegExp(ID_PATTERN);
+const PRINTABLE = /^[\x21-\x7e]{1,500}$/;
 
 /** Checks an API token (`bfa_`); 401 TOKEN_INVALID otherwise. */
 export async function authenticateApi(ctx: AppContext, request: FastifyRequest): Promise<void> {

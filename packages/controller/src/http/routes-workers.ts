@@ -22,9 +22,7 @@ import {
   RegisterResponseSchema,
   WorkerEnvelopeSchema,
   WorkerListSchema,
-  bearerToken,
   type PollRequest,
-  type RegisterRequest,
   type RegisterResponse,
 } from '@buildfleet/protocol';
 import { generateToken, hashToken } from '../credentials.js';
@@ -61,13 +59,9 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
       },
     },
     async (request, reply) => {
-      const raw = (typeof request.body === 'object' && request.body !== null ? request.body : {}) as Partial<RegisterRequest>;
+      // The credential was checked by authenticateRegistration (a preHandler).
       const bodyError = deferredBodyError(request);
-      if (bodyError) {
-        // Authentication first: a new registration without any bearer is 401.
-        if (raw.workerId === undefined && !bearerToken(request.headers.authorization)) requireBearer(request);
-        throw bodyError;
-      }
+      if (bodyError) throw bodyError;
       const body = request.body;
       if (body.workerId !== undefined && body.workerSecret === undefined) {
         throw new ApiError('VALIDATION_FAILED', 'workerSecret is required with workerId');

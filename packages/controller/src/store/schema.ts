@@ -49,6 +49,8 @@ export interface WorkersTable {
   /** JSON string array of boot ids a newer boot id replaced (IDENTITY_CONFLICT). */
   superseded_boot_ids: string;
   registration_id: string | null;
+  /** Id of the enrollment token the registration used: a `registrationId` retry must present the same one. */
+  registration_token_id: string | null;
   first_auth_at: number | null;
   active_build_count: number;
   created_at: number;
@@ -271,11 +273,27 @@ function dashboard(): Migration {
   };
 }
 
+/**
+ * A `registrationId` belongs to the enrollment token it was first used
+ * with (issue 9: a replay with another valid token took over the pending
+ * registration). Rows from before stay unbound.
+ */
+const registrationToken: Migration = {
+  async up(db: Kysely<any>) {
+    await db.schema.alterTable('workers').addColumn('registration_token_id', 'text').execute();
+  },
+};
+
 /** Numbered migrations, in order. Never edit a released one: add the next number. */
 export function migrationProvider(dialect: Dialect): MigrationProvider {
   return {
     async getMigrations() {
-      return { '0001_initial': initial(dialect), '0002_operations': operations(dialect), '0003_dashboard': dashboard() };
+      return {
+        '0001_initial': initial(dialect),
+        '0002_operations': operations(dialect),
+        '0003_dashboard': dashboard(),
+        '0004_registration_token': registrationToken,
+      };
     },
   };
 }

@@ -166,6 +166,14 @@ export class SqlStore implements Store {
   registerNew(input: RegisterNewInput): Promise<RegisterResult> {
     return workers.registerNew(this.ctx, input);
   }
+
+  checkEnrollmentToken(hash: string | undefined, now: number, registrationId?: string): Promise<void> {
+    return tokens.checkEnrollmentToken(this.ctx, hash, now, registrationId);
+  }
+
+  checkWorkerSecret(workerId: string, secretHash: string): Promise<void> {
+    return workers.checkWorkerSecret(this.ctx, workerId, secretHash);
+  }
   reregister(input: ReregisterInput): Promise<RegisterResult> {
     return workers.reregister(this.ctx, input);
   }

@@ -261,10 +261,21 @@ export interface Store {
    * Registers a new worker (PROTOCOL.md "register", case 1). Consumes one use
    * of the enrollment token, except on a `registrationId` retry, which
    * re-issues credentials for the same worker until its first authenticated
-   * call and afterwards throws INVALID_TRANSITION. Throws TOKEN_INVALID or
-   * TOKEN_EXPIRED for a bad enrollment token.
+   * call and afterwards throws INVALID_TRANSITION. A `registrationId` is
+   * bound to the enrollment token it was first used with: a retry with
+   * another token throws FORBIDDEN. Throws TOKEN_INVALID or TOKEN_EXPIRED
+   * for a bad enrollment token.
    */
   registerNew(input: RegisterNewInput): Promise<RegisterResult>;
+  /**
+   * Checks an enrollment token as `registerNew` would (unknown, revoked,
+   * used up → TOKEN_INVALID; expired → TOKEN_EXPIRED) without taking a use
+   * or writing anything; for a retry of a registration this token made
+   * (`registrationId`), as `registerNew` does, uses and expiry do not matter.
+   */
+  checkEnrollmentToken(hash: string | undefined, now: number, registrationId?: string): Promise<void>;
+  /** Checks a worker secret without writing anything: WORKER_NOT_FOUND, TOKEN_INVALID. */
+  checkWorkerSecret(workerId: string, secretHash: string): Promise<void>;
   /**
    * Re-registration / token refresh (case 2) in one transaction holding the
    * worker's row lock: keeps id, status, labels and held builds, rotates only

@@ -12,7 +12,7 @@ import type { AppContext } from '../../src/http/context.js';
 import { workerRoutes } from '../../src/http/routes-workers.js';
 import { buildRoutes } from '../../src/http/routes-builds.js';
 import { loadControllerConfig } from '../../src/config.js';
-import { startHarness, type Harness } from './harness.js';
+import { API_TOKEN, startHarness, type Harness } from './harness.js';
 
 describe('route declarations', () => {
   it('accepts public and known credential kinds; refuses a missing, empty or unknown declaration', () => {
@@ -126,5 +126,66 @@ describe('access-token routes', () => {
     const res = await poll('no-such-worker', `bfw_${'a'.repeat(43)}`);
     expect(res.status).toBe(404);
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe('WORKER_NOT_FOUND');
+  });
+});
+
+describe('check order of registration (401 before 400, nothing used up)', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness();
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+  const code = async (res: Response) => ({ status: res.status, code: ((await res.json()) as { error: { code: string } }).error.code });
+  const token = async (json: Record<string, unknown>) =>
+    (await (await h.req('POST', '/api/v1/enrollment-tokens', { token: API_TOKEN, json })).json()) as { id: string; token: string };
+  const uses = async (id: string) =>
+    ((await (await h.req('GET', '/api/v1/enrollment-tokens', { token: API_TOKEN })).json()) as { enrollmentTokens: Array<{ id: string; uses: number }> }).enrollmentTokens.find((t) => t.id === id)!.uses;
+
+  it('a new registration with a bad body and a bad enrollment token is 401; with a good token 400 and no use taken', async () => {
+    const once = await token({ maxUses: 1 });
+    const expired = await token({ expiresAt: new Date(Date.now() - 1000).toISOString() });
+    const revoked = await token({});
+    await h.req('DELETE', `/api/v1/enrollment-tokens/${revoked.id}`, { token: API_TOKEN });
+    const usedUp = await token({ maxUses: 1 });
+    expect((await h.register({}, usedUp.token)).status).toBe(201);
+    const bad = { labels: 'not-an-array' };
+    for (const [t, want] of [
+      ['bfe_unknown-token-00000000000000000', 'TOKEN_INVALID'],
+      [expired.token, 'TOKEN_EXPIRED'],
+      [revoked.token, 'TOKEN_INVALID'],
+      [usedUp.token, 'TOKEN_INVALID'],
+      [API_TOKEN, 'TOKEN_INVALID'],
+    ] as const) {
+      expect({ t, ...(await code(await h.register(bad, t))) }).toEqual({ t, status: 401, code: want });
+    }
+    expect(await code(await h.req('POST', '/api/v1/workers/register', { body: '{broken', headers: { 'content-type': 'application/json' } }))).toEqual({ status: 401, code: 'TOKEN_INVALID' });
+    expect(await code(await h.register(bad, once.token))).toEqual({ status: 400, code: 'VALIDATION_FAILED' });
+    expect(await uses(once.id)).toBe(0);
+    expect((await h.register({}, once.token)).status).toBe(201);
+  });
+
+  it('a re-registration with a bad body: unknown worker 404, wrong secret 401, right secret 400', async () => {
+    const reg = await h.registerOk();
+    const bad = { maxConcurrentBuilds: 0 };
+    expect(await code(await h.register({ ...bad, workerId: 'no-such-worker', workerSecret: 'bfs_x' }, 'garbage'))).toEqual({ status: 404, code: 'WORKER_NOT_FOUND' });
+    expect(await code(await h.register({ ...bad, workerId: reg.workerId, workerSecret: 'bfs_wrong' }, 'garbage'))).toEqual({ status: 401, code: 'TOKEN_INVALID' });
+    expect(await code(await h.register({ ...bad, workerId: reg.workerId, workerSecret: reg.workerSecret }, 'garbage'))).toEqual({ status: 400, code: 'VALIDATION_FAILED' });
+    // The access token did not rotate.
+    expect((await h.req('POST', `/api/v1/workers/${reg.workerId}/heartbeat`, { token: reg.accessToken, json: { activeBuildIds: [] } })).status).toBe(200);
+  });
+
+  it('a registrationId is bound to its enrollment token; its own single-use token may retry it', async () => {
+    const once = await token({ maxUses: 1 });
+    const other = await token({});
+    const registrationId = crypto.randomUUID();
+    const first = (await (await h.register({ registrationId }, once.token)).json()) as { workerId: string; accessToken: string };
+    expect(await code(await h.register({ registrationId }, other.token))).toEqual({ status: 403, code: 'FORBIDDEN' });
+    expect(await uses(other.id)).toBe(0);
+    // The pending registration was not taken over: its credentials still work once retried with its own token.
+    const retry = await h.register({ registrationId }, once.token);
+    expect(retry.status).toBe(201);
+    expect(((await retry.json()) as { workerId: string }).workerId).toBe(first.workerId);
   });
 });

@@ -130,14 +130,14 @@ export async function revokeEnrollmentToken(ctx: SqlContext, id: string, now: nu
 /**
  * Checks an enrollment token inside a registration transaction (PROTOCOL.md
  * "register", case 1); with `consume`, takes one use, conditional on uses
- * left. Throws TOKEN_INVALID (missing, unknown, revoked, used up) or
- * TOKEN_EXPIRED.
+ * left. Resolves the token's id. Throws TOKEN_INVALID (missing, unknown,
+ * revoked, used up) or TOKEN_EXPIRED.
  */
-export async function useEnrollmentToken(trx: Db, hash: string | undefined, now: number, consume: boolean): Promise<void> {
+export async function useEnrollmentToken(trx: Db, hash: string | undefined, now: number, consume: boolean): Promise<string> {
   if (!hash) throw new ApiError('TOKEN_INVALID', 'an enrollment token is required to register a new worker');
   const tok = await trx.selectFrom('enrollment_tokens').selectAll().where('hash', '=', hash).executeTakeFirst();
   if (!tok || tok.revoked_at !== null) throw new ApiError('TOKEN_INVALID', 'enrollment token unknown or revoked');
-  if (!consume) return;
+  if (!consume) return tok.id;
   if (tok.expires_at !== null && tok.expires_at <= now) throw new ApiError('TOKEN_EXPIRED', 'enrollment token expired');
   const res = await trx
     .updateTable('enrollment_tokens')
@@ -146,4 +146,31 @@ export async function useEnrollmentToken(trx: Db, hash: string | undefined, now:
     .where((eb) => eb.or([eb('max_uses', 'is', null), eb('uses', '<', eb.ref('max_uses'))]))
     .executeTakeFirst();
   if (Number(res.numUpdatedRows) === 0) throw new ApiError('TOKEN_INVALID', 'enrollment token used up');
+  return tok.id;
+}
+
+/**
+ * Checks an enrollment token the way a new registration would, without
+ * taking a use or writing anything (a registration with a bad body still
+ * answers 401 for a bad token, PROTOCOL.md check order). Like `registerNew`,
+ * a retry of a registration this token made (`registrationId`) needs no
+ * uses left and no unexpired token. Throws TOKEN_INVALID (missing, unknown,
+ * revoked, used up) or TOKEN_EXPIRED.
+ */
+export function checkEnrollmentToken(ctx: SqlContext, hash: string | undefined, now: number, registrationId?: string): Promise<void> {
+  return run(async () => {
+    if (!hash) throw new ApiError('TOKEN_INVALID', 'an enrollment token is required to register a new worker');
+    const tok = await ctx.db.selectFrom('enrollment_tokens').selectAll().where('hash', '=', hash).executeTakeFirst();
+    if (!tok || tok.revoked_at !== null) throw new ApiError('TOKEN_INVALID', 'enrollment token unknown or revoked');
+    if (registrationId !== undefined) {
+      const pending = await ctx.db
+        .selectFrom('workers')
+        .select('registration_token_id')
+        .where('registration_id', '=', registrationId)
+        .executeTakeFirst();
+      if (pending && (pending.registration_token_id === null || pending.registration_token_id === tok.id)) return;
+    }
+    if (tok.expires_at !== null && tok.expires_at <= now) throw new ApiError('TOKEN_EXPIRED', 'enrollment token expired');
+    if (tok.max_uses !== null && tok.uses >= tok.max_uses) throw new ApiError('TOKEN_INVALID', 'enrollment token used up');
+  });
 }

@@ -27,11 +27,15 @@ export function registerNew(ctx: SqlContext, input: RegisterNewInput): Promise<R
     if (input.registrationId !== undefined) {
       const existing = await forUpdate(ctx, trx.selectFrom('workers').selectAll().where('registration_id', '=', input.registrationId)).executeTakeFirst();
       if (existing) {
+        const tokenId = await useEnrollmentToken(trx, input.enrollmentTokenHash, input.now, false);
+        // Another enrollment token does not take over a pending registration (403 before 409).
+        if (existing.registration_token_id !== null && existing.registration_token_id !== tokenId) {
+          throw new ApiError('FORBIDDEN', 'this registrationId belongs to a registration made with another enrollment token');
+        }
         if (existing.first_auth_at !== null) {
           throw new ApiError('INVALID_TRANSITION', 'registrationId already used: the worker has authenticated since');
         }
         // A retry after a lost answer: same worker, fresh credentials; the lost ones are void.
-        await useEnrollmentToken(trx, input.enrollmentTokenHash, input.now, false);
         await trx
           .updateTable('workers')
           .set({
@@ -50,7 +54,7 @@ export function registerNew(ctx: SqlContext, input: RegisterNewInput): Promise<R
         return { workerId: existing.id, created: true, builds: [], abandon: [], lost: [] };
       }
     }
-    await useEnrollmentToken(trx, input.enrollmentTokenHash, input.now, true);
+    const tokenId = await useEnrollmentToken(trx, input.enrollmentTokenHash, input.now, true);
     await trx
       .insertInto('workers')
       .values({
@@ -66,6 +70,7 @@ export function registerNew(ctx: SqlContext, input: RegisterNewInput): Promise<R
         boot_id: input.bootId ?? null,
         superseded_boot_ids: '[]',
         registration_id: input.registrationId ?? null,
+        registration_token_id: tokenId,
         first_auth_at: null,
         active_build_count: 0,
         created_at: input.now,
@@ -74,6 +79,19 @@ export function registerNew(ctx: SqlContext, input: RegisterNewInput): Promise<R
       })
       .execute();
     return { workerId: input.newWorkerId, created: true, builds: [], abandon: [], lost: [] };
+  });
+}
+
+/**
+ * Checks a worker secret without writing anything (a registration with a
+ * bad body still answers 404/401 first, PROTOCOL.md check order). Throws
+ * WORKER_NOT_FOUND or TOKEN_INVALID.
+ */
+export function checkWorkerSecret(ctx: SqlContext, workerId: string, secretHash: string): Promise<void> {
+  return run(async () => {
+    const w = await ctx.db.selectFrom('workers').select('secret_hash').where('id', '=', workerId).executeTakeFirst();
+    if (!w) throw workerNotFound(workerId);
+    if (!safeEqual(w.secret_hash, secretHash)) throw new ApiError('TOKEN_INVALID', 'wrong worker secret');
   });
 }
 

@@ -45,6 +45,49 @@ export function workersContract(f: StoreFixture): void {
         expect((await store.listWorkers(T0, LEASE)).length).toBe(1);
       });
 
+      it('a registrationId is bound to the enrollment token it was first used with', async () => {
+        await store.createEnrollmentToken({ id: 'other', hash: sha('bfe_other'), description: null, expiresAt: null, maxUses: null, now: T0 });
+        const input = (tokenHash: string, secret: string) => ({
+          enrollmentTokenHash: tokenHash,
+          registrationId: 'reg-bound',
+          newWorkerId: uuidv7(),
+          secretHash: sha(secret),
+          accessToken: { hash: sha(`t-${secret}`), expiresAt: T0 + TTL },
+          name: 'w',
+          labels: [],
+          maxConcurrentBuilds: 1,
+          version: '1',
+          now: T0,
+        });
+        const first = await store.registerNew(input(sha(ENROLL), 'bfs_1'));
+        await expectCode(store.registerNew(input(sha('bfe_other'), 'bfs_2')), 'FORBIDDEN');
+        // The pending registration is untouched: its credentials still work, and its own token still retries.
+        await store.authenticateWorker({ workerId: first.workerId, tokenHash: sha('t-bfs_1'), now: T0 });
+        await expectCode(store.registerNew(input(sha(ENROLL), 'bfs_3')), 'INVALID_TRANSITION');
+        expect((await store.listEnrollmentTokens()).find((t) => t.id === 'other')).toMatchObject({ uses: 0 });
+      });
+
+      it('checkWorkerSecret and checkEnrollmentToken check without writing', async () => {
+        const a = await worker();
+        await store.createEnrollmentToken({ id: 'one', hash: sha('bfe_one'), description: null, expiresAt: T0 + 10, maxUses: 1, now: T0 });
+        await store.checkEnrollmentToken(sha('bfe_one'), T0);
+        await store.checkEnrollmentToken(sha('bfe_one'), T0);
+        expect((await store.listEnrollmentTokens()).find((t) => t.id === 'one')).toMatchObject({ uses: 0 });
+        await expectCode(store.checkEnrollmentToken(sha('bfe_one'), T0 + 10), 'TOKEN_EXPIRED');
+        await expectCode(store.checkEnrollmentToken(sha('bfe_nope'), T0), 'TOKEN_INVALID');
+        await expectCode(store.checkEnrollmentToken(undefined, T0), 'TOKEN_INVALID');
+        await store.registerNew({ enrollmentTokenHash: sha('bfe_one'), registrationId: 'r-one', newWorkerId: uuidv7(), secretHash: sha('s'), accessToken: { hash: sha('t-one'), expiresAt: T0 + TTL }, name: 'w', labels: [], maxConcurrentBuilds: 1, version: '1', now: T0 });
+        await expectCode(store.checkEnrollmentToken(sha('bfe_one'), T0), 'TOKEN_INVALID');
+        // Its own pending registration may still be retried (used up and expired or not).
+        await store.checkEnrollmentToken(sha('bfe_one'), T0 + 10, 'r-one');
+        await expectCode(store.checkEnrollmentToken(sha('bfe_one'), T0, 'r-other'), 'TOKEN_INVALID');
+        await store.revokeEnrollmentToken('one', T0);
+        await expectCode(store.checkEnrollmentToken(sha('bfe_one'), T0), 'TOKEN_INVALID');
+        await store.checkWorkerSecret(a.id, a.secretHash);
+        await expectCode(store.checkWorkerSecret('missing', sha('x')), 'WORKER_NOT_FOUND');
+        await expectCode(store.checkWorkerSecret(a.id, sha('wrong')), 'TOKEN_INVALID');
+      });
+
       it('concurrent registrations with one registrationId create one worker', async () => {
         const reg = (i: number) =>
           store.registerNew({
