@@ -3,7 +3,7 @@
  * errors. It never retries (STYLE.md habit 6): a CLI call that fails is
  * reported to the user, who runs it again.
  */
-import { ApiError, isErrorBody, paths, type Artifact, type Build, type BuildList, type Worker } from '@buildfleet/protocol';
+import { ApiError, apiErrorOf, paths, type Artifact, type Build, type BuildList, type Worker } from '@buildfleet/protocol';
 import { CliError } from './errors.js';
 import type { ClientSettings } from './settings.js';
 
@@ -100,24 +100,13 @@ export class ApiClient {
   }
 
   private async errorFrom(res: Response): Promise<Error> {
-    let body: unknown;
-    const text = await res.text().catch(() => '');
-    try {
-      body = JSON.parse(text);
-    } catch {
-      body = undefined;
-    }
-    if (!isErrorBody(body)) {
-      return new CliError(`the controller answered ${res.status} ${res.statusText} without a protocol error body`);
-    }
-    const { code } = body.error;
-    let message = body.error.message;
-    if (code === 'TOKEN_INVALID' || code === 'TOKEN_EXPIRED') {
-      message = this.settings.apiToken
-        ? `the controller rejected the API token from ${this.settings.tokenSource}: ${message}`
-        : `no API token: set BUILDFLEET_API_TOKEN, or run where the controller's credentials.json is (BUILDFLEET_DATA_DIR): ${message}`;
-    }
-    const retryAfter = Number(res.headers.get('retry-after'));
-    return new ApiError(code, message, Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : undefined);
+    const status = `${res.status} ${res.statusText}`;
+    const err = await apiErrorOf(res, Date.now());
+    if (!err) return new CliError(`the controller answered ${status} without a protocol error body`);
+    if (err.code !== 'TOKEN_INVALID' && err.code !== 'TOKEN_EXPIRED') return err;
+    const message = this.settings.apiToken
+      ? `the controller rejected the API token from ${this.settings.tokenSource}: ${err.message}`
+      : `no API token: set BUILDFLEET_API_TOKEN, or run where the controller's credentials.json is (BUILDFLEET_DATA_DIR): ${err.message}`;
+    return new ApiError(err.code, message, err.retryAfterMs);
   }
 }

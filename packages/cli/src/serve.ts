@@ -5,7 +5,8 @@
  * Signals (SIGINT = Ctrl-C, SIGTERM): the first one drains (the worker takes
  * no new builds and lets running ones finish, then the controller closes);
  * the second one stops running builds (the worker reports them canceled);
- * a third one exits at once.
+ * a third one exits at once. Copies of one signal that arrive within a
+ * moment (npm forwarding the terminal's Ctrl-C) count once.
  */
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +26,7 @@ import {
   type RunningController,
   type RunningWorker,
   type WorkerConfigOverrides,
+  type WorkerModule,
 } from './services.js';
 
 /** examples/hello-c of this checkout (src/ and dist/ sit at the same depth). */
@@ -79,31 +81,18 @@ function workerOverrides(o: ServiceFlags, extra: WorkerConfigOverrides = {}): Wo
 }
 
 /**
- * Counts SIGINT/SIGTERM and calls `onSignal(n)` for the n-th one (from 1);
- * from the third on, exits at once with 130. Returns a remover.
+ * Stops the worker on signals: the first drains, the second stops running
+ * builds, a third exits at once (130). One Ctrl-C that reaches this process
+ * twice (npm forwards the terminal's SIGINT) counts once: the worker
+ * package's `onStopSignals`. Resolves when the worker is done.
  */
-function onSignals(onSignal: (n: number, signal: string) => void): () => void {
-  let n = 0;
-  const handler = (signal: NodeJS.Signals) => {
-    n++;
+async function runWorkerUntilStopped(worker: RunningWorker, label: string, onStopSignals: WorkerModule['onStopSignals']): Promise<void> {
+  let stopping: Promise<void> | undefined;
+  const remove = onStopSignals((n, signal) => {
     if (n >= 3) {
       say(`${signal} again: exiting now`);
       process.exit(130);
     }
-    onSignal(n, signal);
-  };
-  process.on('SIGINT', handler);
-  process.on('SIGTERM', handler);
-  return () => {
-    process.off('SIGINT', handler);
-    process.off('SIGTERM', handler);
-  };
-}
-
-/** Stops the worker on signals: the first drains, the second stops running builds. Resolves when it is done. */
-async function runWorkerUntilStopped(worker: RunningWorker, label: string): Promise<void> {
-  let stopping: Promise<void> | undefined;
-  const remove = onSignals((n, signal) => {
     if (n === 1) {
       say(`${signal}: ${label} draining: no new builds; running builds finish (${signal} again cancels them)`);
       stopping = worker.stop({ drain: true });
@@ -241,7 +230,7 @@ export function addServiceCommands(program: Command): void {
         const apiToken = process.env[ENV.apiToken] || controller.firstStart?.apiToken || creds?.apiToken;
 
         const exampleAbort = new AbortController();
-        const stopped = runWorkerUntilStopped(worker, 'local worker');
+        const stopped = runWorkerUntilStopped(worker, 'local worker', wmod.onStopSignals);
         // The first signal also stops following the example.
         const stopFollowing = () => exampleAbort.abort(new CliError('stopped following the example'));
         process.once('SIGINT', stopFollowing);
@@ -291,12 +280,14 @@ export function addServiceCommands(program: Command): void {
       // Machine-readable line for scripts and tests that start it with port 0.
       process.stdout.write(`listening ${controller.url}\n`);
       await new Promise<void>((resolveStop) => {
-        const remove = onSignals((n, signal) => {
-          if (n > 1) return;
+        const on = (signal: NodeJS.Signals) => {
+          process.off('SIGINT', on);
+          process.off('SIGTERM', on);
           say(`${signal}: closing the controller`);
-          remove();
           resolveStop();
-        });
+        };
+        process.on('SIGINT', on);
+        process.on('SIGTERM', on);
       });
       await controller.close();
     });
@@ -315,7 +306,7 @@ export function addServiceCommands(program: Command): void {
       const config = mod.loadWorkerConfig(process.env, workerOverrides(o));
       const worker = await mod.startWorker(config);
       say(`worker ${worker.workerId} started`);
-      await runWorkerUntilStopped(worker, 'worker');
+      await runWorkerUntilStopped(worker, 'worker', mod.onStopSignals);
       say('worker stopped');
       process.exitCode = EXIT.succeeded;
     });

@@ -3,7 +3,7 @@ export type * from './blobs/types.js';
 export { buildApp, createLogger, loggerOptions, redactingDestination, REDACT_PATHS, type AppDeps } from './app.js';
 export { loadControllerConfig, ConfigError, type ControllerConfig, type ControllerConfigOverrides, type LogLevel } from './config.js';
 export type { OperationsConfig, RetentionPolicy } from './ops/config.js';
-export { startController, writeFileAtomic, type RunningController, type StartOptions, type FirstStartCredentials } from './server.js';
+export { startController, type RunningController, type StartOptions, type FirstStartCredentials } from './server.js';
 export { Reaper, type ReaperOptions } from './reaper.js';
 export { BuildTokens, generateToken, hashToken, safeEqual, type BuildTokenClaims } from './credentials.js';
 export { openStore } from './store/index.js';

@@ -2,12 +2,12 @@
  * Starting and stopping a controller: store, blobs, notifier, tokens, the
  * HTTP app and the reaper, in that order; closed in reverse.
  */
-import { open, rename, unlink } from 'node:fs/promises';
 import { ensurePrivateDatabaseFile, ensurePrivateDir } from './data-dir.js';
 import path from 'node:path';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import pg from 'pg';
 import { systemClock, type Clock } from '@buildfleet/protocol';
+import { writeFileDurable } from '@buildfleet/protocol/node';
 import { buildApp, createLogger } from './app.js';
 import type { ControllerConfig } from './config.js';
 import { generateToken, hashToken } from './credentials.js';
@@ -184,7 +184,7 @@ export async function startController(config: ControllerConfig, opts: StartOptio
     let credentials: FirstStartCredentials | undefined;
     if (firstStart) {
       const credentialsFile = path.join(config.dataDir, 'credentials.json');
-      await writeFileAtomic(credentialsFile, JSON.stringify({ ...firstStart, url }, null, 2) + '\n', 0o600);
+      await writeFileDurable(credentialsFile, JSON.stringify({ ...firstStart, url }, null, 2) + '\n', 0o600);
       credentials = { ...firstStart, credentialsFile };
     }
     logger.info({ url, database: store.dialect, blobs: blobs.kind }, 'controller listening');
@@ -230,26 +230,3 @@ async function ensureTokens(
   return { apiToken, enrollmentToken };
 }
 
-/** Writes a file atomically: temp file, fsync, rename (then fsync the directory). */
-export async function writeFileAtomic(file: string, content: string, mode: number): Promise<void> {
-  const tmp = `${file}.${process.pid}.tmp`;
-  const fh = await open(tmp, 'w', mode);
-  try {
-    await fh.writeFile(content, 'utf8');
-    await fh.chmod(mode);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, file);
-  } catch (err) {
-    await unlink(tmp).catch(() => {});
-    throw err;
-  }
-  const dir = await open(path.dirname(file), 'r').catch(() => undefined);
-  if (dir) {
-    await dir.sync().catch(() => {});
-    await dir.close();
-  }
-}

@@ -21,8 +21,12 @@ function abortReason(signal: AbortSignal): unknown {
   return signal.reason ?? new Error('aborted');
 }
 
-/** Sleep built on any clock's setTimeout, honouring an AbortSignal. */
-function sleepOn(clock: Clock, ms: number, signal?: AbortSignal): Promise<void> {
+/**
+ * `Clock.sleep` for any clock, built on its `setTimeout`: resolves after
+ * `ms`; rejects with the signal's reason (or an Error) when aborted, and
+ * clears its timer then. Every Clock implementation shares this one.
+ */
+export function sleepOn(clock: Clock, ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(abortReason(signal));
     const onAbort = () => {

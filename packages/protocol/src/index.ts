@@ -10,3 +10,4 @@ export * from './duration.js';
 export * from './limits.js';
 export * from './webhooks.js';
 export * from './views.js';
+export * from './answers.js';

@@ -4,7 +4,7 @@
  * `advance`, `fireNext` fires exactly one timer, so the scheduler can let all
  * consequences of one event settle (including real file I/O) before the next.
  */
-import type { Clock, TimerHandle } from '@buildfleet/protocol';
+import { sleepOn, type Clock, type TimerHandle } from '@buildfleet/protocol';
 
 interface Timer {
   id: number;
@@ -34,18 +34,7 @@ export class SimClock implements Clock {
     if (handle) this.timers.delete(handle.id);
   }
   sleep(ms: number, signal?: AbortSignal): Promise<void> {
-    return new Promise((resolve, reject) => {
-      if (signal?.aborted) return reject(signal.reason ?? new Error('aborted'));
-      const onAbort = () => {
-        this.clearTimeout(handle);
-        reject(signal!.reason ?? new Error('aborted'));
-      };
-      const handle = this.setTimeout(() => {
-        signal?.removeEventListener('abort', onAbort);
-        resolve();
-      }, ms);
-      signal?.addEventListener('abort', onAbort, { once: true });
-    });
+    return sleepOn(this, ms, signal);
   }
   /** Timers waiting. */
   get pending(): number {

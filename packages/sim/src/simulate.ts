@@ -14,7 +14,7 @@ import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import Database from 'better-sqlite3';
 import { Header } from 'tar';
-import { paths, type BuildSpec, type Clock, type TimerHandle } from '@buildfleet/protocol';
+import { paths, sleepOn, type BuildSpec, type Clock, type TimerHandle } from '@buildfleet/protocol';
 import type { Store } from '@buildfleet/controller';
 import { MemoryBlobStore } from './blobs.js';
 import { loadWorkerConfig, startWorker, type Logger, type RunningWorker } from '@buildfleet/worker';
@@ -116,18 +116,8 @@ class InstanceClock implements Clock {
     this.base.clearTimeout(h);
   }
   sleep(ms: number, signal?: AbortSignal): Promise<void> {
-    return new Promise((resolve, reject) => {
-      if (signal?.aborted) return reject(signal.reason ?? new Error('aborted'));
-      const onAbort = () => {
-        this.base.clearTimeout(h);
-        if (!this.dead()) reject(signal!.reason ?? new Error('aborted'));
-      };
-      const h = this.setTimeout(() => {
-        signal?.removeEventListener('abort', onAbort);
-        resolve();
-      }, ms);
-      signal?.addEventListener('abort', onAbort, { once: true });
-    });
+    // A dead process's sleeps never end, not even by an abort.
+    return sleepOn(this, ms, signal).catch((err: unknown) => (this.dead() ? new Promise<never>(() => {}) : Promise.reject(err)));
   }
 }
 
@@ -197,6 +187,10 @@ class SimWorker {
       transport: world.network.transport(actor, isDead),
       logger,
       runner,
+      // Retry jitter from the seed, so a seed replays the same waits.
+      random: () => world.jitter.next(),
+      // Every simulated worker process lives in this one OS process; crashes are the simulation's.
+      lockIdentity: false,
       retryBaseMs: TIMING.retryBaseMs,
       retryMaxMs: TIMING.retryMaxMs,
       logChunkBytes: 512,
@@ -256,6 +250,8 @@ export class World {
   readonly rng: Random;
   readonly network: Network;
   readonly observer: Observer;
+  /** Retry jitter of every worker (a stream of its own, so other draws do not shift it). */
+  readonly jitter: Random;
   controller!: SimController;
   blobs!: MemoryBlobStore;
   nextLineage = 1;
@@ -268,6 +264,7 @@ export class World {
     this.trace = new Trace(() => this.clock.monotonic());
     this.rng = new Random(seed * 2654435761);
     this.observer = new Observer(this.trace);
+    this.jitter = this.rng.fork('math-random');
     const faults = this.rng.fork('net-intensity');
     const net: NetworkFaults = {
       dropRequest: faults.next() * 0.06,
@@ -327,10 +324,6 @@ export async function runSeed(opts: SimOptions): Promise<SimResult> {
   const tmpRoot = opts.tmpRoot ?? (fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir());
   const root = fs.mkdtempSync(path.join(tmpRoot, `buildfleet-sim-${opts.seed}-`));
   const stats: Record<string, number> = {};
-  // Retry jitter and anything else that asks Math.random draws from the seed too.
-  const realRandom = Math.random;
-  const jitter = world.rng.fork('math-random');
-  Math.random = () => jitter.next();
   try {
     // --- the plan -----------------------------------------------------------
     const nWorkers = opts.workers ?? rng.int(2, 5);
@@ -542,7 +535,6 @@ export async function runSeed(opts: SimOptions): Promise<SimResult> {
     await world.blobs.close();
     return { seed: opts.seed, ok: world.violations.length === 0, violations: world.violations, trace, stats };
   } finally {
-    Math.random = realRandom;
     if (!opts.keep) fs.rmSync(root, { recursive: true, force: true });
   }
 }

@@ -7,9 +7,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FakeClock, paths } from '@buildfleet/protocol';
+import { FakeClock } from '@buildfleet/protocol';
 import { buildApp, hashToken, InProcessNotifier, loadControllerConfig, openStore, type Store } from '@buildfleet/controller';
-import { loadWorkerConfig, Session, IdentityStore, ControllerClient, silentLogger, type Transport } from '@buildfleet/worker';
+import { loadWorkerConfig, Session, IdentityStore, createHttpClient, silentLogger, type Transport } from '@buildfleet/worker';
 import { MemoryBlobStore } from '../src/blobs.js';
 
 const ENROLL = 'bfe_' + 'regression'.repeat(4);
@@ -58,7 +58,7 @@ describe('a duplicated first registration request', () => {
     };
     const clock = new FakeClock();
     const config = loadWorkerConfig({}, { controllerUrls: 'http://controller.test', enrollmentToken: ENROLL, dataDir: path.join(dir, 'w'), name: 'w' });
-    const client = new ControllerClient({ urls: config.controllerUrls, clock, requestTimeoutMs: 5_000, transport });
+    const client = createHttpClient({ urls: config.controllerUrls, clock, requestTimeoutMs: 5_000, transport, backoff: { baseMs: 1, maxMs: 1 } });
     const session = new Session({
       client,
       config,
@@ -66,8 +66,6 @@ describe('a duplicated first registration request', () => {
       clock,
       logger: silentLogger,
       activeBuildIds: () => [],
-      retryBaseMs: 1,
-      retryMaxMs: 1,
     });
     cleanups.push(async () => session.close());
     await session.start();
@@ -75,10 +73,8 @@ describe('a duplicated first registration request', () => {
     // The copy voided the credentials the worker holds: its first call is refused,
     // and so is the re-registration with the voided secret; the session then asks
     // again with its registrationId and the call goes through.
-    const answer = await session.call((token, workerId) =>
-      client.json({ method: 'POST', path: paths.heartbeat(workerId), token, json: { activeBuildIds: [] } }),
-    );
-    expect(answer.status).toBe(200);
+    const answer = await session.call((accessToken, workerId) => client.heartbeat({ workerId, accessToken }, { activeBuildIds: [] }, 5_000));
+    expect(answer).toMatchObject({ cancel: [], abandon: [] });
     expect(session.fatal).toBeUndefined();
     expect(session.workerId).toBe(firstId);
     expect((await store.listWorkers(Date.now(), 60_000)).map((w) => w.id)).toEqual([firstId]);

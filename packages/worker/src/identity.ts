@@ -1,12 +1,17 @@
 /**
  * The worker's identity file, `<dataDir>/worker/identity.json`: who this
- * worker is to the controller. Written atomically (temp file, fsync, rename,
- * fsync of the directory, mode 0600) so a crash leaves the old or the new
- * file, never a torn one.
+ * worker is to the controller. Written atomically and durably
+ * (`writeFileDurable`, mode 0600) so a crash leaves the old or the new file,
+ * never a torn one. While a worker runs it holds the identity's lock
+ * (`IdentityLock`), so a second worker started on the same data directory by
+ * mistake is refused at once instead of taking the identity over.
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import type { Clock } from '@buildfleet/protocol';
+import { writeFileDurable } from '@buildfleet/protocol/node';
 
 /**
  * `workerId` + `workerSecret` once registered; `registrationId` is saved
@@ -46,27 +51,96 @@ export class IdentityStore {
 
   /** Replaces the identity file atomically and durably (mode 0600). */
   async save(identity: Identity): Promise<void> {
-    const dir = path.dirname(this.file);
-    await fs.mkdir(dir, { recursive: true, mode: 0o700 });
-    const tmp = path.join(dir, `.identity.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-    const fh = await fs.open(tmp, 'wx', 0o600);
-    try {
-      await fh.writeFile(JSON.stringify(identity, null, 2) + '\n');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    try {
-      await fs.rename(tmp, this.file);
-    } catch (err) {
-      await fs.rm(tmp, { force: true });
-      throw err;
-    }
-    const dh = await fs.open(dir, 'r');
-    try {
-      await dh.sync();
-    } finally {
-      await dh.close();
-    }
+    await fs.mkdir(path.dirname(this.file), { recursive: true, mode: 0o700 });
+    await writeFileDurable(this.file, JSON.stringify(identity, null, 2) + '\n', 0o600);
   }
+}
+
+/** Another live process holds this identity's lock; `pid` names it when it answered. */
+export class IdentityLockedError extends Error {
+  constructor(
+    readonly stateDir: string,
+    readonly pid: number | undefined,
+  ) {
+    super(
+      `another buildfleet worker (${pid === undefined ? 'pid unknown' : `pid ${pid}`}) is running on the data directory ${path.dirname(stateDir)} ` +
+        `(its identity is ${path.join(stateDir, 'identity.json')}); each worker needs a data directory of its own (BUILDFLEET_DATA_DIR or --data-dir)`,
+    );
+    this.name = 'IdentityLockedError';
+  }
+}
+
+/**
+ * The lock a running worker holds on its identity: a listening Unix socket
+ * in Linux's abstract namespace, named after the state directory's real
+ * path. The kernel lets one process bind a name and frees it when that
+ * process dies however it dies, so a lock is never stale and taking it is
+ * one atomic step; a newcomer connects to learn the holder's pid for its
+ * message. (Abstract sockets are per network namespace: two workers in
+ * different containers sharing one volume are not stopped by this; the
+ * controller's IDENTITY_CONFLICT still is.)
+ */
+export class IdentityLock {
+  private constructor(private readonly server: net.Server | undefined) {}
+
+  /** Takes the lock of `stateDir` (created if missing). Throws IdentityLockedError while a live process holds it. */
+  static async acquire(stateDir: string, clock: Clock): Promise<IdentityLock> {
+    await fs.mkdir(stateDir, { recursive: true, mode: 0o700 });
+    const name = lockName(await fs.realpath(stateDir));
+    if (name === undefined) return new IdentityLock(undefined);
+    const server = net.createServer((socket) => socket.end(JSON.stringify({ pid: process.pid }) + '\n'));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ path: name, exclusive: true }, () => resolve());
+      });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+      throw new IdentityLockedError(stateDir, await holderPid(name, clock));
+    }
+    server.unref();
+    return new IdentityLock(server);
+  }
+
+  /** A lock that holds nothing (see StartWorkerOptions.lockIdentity). */
+  static none(): IdentityLock {
+    return new IdentityLock(undefined);
+  }
+
+  /** Lets the next worker on this data directory start. */
+  async release(): Promise<void> {
+    const s = this.server;
+    if (!s?.listening) return;
+    await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+}
+
+/** The abstract socket name for a state directory; undefined where there is no abstract namespace. */
+function lockName(realStateDir: string): string | undefined {
+  if (process.platform !== 'linux') return undefined;
+  return `\0buildfleet-worker-${createHash('sha256').update(realStateDir).digest('hex').slice(0, 40)}`;
+}
+
+/** Asks the lock's holder for its pid (a second at most). */
+function holderPid(name: string, clock: Clock): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    let text = '';
+    const socket = net.connect({ path: name });
+    const done = (pid?: number) => {
+      clock.clearTimeout(timer);
+      socket.destroy();
+      resolve(pid);
+    };
+    const timer = clock.setTimeout(() => done(), 1_000);
+    socket.on('data', (c: Buffer) => (text += c.toString()));
+    socket.on('end', () => {
+      try {
+        const pid = (JSON.parse(text) as { pid?: unknown }).pid;
+        done(typeof pid === 'number' ? pid : undefined);
+      } catch {
+        done();
+      }
+    });
+    socket.on('error', () => done());
+  });
 }

@@ -21,18 +21,17 @@ import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import {
   ApiError,
-  paths,
   type Clock,
   type RegisterRequest,
   type RegisterResponse,
   type TimerHandle,
   type WorkerSettings,
 } from '@buildfleet/protocol';
+import type { ControllerClient } from './client/controller-client.js';
+import { describeError } from './client/retry.js';
 import type { WorkerConfig } from './config.js';
-import type { ControllerClient } from './http.js';
 import type { Identity, IdentityStore } from './identity.js';
 import type { Logger } from './logger.js';
-import { isRetryable, withRetry } from './retry.js';
 
 /** Fraction of an access token's lifetime after which it is refreshed (GitLab Runner's 75%). */
 export const REFRESH_FRACTION = 0.75;
@@ -67,10 +66,6 @@ export interface SessionOptions {
   logger: Logger;
   /** Build ids running here now (sent as `activeBuildIds` with re-registrations). */
   activeBuildIds: () => string[];
-  /** Backoff for registration retries (ms). */
-  retryBaseMs?: number;
-  retryMaxMs?: number;
-  random?: () => number;
 }
 
 /**
@@ -121,7 +116,9 @@ export class Session extends EventEmitter {
 
   /**
    * Loads the identity file and registers (new or re-registration). Retries
-   * retryable failures until `close()`. Throws SessionFatalError.
+   * within the client's registration budget (`BUDGETS.register`). Throws
+   * SessionFatalError, or RetryBudgetExhausted when the controller could not
+   * be reached.
    */
   async start(): Promise<void> {
     this.identity = await this.opts.identityStore.load();
@@ -177,6 +174,9 @@ export class Session extends EventEmitter {
           if (err instanceof SessionFatalError) {
             this.fatalError = err;
             if (err.code !== 'CLOSED') this.emit('fatal', err);
+          } else {
+            // Not for ever: the caller that needs the token next starts another round.
+            this.opts.logger.error({ reason, err: describeError(err) }, 'registration gave up; the next call that needs the token tries again');
           }
           throw err;
         })
@@ -207,7 +207,7 @@ export class Session extends EventEmitter {
   }
 
   private async registerLoop(reason: string): Promise<void> {
-    const { client, clock, logger } = this.opts;
+    const { client, logger } = this.opts;
     // Set when our secret was refused and we ask again with our registrationId.
     let secretRefused: ApiError | undefined;
     for (;;) {
@@ -215,20 +215,15 @@ export class Session extends EventEmitter {
       const known = this.identity.workerId && this.identity.workerSecret;
       if (known) {
         try {
-          const answer = await withRetry(
-            async () => {
-              const active = this.opts.activeBuildIds();
-              const body: RegisterRequest = {
-                ...this.common(),
-                workerId: this.identity.workerId!,
-                workerSecret: this.identity.workerSecret!,
-                activeBuildCount: active.length,
-                activeBuildIds: active,
-              };
-              return (await client.json<RegisterResponse>({ method: 'POST', path: paths.register(), json: body, signal: this.abort.signal })).body;
-            },
-            this.retryOptions(),
-          );
+          const active = this.opts.activeBuildIds();
+          const body: RegisterRequest = {
+            ...this.common(),
+            workerId: this.identity.workerId!,
+            workerSecret: this.identity.workerSecret!,
+            activeBuildCount: active.length,
+            activeBuildIds: active,
+          };
+          const answer = await client.register(body, undefined, { signal: this.abort.signal });
           this.apply(answer, 'reregistered', reason);
           return;
         } catch (err) {
@@ -279,19 +274,8 @@ export class Session extends EventEmitter {
       }
       const registrationId = this.identity.registrationId!;
       try {
-        const answer = await withRetry(
-          async () =>
-            (
-              await client.json<RegisterResponse>({
-                method: 'POST',
-                path: paths.register(),
-                token: enrollment,
-                json: { ...this.common(), registrationId, activeBuildCount: 0, activeBuildIds: [] } satisfies RegisterRequest,
-                signal: this.abort.signal,
-              })
-            ).body,
-          this.retryOptions(),
-        );
+        const body: RegisterRequest = { ...this.common(), registrationId, activeBuildCount: 0, activeBuildIds: [] };
+        const answer = await client.register(body, enrollment, { signal: this.abort.signal });
         if (!answer.workerSecret) throw new Error('controller answered a new registration without workerSecret');
         // The registrationId stays: if a late copy of this request voids these
         // credentials before our first authenticated call, it gets them back.
@@ -323,20 +307,6 @@ export class Session extends EventEmitter {
 
   private abortOr(err: unknown): unknown {
     return this.abort.signal.aborted ? this.abort.signal.reason : err;
-  }
-
-  private retryOptions() {
-    return {
-      clock: this.opts.clock,
-      maxAttempts: Infinity,
-      baseMs: this.opts.retryBaseMs ?? 500,
-      maxMs: this.opts.retryMaxMs ?? 30_000,
-      signal: this.abort.signal,
-      retryable: isRetryable,
-      ...(this.opts.random ? { random: this.opts.random } : {}),
-      onRetry: (attempt: number, err: unknown, delayMs: number) =>
-        this.opts.logger.warn({ attempt, delayMs, err: (err as Error).message }, 'registration failed; retrying'),
-    };
   }
 
   private apply(answer: RegisterResponse, kind: RegistrationKind, reason: string): void {

@@ -1,8 +1,9 @@
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FakeClock, flushMicrotasks, type Clock } from '@buildfleet/protocol';
 import { startWorker, type RunningWorker } from '../src/agent.js';
-import type { BuildResult } from '../src/executor.js';
+import type { BuildResult } from '../src/build-run.js';
 import { silentLogger } from '../src/logger.js';
 import { SessionFatalError } from '../src/session.js';
 import { FakeController } from './support/fake-controller.js';
@@ -65,7 +66,7 @@ describe('agent', () => {
     const b = fake.addBuild({ script: 'sleep 0.3' });
     const c = fake.addBuild({ script: 'true' });
     await waitFor(() => [a, b, c].every((x) => fake.builds.get(x.id)!.finish), { what: 'three builds to finish', timeoutMs: 10_000 });
-    await waitFor(() => w.executor.size === 0, { what: 'the runs to be removed' });
+    await waitFor(() => w.builds.size === 0, { what: 'the runs to be removed' });
     const maxSlots = Math.max(...fake.of('poll').map((p) => (p.body as { freeSlots: number }).freeSlots));
     expect(maxSlots).toBe(2);
     expect(fake.of('poll').every((p) => (p.body as { freeSlots: number }).freeSlots > 0)).toBe(true);
@@ -163,7 +164,7 @@ describe('agent', () => {
     const fenced = nextEvent(w, 'build:fenced');
     const dropped = nextEvent<BuildResult>(w, 'build:dropped');
     for (let t = 0; t < 5_000; t += 1_000) await clock.advance(1_000);
-    expect(w.executor.runs.has(b.id)).toBe(true); // 5 s < leaseMs (6 s)
+    expect(w.builds.runs.has(b.id)).toBe(true); // 5 s < leaseMs (6 s)
     await clock.advance(1_500);
     expect(await fenced).toBe(b.id);
     expect((await dropped).dropReason).toMatch(/fenced/);
@@ -188,7 +189,7 @@ describe('agent', () => {
     expect(stopped).toBe(false);
     fake.addBuild({ script: 'echo must-not-run' });
     // Let the build end: it waits for a file in its workspace.
-    const ws = w.executor.runs.get(b.id)!.workspace;
+    const ws = w.builds.runs.get(b.id)!.workspace!;
     await fs.writeFile(`${ws}/go`, '');
     await stopping;
     await w.done;
@@ -208,17 +209,23 @@ describe('agent', () => {
     expect(fake.builds.get(b.id)!.finish).toMatchObject({ outcome: 'canceled' });
   });
 
-  it('a second worker process on the same identity file makes the first stop with IDENTITY_CONFLICT', async () => {
+  it('a copy of the identity file used by a worker elsewhere makes the older one stop with IDENTITY_CONFLICT', async () => {
     const clock = new FakeClock();
     fake.accessTokenTtlMs = 100_000;
     const a = await start(clock);
-    const b = await start(); // same data dir: same identity, newer bootId
+    // The data directory copied to another machine: same identity, newer bootId.
+    const elsewhere = await tempDir();
+    await fs.mkdir(path.join(elsewhere, 'worker'), { recursive: true });
+    await fs.copyFile(path.join(dir, 'worker', 'identity.json'), path.join(elsewhere, 'worker', 'identity.json'));
+    const b = await start(undefined, {}, elsewhere);
     expect(b.workerId).toBe(a.workerId);
     const fatal = nextEvent<SessionFatalError>(a, 'fatal');
     await clock.advance(75_000); // a's refresh is refused
     const err = await fatal;
     expect(err.code).toBe('IDENTITY_CONFLICT');
     await expect(a.done).rejects.toThrow(/two processes share one identity file/);
+    await b.stop();
+    await fs.rm(elsewhere, { recursive: true, force: true });
   });
 
   it('a lost poll answer: the controller re-delivers the claimed build and it runs once', async () => {

@@ -5,8 +5,10 @@ import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FakeClock, systemClock, type BuildSpecInput, type Clock } from '@buildfleet/protocol';
-import { ControllerClient } from '../src/http.js';
-import { Executor, type BuildResult } from '../src/executor.js';
+import { ActiveBuilds } from '../src/active-builds.js';
+import type { BuildResult } from '../src/build-run.js';
+import { createHttpClient } from '../src/client/http-controller-client.js';
+import { ShellExecutor } from '../src/executor/shell.js';
 import { PidDir, isAlive } from '../src/process.js';
 import { silentLogger } from '../src/logger.js';
 import { FakeController } from './support/fake-controller.js';
@@ -17,7 +19,7 @@ import { waitFor } from './support/wait.js';
 
 let fake: FakeController;
 let dir: string;
-let executors: Executor[] = [];
+let executors: ActiveBuilds[] = [];
 
 beforeEach(async () => {
   fake = await FakeController.start();
@@ -34,24 +36,24 @@ afterEach(async () => {
 function makeExecutor(opts: { clock?: Clock; cancelGraceMs?: number; logChunkBytes?: number } = {}) {
   const clock = opts.clock ?? systemClock;
   const config = testConfig(fake, dir, { cancelGraceMs: opts.cancelGraceMs ?? 2_000 });
-  const client = new ControllerClient({ urls: config.controllerUrls, clock, requestTimeoutMs: config.requestTimeoutMs });
+  const client = createHttpClient({ urls: config.controllerUrls, clock, requestTimeoutMs: config.requestTimeoutMs, backoff: { baseMs: 1, maxMs: 5 } });
   const events = new EventEmitter();
-  const ex = new Executor({
+  const shell = new ShellExecutor({ stateDir: config.stateDir, clock, logger: silentLogger });
+  const ex = new ActiveBuilds({
     client,
+    executor: shell,
     clock,
     config,
     logger: silentLogger,
     events,
     workerId: () => 'w-test',
-    retryBaseMs: 1,
-    retryMaxMs: 5,
-    ...(opts.logChunkBytes ? { logChunkBytes: opts.logChunkBytes } : {}),
+    logChunkBytes: opts.logChunkBytes,
   });
   executors.push(ex);
-  return { ex, events, config };
+  return { ex, shell, events, config };
 }
 
-function launch(ex: Executor, spec: BuildSpecInput, source?: Buffer) {
+function launch(ex: ActiveBuilds, spec: BuildSpecInput, source?: Buffer) {
   const b = fake.addBuild(spec, source ?? tarGz([{ path: 'hello.txt', data: 'hello from the source\n' }]));
   const run = ex.launch(fake.assign(b))!;
   return { b, run };
@@ -287,7 +289,7 @@ describe('executor', () => {
   });
 
   it('on start, kills process groups a previous run left behind (and only verified group leaders)', async () => {
-    const { ex, config } = makeExecutor();
+    const { shell, config } = makeExecutor();
     const child = spawn('/bin/sh', ['-c', 'sleep 300 & wait'], { detached: true, stdio: 'ignore' });
     const exited = new Promise((resolve) => child.once('exit', resolve));
     const pids = new PidDir(config.stateDir);
@@ -295,7 +297,7 @@ describe('executor', () => {
     // A pid file naming a process that is not a group leader (this test process's parent group member) is left alone.
     const notLeader = process.pid;
     await fs.writeFile(path.join(pids.dir, 'not-a-leader'), JSON.stringify({ pgid: notLeader }));
-    const killed = await ex.cleanupLeftovers();
+    const killed = await shell.cleanupLeftovers();
     expect(killed).toEqual([child.pid]);
     await exited;
     expect(isAlive(child.pid!)).toBe(false);

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ApiError, FakeClock, paths, systemClock } from '@buildfleet/protocol';
-import { ControllerClient, TransportError, parseRetryAfter } from '../src/http.js';
+import { ApiError, FakeClock, parseRetryAfter, paths, systemClock } from '@buildfleet/protocol';
+import { Connection, TransportError } from '../src/client/connection.js';
 import { FakeController } from './support/fake-controller.js';
 
 let fake: FakeController;
@@ -21,10 +21,10 @@ async function deadUrl(): Promise<string> {
   return `http://127.0.0.1:${port}`;
 }
 
-describe('ControllerClient', () => {
+describe('Connection', () => {
   it('maps a protocol error body to ApiError with Retry-After in ms', async () => {
     fake.failNext('register', { status: 429, code: 'RATE_LIMITED', retryAfterSeconds: 3 });
-    const c = new ControllerClient({ urls: [fake.url], clock: systemClock, requestTimeoutMs: 5000 });
+    const c = new Connection({ urls: [fake.url], clock: systemClock, requestTimeoutMs: 5000 });
     const err = await c.json({ method: 'POST', path: paths.register(), json: {} }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ApiError);
     expect(err).toMatchObject({ code: 'RATE_LIMITED', status: 429, retryAfterMs: 3000 });
@@ -32,7 +32,7 @@ describe('ControllerClient', () => {
 
   it('maps a non-protocol error answer to TransportError(http) with the status', async () => {
     fake.failNext('register', { status: 502 });
-    const c = new ControllerClient({ urls: [fake.url], clock: systemClock, requestTimeoutMs: 5000 });
+    const c = new Connection({ urls: [fake.url], clock: systemClock, requestTimeoutMs: 5000 });
     const err = await c.json({ method: 'POST', path: paths.register(), json: {} }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(TransportError);
     expect(err).toMatchObject({ kind: 'http', status: 502 });
@@ -40,7 +40,7 @@ describe('ControllerClient', () => {
 
   it('a dropped answer is a network TransportError', async () => {
     fake.dropNextAnswer('register');
-    const c = new ControllerClient({ urls: [fake.url], clock: systemClock, requestTimeoutMs: 5000 });
+    const c = new Connection({ urls: [fake.url], clock: systemClock, requestTimeoutMs: 5000 });
     const err = await c.json({ method: 'POST', path: paths.register(), json: {}, token: fake.enrollmentToken }).catch((e: unknown) => e);
     expect(err).toMatchObject({ kind: 'network' });
   });
@@ -48,7 +48,7 @@ describe('ControllerClient', () => {
   it('times out on the injected clock', async () => {
     const clock = new FakeClock();
     const gate = fake.hold('register');
-    const c = new ControllerClient({ urls: [fake.url], clock, requestTimeoutMs: 1000 });
+    const c = new Connection({ urls: [fake.url], clock, requestTimeoutMs: 1000 });
     const p = c.json({ method: 'POST', path: paths.register(), json: {} }).catch((e: unknown) => e);
     await gate.arrived(1);
     await clock.advance(1000);
@@ -59,7 +59,7 @@ describe('ControllerClient', () => {
   it('fails over to the next URL after a network error, and after a 503', async () => {
     const dead = await deadUrl();
     const moves: string[] = [];
-    const c = new ControllerClient({
+    const c = new Connection({
       urls: [dead, fake.url],
       clock: systemClock,
       requestTimeoutMs: 5000,

@@ -21,7 +21,7 @@ import {
   type RegisterResponse,
 } from '@buildfleet/protocol';
 import type { RegisteredEvent } from '../../src/session.js';
-import type { Transport } from '../../src/http.js';
+import type { Transport } from '../../src/client/connection.js';
 import { IdentityStore } from '../../src/identity.js';
 import { heartbeat, makeSession } from '../support/harness.js';
 import { tarGz } from '../support/tarball.js';

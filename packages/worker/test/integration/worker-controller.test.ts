@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FakeClock, paths, systemClock, type Build } from '@buildfleet/protocol';
 import { startWorker, type RunningWorker } from '../../src/agent.js';
-import type { BuildResult } from '../../src/executor.js';
+import type { BuildResult } from '../../src/build-run.js';
 import { IdentityStore } from '../../src/identity.js';
 import { isAlive } from '../../src/process.js';
 import { silentLogger } from '../../src/logger.js';
@@ -149,7 +149,7 @@ describe('worker against the real controller', () => {
     expect(res.status).toBe(200);
     const b = await finished(build.id);
     expect(b.state).toBe('canceled');
-    await waitFor(() => w.executor.size === 0, { what: 'the run to end' });
+    await waitFor(() => w.builds.size === 0, { what: 'the run to end' });
   });
 
   it('drain: the running build finishes and the worker stops without taking the next one', async () => {

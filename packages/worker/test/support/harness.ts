@@ -2,9 +2,11 @@
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { paths, systemClock, type Clock, type HeartbeatResponse } from '@buildfleet/protocol';
+import { systemClock, type Clock, type HeartbeatResponse } from '@buildfleet/protocol';
 import { loadWorkerConfig, type WorkerConfig, type WorkerConfigOverrides } from '../../src/config.js';
-import { ControllerClient, type Transport } from '../../src/http.js';
+import type { Transport } from '../../src/client/connection.js';
+import type { ControllerClient } from '../../src/client/controller-client.js';
+import { createHttpClient } from '../../src/client/http-controller-client.js';
 import { IdentityStore } from '../../src/identity.js';
 import { silentLogger } from '../../src/logger.js';
 import { Session } from '../../src/session.js';
@@ -42,7 +44,7 @@ export function makeSession(
 ): SessionRig {
   const clock = opts.clock ?? systemClock;
   const config = testConfig(fake, dataDir, opts.config);
-  const client = new ControllerClient({ urls: config.controllerUrls, clock, requestTimeoutMs: config.requestTimeoutMs, ...(opts.transport ? { transport: opts.transport } : {}) });
+  const client = createHttpClient({ urls: config.controllerUrls, clock, requestTimeoutMs: config.requestTimeoutMs, transport: opts.transport, backoff: { baseMs: 1, maxMs: 5 } });
   const identity = new IdentityStore(config.stateDir);
   const session = new Session({
     client,
@@ -51,16 +53,11 @@ export function makeSession(
     clock,
     logger: silentLogger,
     activeBuildIds: opts.active ?? (() => []),
-    retryBaseMs: 1,
-    retryMaxMs: 5,
   });
   return { session, client, config, identity };
 }
 
 /** One heartbeat through the session (the simplest authenticated call). */
 export function heartbeat(rig: SessionRig, activeBuildIds: string[] = []): Promise<HeartbeatResponse> {
-  return rig.session.call(
-    async (token, workerId) =>
-      (await rig.client.json<HeartbeatResponse>({ method: 'POST', path: paths.heartbeat(workerId), token, json: { activeBuildIds } })).body,
-  );
+  return rig.session.call((accessToken, workerId) => rig.client.heartbeat({ workerId, accessToken }, { activeBuildIds }, rig.config.requestTimeoutMs));
 }

@@ -1,10 +1,11 @@
 /**
- * The worker's HTTP client for the controller. It never retries (STYLE.md
- * habit 6): it maps answers to typed errors — `ApiError` for a protocol error
- * body, `TransportError` for everything else — and leaves retry policy to
+ * The worker's HTTP connection to the controller: the transport under the
+ * typed client (`controller-client.ts`). It never retries (STYLE.md habit 6):
+ * it maps answers to typed errors — `ApiError` for a protocol error body,
+ * `TransportError` for everything else — and leaves retry policy to
  * `retry.ts` and credential handling to `session.ts`.
  */
-import { ApiError, isErrorBody, type Clock } from '@buildfleet/protocol';
+import { apiErrorOf, parseRetryAfter, type Clock } from '@buildfleet/protocol';
 
 /** A `fetch`-compatible function (global fetch, or an in-process router in simulations). */
 export type Transport = (url: string, init: RequestInit) => Promise<Response>;
@@ -53,17 +54,7 @@ export interface JsonAnswer<T> {
   headers: Headers;
 }
 
-/** Parses `Retry-After` (seconds or an HTTP date) into ms; undefined when absent. */
-export function parseRetryAfter(value: string | null, nowMs: number): number | undefined {
-  if (!value) return undefined;
-  const secs = Number(value);
-  if (Number.isFinite(secs) && secs >= 0) return Math.round(secs * 1000);
-  const at = Date.parse(value);
-  if (Number.isFinite(at)) return Math.max(0, at - nowMs);
-  return undefined;
-}
-
-export interface ControllerClientOptions {
+export interface ConnectionOptions {
   /** Base URLs; the client moves to the next one when the current does not answer. */
   urls: readonly string[];
   clock: Clock;
@@ -76,19 +67,19 @@ export interface ControllerClientOptions {
 
 /**
  * One controller connection with failover across `urls`: after a network
- * error, a timeout or a 503, the *next* request goes to the next URL (the
- * failed one is not retried here; `withRetry` decides whether to call again).
+ * error, a timeout or a 5xx, the *next* request goes to the next URL (the
+ * failed one is not retried here; `retry.ts` decides whether to call again).
  */
-export class ControllerClient {
+export class Connection {
   private readonly urls: readonly string[];
   private index = 0;
   private readonly transport: Transport;
+  private readonly onFailover: ConnectionOptions['onFailover'];
   readonly clock: Clock;
   readonly requestTimeoutMs: number;
-  private readonly onFailover: ControllerClientOptions['onFailover'];
 
-  constructor(opts: ControllerClientOptions) {
-    if (opts.urls.length === 0) throw new Error('ControllerClient needs at least one URL');
+  constructor(opts: ConnectionOptions) {
+    if (opts.urls.length === 0) throw new Error('Connection needs at least one URL');
     this.urls = opts.urls;
     this.clock = opts.clock;
     this.requestTimeoutMs = opts.requestTimeoutMs;
@@ -155,16 +146,11 @@ export class ControllerClient {
     }
 
     if (res.ok) return res;
+    // 503 is a database this controller cannot reach, 500 a bug on it: another controller may do better.
+    if (res.status >= 500) this.failover(idx, `it answered ${res.status}`);
+    const apiError = await apiErrorOf(res, this.clock.now());
+    if (apiError) throw apiError;
     const retryAfterMs = parseRetryAfter(res.headers.get('retry-after'), this.clock.now());
-    if (res.status === 503) this.failover(idx, 'it answered 503');
-    let parsed: unknown;
-    try {
-      const text = await res.text();
-      parsed = text ? JSON.parse(text) : undefined;
-    } catch {
-      parsed = undefined;
-    }
-    if (isErrorBody(parsed)) throw new ApiError(parsed.error.code, parsed.error.message, retryAfterMs);
     throw new TransportError('http', `${opts.method} ${opts.path}: HTTP ${res.status} without an error body`, url, res.status, retryAfterMs);
   }
 

@@ -1,0 +1,2 @@
+/** Node-only helpers shared by the worker and the controller (not part of the wire contract). */
+export { writeFileDurable } from './durable-file.js';

@@ -1,0 +1,145 @@
+/**
+ * The worker's typed client of the controller: one method per call of
+ * PROTOCOL.md the worker makes (after Woodpecker's `rpc/peer.go` and
+ * Buildkite's `core/client.go`). Each method says when it is called, what it
+ * retries and with what budget; the agent, the session and the build run
+ * depend on this interface, never on paths or request bodies.
+ *
+ * Budgets are attempts (the first included) and a time limit from the first
+ * attempt (waits that would end later are not taken). Retried: what
+ * `isRetryable` calls retryable (network errors, timeouts, 429, 500, 503).
+ * Never retried: every other protocol answer, which the caller decides on.
+ * Out of budget: `RetryBudgetExhausted`, logged as an error by the client.
+ * Long-lived loops (poll, heartbeat) make one attempt per call: the loop is
+ * the retry, and it logs its own failures.
+ */
+import type {
+  AssignedBuild,
+  FinishRequest,
+  HeartbeatRequest,
+  HeartbeatResponse,
+  PollRequest,
+  RegisterRequest,
+  RegisterResponse,
+} from '@buildfleet/protocol';
+import type { RetryBudget } from './retry.js';
+
+/** Who calls: the worker's id and its current access token (`bfw_…`). */
+export interface WorkerCredentials {
+  workerId: string;
+  accessToken: string;
+}
+
+/** One attempt of one build as the worker knows it; writes use its build token (`bfb_…`). */
+export type BuildRef = Pick<AssignedBuild, 'id' | 'attempt' | 'buildToken' | 'sourceUrl'>;
+
+/** One log chunk (PROTOCOL.md "Worker side"): `offset` counts the attempt's bytes before it. */
+export interface LogChunkUpload {
+  seq: number;
+  offset: number;
+  data: Buffer;
+}
+
+/** A file to upload as an artifact: its workspace-relative name, where it is, its size and SHA-256. */
+export interface ArtifactUpload {
+  name: string;
+  path: string;
+  size: number;
+  sha256: string;
+}
+
+export interface CallOptions {
+  /** Aborts the request and any wait between attempts. */
+  signal?: AbortSignal | undefined;
+}
+
+/**
+ * Retry budgets of the calls that retry (see each method). The simulation
+ * and tests shorten the backoff between attempts, never these.
+ */
+export const BUDGETS = {
+  /** 10 attempts over at most 5 minutes (Buildkite's `Register` also keeps trying for 5 minutes). */
+  register: { attempts: 10, withinMs: 5 * 60_000 },
+  /** 6 attempts over at most 1 minute: past its ackDeadline (default 30 s) the build is lost anyway. */
+  start: { attempts: 6, withinMs: 60_000 },
+  /** 5 attempts over at most 5 minutes. */
+  source: { attempts: 5, withinMs: 5 * 60_000 },
+  /** 10 attempts over at most 10 minutes (logs matter: Buildkite's `UploadChunk` tries ~10 minutes). */
+  logChunk: { attempts: 10, withinMs: 10 * 60_000 },
+  /** 5 attempts over at most 10 minutes per artifact. */
+  artifact: { attempts: 5, withinMs: 10 * 60_000 },
+  /** 12 attempts over at most 10 minutes (Buildkite's `FinishJob`: 12 attempts, ~10 minutes). */
+  finish: { attempts: 12, withinMs: 10 * 60_000 },
+} as const satisfies Record<string, RetryBudget>;
+
+export interface ControllerClient {
+  /**
+   * `POST /workers/register`. Called by the session only: at start, for a
+   * proactive refresh at 75% of the token's life, after a 401, and as a new
+   * worker after 404 (then with `enrollmentToken` as bearer; a
+   * re-registration sends `workerSecret` in the body and no bearer).
+   * Retries: `BUDGETS.register`. Protocol answers (401, 404, 409
+   * IDENTITY_CONFLICT / INVALID_TRANSITION) are thrown as ApiError for the
+   * session to decide on.
+   */
+  register(body: RegisterRequest, enrollmentToken: string | undefined, opts?: CallOptions): Promise<RegisterResponse>;
+
+  /**
+   * `POST /workers/{id}/poll?waitMs=`. Called by the poll loop (through the
+   * session, which turns 401/404 into a re-registration) whenever it has a
+   * free slot; parks up to `waitMs` (ms) at the controller. Returns the
+   * builds handed out (none on 204). One attempt: the loop backs off and
+   * polls again.
+   */
+  poll(who: WorkerCredentials, body: PollRequest, waitMs: number, opts?: CallOptions): Promise<AssignedBuild[]>;
+
+  /**
+   * `POST /workers/{id}/heartbeat`. Called by the heartbeat loop every
+   * `heartbeatIntervalMs` with the builds running here; renews their leases
+   * and brings `cancel`/`abandon`. Times out after `timeoutMs` (a third of
+   * the lease, so a silent controller costs little of it). One attempt: the
+   * next heartbeat is the retry, and fencing bounds how long the builds may
+   * go without one.
+   */
+  heartbeat(who: WorkerCredentials, body: HeartbeatRequest, timeoutMs: number, opts?: CallOptions): Promise<HeartbeatResponse>;
+
+  /**
+   * `POST /builds/{id}/start` with the build token: the build run's first
+   * write, before anything runs. Retries: `BUDGETS.start`. 409 LEASE_LOST /
+   * INVALID_TRANSITION (canceled meanwhile) are thrown.
+   */
+  start(build: BuildRef, opts?: CallOptions): Promise<void>;
+
+  /**
+   * `GET {sourceUrl}` streamed into `file`; returns its size in bytes. Called
+   * once per build run after `start`. A body that stalls for the request
+   * timeout counts as a network failure. Retries: `BUDGETS.source`.
+   */
+  downloadSource(build: BuildRef, file: string, opts?: CallOptions): Promise<number>;
+
+  /**
+   * `POST /builds/{id}/logs`: one chunk, base64. Called by the log streamer,
+   * one chunk in flight per build; a retry re-sends the same (seq, offset,
+   * data), which the controller stores once. `truncated: true` means the
+   * controller stores no more of this attempt's log (its
+   * BUILDFLEET_LOG_MAX_MB cap): the streamer stops sending. Retries:
+   * `BUDGETS.logChunk`.
+   */
+  appendLog(build: BuildRef, chunk: LogChunkUpload, opts?: CallOptions): Promise<{ truncated: boolean }>;
+
+  /**
+   * `PUT /builds/{id}/artifacts/{name}` with `X-Checksum-SHA256`, the file
+   * streamed. Called after the script ended and the log was flushed, once
+   * per artifact, before `finish`. Its timeout grows by a second per MiB.
+   * Retries: `BUDGETS.artifact`.
+   */
+  uploadArtifact(build: BuildRef, artifact: ArtifactUpload, opts?: CallOptions): Promise<void>;
+
+  /**
+   * `POST /builds/{id}/finish`: the attempt's last write, after its log and
+   * artifacts. The same finish twice is 200, so a retry after a lost answer
+   * is safe. Retries: `BUDGETS.finish`; once that is spent the build is
+   * dropped and its lease lapses (the controller requeues it).
+   */
+  finish(build: BuildRef, body: FinishRequest, opts?: CallOptions): Promise<void>;
+}
