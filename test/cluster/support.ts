@@ -9,7 +9,8 @@ import { createServer, connect, type AddressInfo, type Socket } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { API_TOKEN, ENROLLMENT_TOKEN, childEnv, startService, waitFor, type Service } from '../e2e/support.js';
+import { API_TOKEN, ENROLLMENT_TOKEN, startTestController } from '../support/controller.js';
+import { childEnv, startService, waitFor, type Service } from '../support/process.js';
 import { tarGz } from '../../packages/worker/test/support/tarball.js';
 
 export { API_TOKEN, ENROLLMENT_TOKEN, waitFor, type Service };
@@ -54,9 +55,10 @@ export interface ControllerProc {
 }
 
 /**
- * Starts `buildfleet controller` and resolves when `/readyz` answers 200.
- * `port` 0 picks a free one. `databaseUrl` selects PostgreSQL (else SQLite
- * in `dataDir`).
+ * Starts `buildfleet controller` (the shared fixture, as a child process)
+ * and resolves when `/readyz` answers 200. `port` 0 picks a free one.
+ * `databaseUrl` selects PostgreSQL (else SQLite in `dataDir`). The caller
+ * owns `dataDir` and the database.
  */
 export async function startController(opts: {
   dataDir: string;
@@ -64,34 +66,14 @@ export async function startController(opts: {
   databaseUrl?: string;
   env?: Record<string, string>;
 }): Promise<ControllerProc> {
-  const service = startService(
-    ['controller'],
-    childEnv({
-      BUILDFLEET_HOST: '127.0.0.1',
-      BUILDFLEET_PORT: String(opts.port ?? 0),
-      BUILDFLEET_DATA_DIR: opts.dataDir,
-      BUILDFLEET_API_TOKEN: API_TOKEN,
-      BUILDFLEET_ENROLLMENT_TOKEN: ENROLLMENT_TOKEN,
-      ...(opts.databaseUrl ? { DATABASE_URL: opts.databaseUrl } : {}),
-      ...timingEnv(),
-      ...opts.env,
-    }),
-  );
-  try {
-    const url = await waitFor(
-      () => {
-        if (service.proc.exitCode !== null) throw new Error(`controller exited ${service.proc.exitCode}:\n${service.output()}`);
-        return /^listening (http:\/\/\S+)/m.exec(service.output())?.[1];
-      },
-      'the controller to print its URL',
-      45_000,
-    );
-    await waitFor(async () => (await fetch(`${url}/readyz`)).ok, `${url}/readyz`, 20_000);
-    return { url, service };
-  } catch (e) {
-    service.proc.kill('SIGKILL');
-    throw e;
-  }
+  const ctl = await startTestController({
+    process: true,
+    dataDir: opts.dataDir,
+    ...(opts.port !== undefined ? { port: opts.port } : {}),
+    ...(opts.databaseUrl ? { databaseUrl: opts.databaseUrl } : {}),
+    env: { ...timingEnv(), ...opts.env },
+  });
+  return { url: ctl.url, service: ctl.service! };
 }
 
 /** Starts `buildfleet worker` against `urls` (tried in order, PROTOCOL.md: comma-separated). */

@@ -1,22 +1,28 @@
 /**
- * Following a build's log by offset polling (PROTOCOL.md `GET
- * /builds/{id}/logs?offset=N&attempt=K`): robust across proxies and
- * controller restarts, and exact, because the offset counts bytes.
+ * Following a build: its log as it grows and its end, from the controller's
+ * event stream (PROTOCOL.md `GET /builds/{id}/logs` with `Accept:
+ * text/event-stream`; events `log`, `attempt`, `state`, `end`, `error`). One
+ * request for the whole build instead of a poll every 250 ms. A stream cut
+ * off before `end` (a proxy, a controller restart) is opened again from the
+ * byte offset reached; a few failed reopenings in a row end the follow.
  */
-import { ApiError, isTerminal, paths, type Build, type Clock } from '@buildfleet/protocol';
+import { EventSourceParserStream } from 'eventsource-parser/stream';
+import { ApiError, isErrorBody, isTerminal, paths, type Build, type Clock } from '@buildfleet/protocol';
 import type { ApiClient } from './client.js';
+import { CliError } from './errors.js';
 
 export interface FollowOptions {
   clock: Clock;
-  /** Re-check interval when nothing new arrived, ms (default 250). */
-  intervalMs?: number;
   /** Follow this attempt only; default: the current one, switching when a new attempt starts. */
   attempt?: number;
   signal?: AbortSignal;
   /** Told when the followed attempt changes (a lost attempt went back to the queue). */
   onAttempt?: (attempt: number) => void;
   /** Told when the build's state changes (queued → assigned → running ...). */
-  onState?: (build: Build) => void;
+  onState?: (state: { state: string; attempt: number; cancelRequested: boolean }) => void;
+  /** Reopenings of a cut stream in a row before giving up (default 5), with a growing pause (ms, default 500 doubling). */
+  reconnects?: number;
+  reconnectBaseMs?: number;
 }
 
 /** Bytes of one attempt's log from `offset`; empty when there are none yet. */
@@ -31,54 +37,95 @@ export async function fetchLog(client: ApiClient, id: string, attempt: number | 
   }
 }
 
+interface Position {
+  attempt: number | undefined;
+  offset: number;
+}
+
 /**
  * Writes the build's log to `write` as it grows and resolves with the build
- * once it is terminal and its log is complete (a worker flushes its log before
- * it reports the outcome, so one read after the terminal state gets the rest).
- * Rejects with the signal's reason when aborted.
+ * once it is terminal and its log is complete (the stream's `end` comes after
+ * the last byte). Rejects with ApiError (BUILD_NOT_FOUND, an `error` event),
+ * CliError when the stream keeps breaking, or the signal's reason.
  */
 export async function followBuild(client: ApiClient, id: string, write: (chunk: Buffer) => void, opts: FollowOptions): Promise<Build> {
-  const interval = opts.intervalMs ?? 250;
-  let build = await client.getBuild(id);
-  let lastState = build.state;
-  opts.onState?.(build);
-  let attempt = opts.attempt ?? build.attempt;
-  let offset = 0;
+  const pos: Position = { attempt: opts.attempt, offset: 0 };
+  const tries = opts.reconnects ?? 5;
+  let failures = 0;
   for (;;) {
-    const chunk = await fetchLog(client, id, attempt, offset, opts.signal);
-    if (chunk.length > 0) {
-      write(chunk);
-      offset += chunk.length;
-      continue;
+    let progressed = false;
+    try {
+      const ended = await streamOnce(client, id, pos, opts, (chunk) => {
+        progressed = true;
+        write(chunk);
+      });
+      if (ended) return await client.getBuild(id);
+    } catch (err) {
+      if (opts.signal?.aborted || err instanceof ApiError) throw err;
+      if (++failures >= tries) throw new CliError(`following build ${id}: the log stream broke ${failures} times in a row (${(err as Error).message})`);
     }
-    build = await client.getBuild(id);
-    if (build.state !== lastState) {
-      lastState = build.state;
-      opts.onState?.(build);
-    }
-    if (opts.attempt === undefined && build.attempt !== attempt) {
-      // The old attempt may have written more between our last read and its end.
-      const rest = await fetchLog(client, id, attempt, offset, opts.signal);
-      if (rest.length > 0) write(rest);
-      attempt = build.attempt;
-      offset = 0;
-      opts.onAttempt?.(attempt);
-      continue;
-    }
-    if (isTerminal(build.state) || build.attempt > attempt) {
-      const rest = await fetchLog(client, id, attempt, offset, opts.signal);
-      if (rest.length > 0) write(rest);
-      return build;
-    }
-    await opts.clock.sleep(interval, opts.signal);
+    if (progressed) failures = 0;
+    await opts.clock.sleep((opts.reconnectBaseMs ?? 500) * 2 ** Math.min(failures, 6), opts.signal);
+    await catchUp(client, id, pos, write, opts);
   }
 }
 
-/** Polls until the build is terminal, without its log. */
-export async function waitForBuild(client: ApiClient, id: string, opts: { clock: Clock; intervalMs?: number; signal?: AbortSignal }): Promise<Build> {
-  for (;;) {
-    const build = await client.getBuild(id);
-    if (isTerminal(build.state)) return build;
-    await opts.clock.sleep(opts.intervalMs ?? 250, opts.signal);
+/** Resolves when the build is terminal, without printing its log (the same stream, log ignored). */
+export function waitForBuild(client: ApiClient, id: string, opts: Omit<FollowOptions, 'onAttempt'>): Promise<Build> {
+  return followBuild(client, id, () => {}, opts);
+}
+
+/**
+ * Before reopening a stream that follows the current attempt: if the build
+ * moved to a new attempt meanwhile, print the rest of the old one first.
+ */
+async function catchUp(client: ApiClient, id: string, pos: Position, write: (chunk: Buffer) => void, opts: FollowOptions): Promise<void> {
+  if (opts.attempt !== undefined || pos.attempt === undefined) return;
+  const build = await client.getBuild(id);
+  if (build.attempt === pos.attempt && !isTerminal(build.state)) return;
+  const rest = await fetchLog(client, id, pos.attempt, pos.offset, opts.signal);
+  if (rest.length > 0) write(rest);
+  pos.offset += rest.length;
+  if (build.attempt !== pos.attempt) {
+    pos.attempt = build.attempt;
+    pos.offset = 0;
+    opts.onAttempt?.(build.attempt);
   }
+}
+
+/** One event stream from `pos`; true when it ended with `end`, false when it was cut off. */
+async function streamOnce(client: ApiClient, id: string, pos: Position, opts: FollowOptions, write: (chunk: Buffer) => void): Promise<boolean> {
+  const res = await client.request(paths.logs(id), {
+    query: { offset: pos.offset, attempt: opts.attempt },
+    headers: { accept: 'text/event-stream' },
+    ...(opts.signal ? { signal: opts.signal } : {}),
+  });
+  if (!res.body) return false;
+  const events = res.body.pipeThrough(new TextDecoderStream()).pipeThrough(new EventSourceParserStream());
+  for await (const ev of events as unknown as AsyncIterable<{ event?: string; data: string }>) {
+    const data = JSON.parse(ev.data) as Record<string, unknown>;
+    switch (ev.event) {
+      case 'log': {
+        const bytes = Buffer.from(String(data.text), 'utf8');
+        pos.attempt = Number(data.attempt);
+        pos.offset = Number(data.offset) + bytes.length;
+        if (bytes.length > 0) write(bytes);
+        break;
+      }
+      case 'attempt':
+        pos.attempt = Number(data.attempt);
+        pos.offset = 0;
+        opts.onAttempt?.(pos.attempt);
+        break;
+      case 'state':
+        pos.attempt ??= Number(data.attempt);
+        opts.onState?.(data as { state: string; attempt: number; cancelRequested: boolean });
+        break;
+      case 'end':
+        return true;
+      case 'error':
+        throw isErrorBody({ error: data }) ? new ApiError((data as { code: ApiError['code'] }).code, String(data.message)) : new Error(String(data.message));
+    }
+  }
+  return false;
 }

@@ -2,14 +2,15 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { systemClock } from '@buildfleet/protocol';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ApiClient } from '../src/client.js';
 import { downloadArtifacts } from '../src/download.js';
 import { CliError, EXIT } from '../src/errors.js';
-import { followBuild } from '../src/follow.js';
 import { sendJson, startFakeController, type FakeController } from './fake-controller.js';
 
+// downloadArtifacts against a scripted server: these tests need a controller that lies about
+// checksums and names, which the real one cannot be made to do. followBuild runs against the
+// real controller (follow.test.ts).
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 let fake: FakeController;
@@ -67,47 +68,5 @@ describe('downloadArtifacts', () => {
       sendJson(res, 200, { artifacts: [{ name: '../evil', size: 1, sha256: sha(Buffer.from('x')) }] }),
     );
     await expect(downloadArtifacts(client, 'b1', out)).rejects.toThrow(/refusing artifact/);
-  });
-});
-
-describe('followBuild', () => {
-  it('prints the whole log across polls, switches to a new attempt, and returns the terminal build', async () => {
-    // Scripted controller: attempt 1 writes "one\n" then is lost; attempt 2 writes two chunks and succeeds.
-    const logs: Record<number, string> = { 1: '', 2: '' };
-    let state = 'running';
-    let attempt = 1;
-    let step = 0;
-    const advance = () => {
-      step++;
-      if (step === 1) logs[1] += 'one\n';
-      if (step === 3) attempt = 2;
-      if (step === 4) logs[2] += 'two\n';
-      if (step === 6) logs[2] += 'three\n';
-      if (step === 7) state = 'succeeded';
-    };
-    fake.routes.set('GET /api/v1/builds/b1', (_q, _b, res) => {
-      advance();
-      sendJson(res, 200, { build: { id: 'b1', state, attempt, exitCode: state === 'succeeded' ? 0 : null } });
-    });
-    fake.routes.set('GET /api/v1/builds/b1/logs', (_q, _b, res, url) => {
-      const a = Number(url.searchParams.get('attempt'));
-      const off = Number(url.searchParams.get('offset'));
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      res.end(Buffer.from(logs[a] ?? '').subarray(off));
-    });
-    let printed = '';
-    const attempts: number[] = [];
-    const build = await followBuild(client, 'b1', (c) => (printed += c.toString()), {
-      clock: systemClock,
-      intervalMs: 1,
-      onAttempt: (a) => attempts.push(a),
-    });
-    expect(build.state).toBe('succeeded');
-    expect(attempts).toEqual([2]);
-    expect(printed).toBe('one\ntwo\nthree\n');
-  });
-
-  it('reports a missing build as BUILD_NOT_FOUND', async () => {
-    await expect(followBuild(client, 'nope', () => {}, { clock: systemClock })).rejects.toMatchObject({ code: 'BUILD_NOT_FOUND' });
   });
 });
