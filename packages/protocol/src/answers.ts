@@ -33,5 +33,5 @@ export async function apiErrorOf(res: Response, nowMs: number): Promise<ApiError
     parsed = undefined;
   }
   if (!isErrorBody(parsed)) return undefined;
-  return new ApiError(parsed.error.code, parsed.error.message, parseRetryAfter(res.headers.get('retry-after'), nowMs));
+  return new ApiError(parsed.error.code, parsed.error.message, parseRetryAfter(res.headers.get('retry-after'), nowMs), parsed.error.id);
 }

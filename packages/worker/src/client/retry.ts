@@ -13,8 +13,9 @@ import { TransportError } from './connection.js';
  * timeouts, `429 RATE_LIMITED`, `503 UNAVAILABLE`, `500 INTERNAL` (a bug the
  * controller logged with an error id; the next attempt may take another
  * path, or reach another controller), and non-protocol 5xx/429 answers (a
- * proxy in between). Other protocol 4xx errors are answers, not failures,
- * and are never retried. A caller's abort is never retried.
+ * proxy in between). Other protocol errors are answers, not failures, and
+ * are never retried: 4xx, and `507 STORAGE_FULL` (the same upload soon
+ * will not fit either). A caller's abort is never retried.
  */
 export function isRetryable(err: unknown): boolean {
   if (err instanceof TransportError) {
@@ -22,7 +23,7 @@ export function isRetryable(err: unknown): boolean {
     if (err.kind === 'http') return err.status === 429 || (err.status !== undefined && err.status >= 500);
     return false;
   }
-  if (err instanceof ApiError) return err.code === 'RATE_LIMITED' || err.status >= 500;
+  if (err instanceof ApiError) return err.code === 'RATE_LIMITED' || err.code === 'UNAVAILABLE' || err.code === 'INTERNAL';
   return false;
 }
 

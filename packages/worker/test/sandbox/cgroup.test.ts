@@ -124,7 +124,7 @@ describe('a real build cgroup left behind by a previous run', () => {
     cg.add(child.pid!);
     child.stdin.end('\n');
     child.unref();
-    await waitFor(() => cg.procs().length > 2, {});
+    await waitFor(() => cg.procs().length > 2, { what: 'the forking processes in the cgroup' });
     const before = cg.procs();
 
     const found = BuildCgroup.leftovers(host!);

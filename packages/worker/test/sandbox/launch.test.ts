@@ -25,7 +25,7 @@ import { SANDBOX, TEST_BUILD_USER, buildDirs, describeSandbox, removeCgroupHost,
 import { alivePids, expectAllGone, pidsFromLog } from '../support/procs.js';
 import { waitFor as waitUntil } from '../support/wait.js';
 
-const waitFor = (cond: () => boolean) => waitUntil(cond, {});
+const waitFor = (cond: () => boolean) => waitUntil(cond, { what: 'the condition' });
 
 let base: string;
 let cgHost: CgroupHost | undefined;

@@ -1,5 +1,5 @@
 /** Limits: the worker's from its environment, lowered (never raised) by a spec, and set with ulimit in real shells. */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, type ExecFileSyncOptionsWithStringEncoding } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -57,7 +57,7 @@ describe('rlimitPrelude in real shells', () => {
         echo "t $(ulimit -S -t) $(ulimit -H -t) f $(ulimit -f) v $(ulimit -v)"
         cat /proc/self/limits | grep -E '^Max (processes|file size)'`;
       // As the build runs it: /bin/sh (bash as `sh` is in POSIX mode, where -f counts 512-byte blocks).
-      const out = execFileSync(shell, [...argv, probe], { encoding: 'utf8', argv0: 'sh' });
+      const out = execFileSync(shell, [...argv, probe], { encoding: 'utf8', argv0: 'sh' } as ExecFileSyncOptionsWithStringEncoding);
       expect(out).toContain('t 30 35 f 6144 v 716800');
       expect(out).toMatch(/Max file size\s+3145728\s+3145728/);
       expect(out).toMatch(/Max processes\s+77\s+77/);

@@ -82,7 +82,7 @@ describe('LimitWatcher', () => {
     await waitFor(async () => {
       await clock.advance(2000);
       return seen.length > 0;
-    }, {});
+    }, { what: 'the watcher to see it' });
     expect(seen.map((b) => b.reason)).toEqual(['limit_disk']);
     w.stop();
   });
