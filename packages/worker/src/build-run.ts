@@ -20,7 +20,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ApiError, type AssignedBuild, type BuildOutcome, type Clock } from '@buildfleet/protocol';
 import type { ControllerClient } from './client/controller-client.js';
-import { describeError } from './client/retry.js';
+import { describeError, RetryBudgetExhausted } from './client/retry.js';
 import type { WorkerConfig } from './config.js';
 import { sha256File } from './executor/artifacts.js';
 import type { Executor, RunningScript, Workspace } from './executor/types.js';
@@ -143,7 +143,12 @@ export class BuildRun {
     return this.stopReason;
   }
 
-  /** A build write; LEASE_LOST drops the build at once. */
+  /**
+   * A build write. LEASE_LOST drops the build at once. So does a call that
+   * used up its retry budget: the controller could not be reached for that
+   * long, and a build must not be reported failed for it; its lease lapses
+   * and the controller hands it out again (the give-up is in the log).
+   */
   private async write<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
     try {
       return await fn(this.abort.signal);
@@ -151,6 +156,10 @@ export class BuildRun {
       if (err instanceof ApiError && err.code === 'LEASE_LOST') {
         this.stop('lost', `lease lost: ${err.message}`);
         throw new Dropped('lease lost');
+      }
+      if (err instanceof RetryBudgetExhausted && !this.abort.signal.aborted) {
+        this.stop('lost', `dropped: ${err.message}`);
+        throw new Dropped(err.message);
       }
       if (this.abort.signal.aborted) throw this.abort.signal.reason;
       throw err;

@@ -9,7 +9,12 @@
  * attempt (waits that would end later are not taken). Retried: what
  * `isRetryable` calls retryable (network errors, timeouts, 429, 500, 503).
  * Never retried: every other protocol answer, which the caller decides on.
- * Out of budget: `RetryBudgetExhausted`, logged as an error by the client.
+ * Out of budget: `RetryBudgetExhausted`, logged as an error by the client;
+ * a build run then drops the build (its lease lapses and the controller
+ * hands it out again) rather than report an outcome it could not deliver.
+ * With the default backoff of build writes (250 ms doubling to 10 s, full
+ * jitter) 10 attempts wait at most about 46 s in all, enough to ride out a
+ * controller restart.
  * Long-lived loops (poll, heartbeat) make one attempt per call: the loop is
  * the retry, and it logs its own failures.
  */
@@ -60,14 +65,14 @@ export interface CallOptions {
 export const BUDGETS = {
   /** 10 attempts over at most 5 minutes (Buildkite's `Register` also keeps trying for 5 minutes). */
   register: { attempts: 10, withinMs: 5 * 60_000 },
-  /** 6 attempts over at most 1 minute: past its ackDeadline (default 30 s) the build is lost anyway. */
-  start: { attempts: 6, withinMs: 60_000 },
-  /** 5 attempts over at most 5 minutes. */
-  source: { attempts: 5, withinMs: 5 * 60_000 },
-  /** 10 attempts over at most 10 minutes (logs matter: Buildkite's `UploadChunk` tries ~10 minutes). */
-  logChunk: { attempts: 10, withinMs: 10 * 60_000 },
-  /** 5 attempts over at most 10 minutes per artifact. */
-  artifact: { attempts: 5, withinMs: 10 * 60_000 },
+  /** 8 attempts over at most 1 minute: past its ackDeadline (default 30 s) the build is lost anyway. */
+  start: { attempts: 8, withinMs: 60_000 },
+  /** 10 attempts over at most 5 minutes. */
+  source: { attempts: 10, withinMs: 5 * 60_000 },
+  /** 12 attempts over at most 10 minutes (logs matter: Buildkite's `UploadChunk` tries ~10 minutes). */
+  logChunk: { attempts: 12, withinMs: 10 * 60_000 },
+  /** 10 attempts over at most 10 minutes per artifact. */
+  artifact: { attempts: 10, withinMs: 10 * 60_000 },
   /** 12 attempts over at most 10 minutes (Buildkite's `FinishJob`: 12 attempts, ~10 minutes). */
   finish: { attempts: 12, withinMs: 10 * 60_000 },
 } as const satisfies Record<string, RetryBudget>;
