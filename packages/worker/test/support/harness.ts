@@ -10,13 +10,12 @@ import { createHttpClient } from '../../src/client/http-controller-client.js';
 import { IdentityStore } from '../../src/identity.js';
 import { silentLogger } from '../../src/logger.js';
 import { Session } from '../../src/session.js';
-import type { FakeController } from './fake-controller.js';
 
 export async function tempDir(prefix = 'bf-worker-'): Promise<string> {
   return fs.mkdtemp(path.join(os.tmpdir(), prefix));
 }
 
-export function testConfig(fake: FakeController | { url: string; enrollmentToken: string }, dataDir: string, over: WorkerConfigOverrides = {}): WorkerConfig {
+export function testConfig(fake: { url: string; enrollmentToken: string }, dataDir: string, over: WorkerConfigOverrides = {}): WorkerConfig {
   return loadWorkerConfig(
     {},
     {
@@ -38,7 +37,7 @@ export interface SessionRig {
 }
 
 export function makeSession(
-  fake: FakeController,
+  fake: { url: string; enrollmentToken: string },
   dataDir: string,
   opts: { clock?: Clock; active?: () => string[]; transport?: Transport; config?: WorkerConfigOverrides } = {},
 ): SessionRig {
