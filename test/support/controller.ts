@@ -9,9 +9,10 @@
  * Waiting is a condition with a deadline (`waitFor`), never a fixed sleep.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
+import type { FastifyBaseLogger } from 'fastify';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { loadControllerConfig, startController, type ControllerConfig, type RunningController } from '@buildfleet/controller';
+import { loadControllerConfig, startController, type ControllerConfig, type ControllerConfigOverrides, type RunningController } from '@buildfleet/controller';
 import { isTerminal, paths, type Build, type Clock, type RegisterResponse, type Worker } from '@buildfleet/protocol';
 import type { StoreHooks } from '../../packages/controller/src/store/index.js';
 import { createTestDatabase, type TestDatabase } from '../../packages/controller/test/support/pg.js';
@@ -31,12 +32,13 @@ export interface TestControllerOptions {
   /** Run `buildfleet controller` as a child process instead of in this process. */
   process?: boolean;
   /** Configuration overrides (in this process; a child process gets `env`). */
-  config?: Partial<ControllerConfig>;
+  config?: ControllerConfigOverrides;
   /** Environment with PROTOCOL.md names (the child process's, or read by `loadControllerConfig`). */
   env?: Record<string, string>;
-  /** In this process only: the controller's clock and test-only store barriers. */
+  /** In this process only: the controller's clock, test-only store barriers, a logger to read. */
   clock?: Clock;
   storeHooks?: StoreHooks;
+  logger?: FastifyBaseLogger;
   /** Reuse a data directory / database / port (a controller restarted on the same state). */
   dataDir?: string;
   databaseUrl?: string;
@@ -57,7 +59,7 @@ export interface TestController {
   close(): Promise<void>;
 }
 
-const FAST: Partial<ControllerConfig> = { pollWaitMs: 2_000, pollRecheckMs: 200, logFollowRecheckMs: 200 };
+const FAST: ControllerConfigOverrides = { pollWaitMs: 2_000, pollRecheckMs: 200, logFollowRecheckMs: 200 };
 
 /** Starts a controller (see TestControllerOptions); `close()` undoes everything. */
 export async function startTestController(opts: TestControllerOptions = {}): Promise<TestController> {
@@ -117,7 +119,11 @@ export async function startTestController(opts: TestControllerOptions = {}): Pro
         ...(databaseUrl ? { databaseUrl } : {}),
         ...opts.config,
       });
-      const started = await startController(config, { ...(opts.clock ? { clock: opts.clock } : {}), ...(opts.storeHooks ? { storeHooks: opts.storeHooks } : {}) });
+      const started = await startController(config, {
+        ...(opts.clock ? { clock: opts.clock } : {}),
+        ...(opts.storeHooks ? { storeHooks: opts.storeHooks } : {}),
+        ...(opts.logger ? { logger: opts.logger } : {}),
+      });
       ctl = started;
       cleanups.push(() => started.close());
       url = started.url;

@@ -1,27 +1,25 @@
 /**
- * A real controller on 127.0.0.1 port 0 with a store in a temp directory
- * (SQLite) or a fresh PostgreSQL database, and small typed helpers that
- * speak PROTOCOL.md over real HTTP.
+ * The controller HTTP tests' view of the shared fixture
+ * (test/support/controller.ts): a real controller on 127.0.0.1 port 0 on
+ * SQLite in a temp directory (or the database `databaseUrl` names), and
+ * small typed helpers that speak PROTOCOL.md over real HTTP.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import type { FastifyBaseLogger } from 'fastify';
-import { paths, type Build, type Clock, type RegisterResponse } from '@buildfleet/protocol';
-import { loadControllerConfig, type ControllerConfigOverrides } from '../../src/config.js';
-import { startController, type RunningController } from '../../src/server.js';
+import type { Build, Clock, RegisterResponse } from '@buildfleet/protocol';
+import type { ControllerConfigOverrides } from '../../src/config.js';
+import type { RunningController } from '../../src/server.js';
+import { API_TOKEN, ENROLLMENT_TOKEN, errorCode, startTestController } from '../../../../test/support/controller.js';
 
-export const API_TOKEN = 'bfa_test-api-token-0123456789abcdef';
-export const ENROLLMENT_TOKEN = 'bfe_test-enrollment-token-0123456789';
+export { API_TOKEN, ENROLLMENT_TOKEN, errorCode };
 
 export interface Harness {
   ctl: RunningController;
   url: string;
   dataDir: string;
   close(): Promise<void>;
-  /** fetch against the controller; `token` becomes a bearer. */
+  /** fetch against the controller; `token` becomes a bearer (none without it). */
   req(method: string, p: string, opts?: { token?: string; json?: unknown; body?: RequestInit['body']; headers?: Record<string, string>; signal?: AbortSignal }): Promise<Response>;
   submit(spec: unknown, source?: Uint8Array): Promise<Response>;
   submitOk(spec?: Record<string, unknown>, source?: Uint8Array): Promise<Build>;
@@ -33,70 +31,22 @@ export async function startHarness(
   overrides: ControllerConfigOverrides = {},
   opts: { clock?: Clock; logger?: FastifyBaseLogger } = {},
 ): Promise<Harness> {
-  const dataDir = await mkdtemp(path.join(tmpdir(), 'bf-http-'));
-  const config = loadControllerConfig(
-    {},
-    {
-      host: '127.0.0.1',
-      port: 0,
-      dataDir,
-      apiToken: API_TOKEN,
-      enrollmentToken: ENROLLMENT_TOKEN,
-      logLevel: 'silent',
-      pollWaitMs: 5_000,
-      pollRecheckMs: 200,
-      logFollowRecheckMs: 200,
-      ...overrides,
-    },
-  );
-  const ctl = await startController(config, { ...(opts.clock ? { clock: opts.clock } : {}), ...(opts.logger ? { logger: opts.logger } : {}) });
-  const url = ctl.url;
-  const req: Harness['req'] = (method, p, opts = {}) => {
-    const headers: Record<string, string> = { ...(opts.headers ?? {}) };
-    if (opts.token) headers.authorization = `Bearer ${opts.token}`;
-    let body = opts.body;
-    if (opts.json !== undefined) {
-      headers['content-type'] ??= 'application/json';
-      body = JSON.stringify(opts.json);
-    }
-    return fetch(url + p, { method, headers, body, signal: opts.signal, ...(body ? { duplex: 'half' } : {}) } as RequestInit);
-  };
-  const submit: Harness['submit'] = (spec, source = new Uint8Array([0x1f, 0x8b, 1, 2, 3])) => {
-    const form = new FormData();
-    form.append('spec', typeof spec === 'string' ? spec : JSON.stringify(spec));
-    form.append('source', new Blob([source]), 'source.tar.gz');
-    return req('POST', paths.builds(), { token: API_TOKEN, body: form });
-  };
-  const submitOk: Harness['submitOk'] = async (spec = { script: 'echo hi' }, source) => {
-    const res = await submit(spec, source);
-    const body = (await res.json()) as { build: Build };
-    if (res.status !== 201) throw new Error(`submit answered ${res.status}: ${JSON.stringify(body)}`);
-    return body.build;
-  };
-  const register: Harness['register'] = (body = {}, token = ENROLLMENT_TOKEN) =>
-    req('POST', paths.register(), {
-      token,
-      json: { name: 'w', labels: [], maxConcurrentBuilds: 2, version: 'test', bootId: randomUUID(), activeBuildCount: 0, ...body },
-    });
-  const registerOk: Harness['registerOk'] = async (body = {}) => {
-    const res = await register(body);
-    const json = (await res.json()) as RegisterResponse;
-    if (res.status !== 201 && res.status !== 200) throw new Error(`register answered ${res.status}: ${JSON.stringify(json)}`);
-    return json;
-  };
+  const t = await startTestController({
+    config: { pollWaitMs: 5_000, ...overrides },
+    ...(opts.clock ? { clock: opts.clock } : {}),
+    ...(opts.logger ? { logger: opts.logger } : {}),
+  });
+  const { api } = t;
   return {
-    ctl,
-    url,
-    dataDir,
-    req,
-    submit,
-    submitOk,
-    register,
-    registerOk,
-    async close() {
-      await ctl.close();
-      await rm(dataDir, { recursive: true, force: true });
-    },
+    ctl: t.ctl!,
+    url: t.url,
+    dataDir: t.dataDir,
+    req: (method, p, o = {}) => api.req(method, p, { ...o, token: o.token ?? null }),
+    submit: (spec, source) => api.submitRaw(spec, source),
+    submitOk: (spec, source) => api.submit(spec, source),
+    register: (body = {}, token = ENROLLMENT_TOKEN) => api.register(body, token),
+    registerOk: (body = {}) => api.registerOk(body),
+    close: () => t.close(),
   };
 }
 
@@ -104,20 +54,6 @@ export function sha256(data: Uint8Array | string): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
-/** The error code of an error answer (and asserts its shape). */
-export async function errorCode(res: Response): Promise<string> {
-  const text = await res.text();
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    throw new Error(`status ${res.status}: not a JSON error body: ${text.slice(0, 200)}`);
-  }
-  const code = (body as { error?: { code?: unknown; message?: unknown } }).error?.code;
-  const message = (body as { error?: { message?: unknown } }).error?.message;
-  if (typeof code !== 'string' || typeof message !== 'string') throw new Error(`status ${res.status}: not an error body: ${text.slice(0, 200)}`);
-  return code;
-}
 
 /** A raw HTTP request (node:http, no URL normalisation: `..` segments reach the server as sent). */
 export function rawRequest(
