@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { loadControllerConfig, startController, type ControllerConfig, type ControllerConfigOverrides, type RunningController } from '@buildfleet/controller';
 import { isTerminal, paths, type Build, type Clock, type RegisterResponse, type Worker } from '@buildfleet/protocol';
-import type { StoreHooks } from '../../packages/controller/src/store/index.js';
+import type { WorkerLockDecorator } from '../../packages/controller/src/store/index.js';
 import { createTestDatabase, type TestDatabase } from '../../packages/controller/test/support/pg.js';
 import { waitFor } from '../../packages/controller/test/support/wait.js';
 import { childEnv, startService, waitFor as waitForValue, type Service } from './process.js';
@@ -35,9 +35,9 @@ export interface TestControllerOptions {
   config?: ControllerConfigOverrides;
   /** Environment with PROTOCOL.md names (the child process's, or read by `loadControllerConfig`). */
   env?: Record<string, string>;
-  /** In this process only: the controller's clock, test-only store barriers, a logger to read. */
+  /** In this process only: the controller's clock, barriers inside store transactions, a logger to read. */
   clock?: Clock;
-  storeHooks?: StoreHooks;
+  decorateWorkerLock?: WorkerLockDecorator;
   logger?: FastifyBaseLogger;
   /** Reuse a data directory / database / port (a controller restarted on the same state). */
   dataDir?: string;
@@ -50,8 +50,9 @@ export interface TestController {
   dataDir: string;
   /** Set for `store: 'postgres'`. */
   databaseUrl: string | undefined;
-  /** The controller when it runs in this process. */
+  /** The controller and its configuration when it runs in this process. */
   ctl: RunningController | undefined;
+  config: ControllerConfig | undefined;
   /** The child process when it runs as one. */
   service: Service | undefined;
   api: UserApi;
@@ -82,6 +83,7 @@ export async function startTestController(opts: TestControllerOptions = {}): Pro
     }
     let url: string;
     let ctl: RunningController | undefined;
+    let config: ControllerConfig | undefined;
     let service: Service | undefined;
     if (opts.process) {
       const svc = startService(
@@ -108,7 +110,7 @@ export async function startTestController(opts: TestControllerOptions = {}): Pro
       );
       await waitForValue(async () => (await fetch(`${url}/readyz`)).ok, `${url}/readyz`, 20_000);
     } else {
-      const config = loadControllerConfig(opts.env ?? {}, {
+      config = loadControllerConfig(opts.env ?? {}, {
         host: '127.0.0.1',
         port: opts.port ?? 0,
         dataDir,
@@ -121,14 +123,14 @@ export async function startTestController(opts: TestControllerOptions = {}): Pro
       });
       const started = await startController(config, {
         ...(opts.clock ? { clock: opts.clock } : {}),
-        ...(opts.storeHooks ? { storeHooks: opts.storeHooks } : {}),
+        ...(opts.decorateWorkerLock ? { decorateWorkerLock: opts.decorateWorkerLock } : {}),
         ...(opts.logger ? { logger: opts.logger } : {}),
       });
       ctl = started;
       cleanups.push(() => started.close());
       url = started.url;
     }
-    return { url, dataDir, databaseUrl, ctl, service, api: new UserApi(url), close: undo };
+    return { url, dataDir, databaseUrl, ctl, config, service, api: new UserApi(url), close: undo };
   } catch (err) {
     await undo();
     throw err;

@@ -1,6 +1,6 @@
 /**
  * One harness for the credential-lifecycle tests (issue 4, "Done when"): a
- * real controller (`startController`, real HTTP on 127.0.0.1 port 0) on
+ * real controller (the shared fixture test/support/controller.ts, real HTTP on 127.0.0.1 port 0) on
  * SQLite (temp directory) or PostgreSQL (a fresh database per test), real
  * workers (in-process `startWorker`, or a separate process), and the
  * deterministic seams the races need: store-method wrappers that can stop
@@ -15,15 +15,13 @@ import { EventEmitter } from 'node:events';
 import Database from 'better-sqlite3';
 import pg from 'pg';
 import {
-  loadControllerConfig,
-  startController,
   type ControllerConfig,
   type RunningController,
   type Store,
 } from '@buildfleet/controller';
 import type { WorkerLockOp } from '../../../controller/src/store/index.js';
 import { afterWorkerLock } from '../../../controller/test/support/store-hooks.js';
-import { createTestDatabase, type TestDatabase } from '../../../controller/test/support/pg.js';
+import { API_TOKEN, ENROLLMENT_TOKEN, startTestController } from '../../../../test/support/controller.js';
 import { paths, type Build, type Clock, type RegisterResponse, type Worker } from '@buildfleet/protocol';
 import { startWorker, type RunningWorker, type StartWorkerOptions } from '../../src/agent.js';
 import type { WorkerConfigOverrides } from '../../src/config.js';
@@ -33,8 +31,7 @@ import { waitFor } from '../support/wait.js';
 
 export type StoreKind = 'sqlite' | 'postgres';
 
-export const API_TOKEN = 'bfa_credentials-test-api-token-0123456789';
-export const ENROLLMENT_TOKEN = 'bfe_credentials-test-enrollment-0123456789';
+export { API_TOKEN, ENROLLMENT_TOKEN };
 
 const TERMINAL = ['succeeded', 'failed', 'canceled', 'timed_out'];
 
@@ -112,40 +109,21 @@ export interface RigOptions {
 
 /** Starts a controller on `kind` with the harness's defaults (`config` wins). */
 export async function startRig(kind: StoreKind, options: RigOptions = {}): Promise<Rig> {
-  const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'bf-cred-'));
-  const cleanups: Array<() => Promise<void> | void> = [() => fs.rm(dataDir, { recursive: true, force: true })];
-  let db: TestDatabase | undefined;
-  if (kind === 'postgres') {
-    db = await createTestDatabase();
-    const dropped = db;
-    cleanups.push(() => dropped.drop());
-  }
-  const config = loadControllerConfig(
-    options.env ?? {},
-    {
-      host: '127.0.0.1',
-      port: 0,
-      dataDir,
-      ...(db ? { databaseUrl: db.url } : {}),
-      apiToken: API_TOKEN,
-      enrollmentToken: ENROLLMENT_TOKEN,
-      logLevel: 'silent',
-      pollWaitMs: 2_000,
-      pollRecheckMs: 200,
-      heartbeatIntervalMs: 200,
-      leaseMs: 10_000,
-      ackTimeoutMs: 10_000,
-      ...options.config,
-    },
-  );
   // eslint-disable-next-line prefer-const
   let rig: Rig;
-  const ctl = await startController(config, {
-    ...(options.clock ? { clock: options.clock } : {}),
+  const fixture = await startTestController({
+    store: kind,
+    env: options.env ?? {},
+    config: { heartbeatIntervalMs: 200, leaseMs: 10_000, ackTimeoutMs: 10_000, ...options.config },
     decorateWorkerLock: afterWorkerLock((op, workerId) => rig.onWorkerLock?.(op, workerId)),
+    ...(options.clock ? { clock: options.clock } : {}),
   });
-  cleanups.push(() => ctl.close());
+  const cleanups: Array<() => Promise<void> | void> = [() => fixture.close()];
+  const ctl = fixture.ctl!;
+  const config = fixture.config!;
   const url = ctl.url;
+  const dataDir = fixture.dataDir;
+  const db = fixture.databaseUrl ? { url: fixture.databaseUrl } : undefined;
 
   let peekDb: Database.Database | undefined;
   let peekPool: pg.Pool | undefined;
