@@ -7,7 +7,7 @@
  * byte offset reached; a few failed reopenings in a row end the follow.
  */
 import { EventSourceParserStream } from 'eventsource-parser/stream';
-import { ApiError, isErrorBody, isTerminal, paths, type Build, type Clock } from '@buildfleet/protocol';
+import { ApiError, isTerminal, paths, type Build, type Clock, type LogStreamEvents } from '@buildfleet/protocol';
 import type { ApiClient } from './client.js';
 import { CliError } from './errors.js';
 
@@ -19,7 +19,7 @@ export interface FollowOptions {
   /** Told when the followed attempt changes (a lost attempt went back to the queue). */
   onAttempt?: (attempt: number) => void;
   /** Told when the build's state changes (queued → assigned → running ...). */
-  onState?: (state: { state: string; attempt: number; cancelRequested: boolean }) => void;
+  onState?: (state: LogStreamEvents['state']) => void;
   /** Reopenings of a cut stream in a row before giving up (default 5), with a growing pause (ms, default 500 doubling). */
   reconnects?: number;
   reconnectBaseMs?: number;
@@ -103,28 +103,32 @@ async function streamOnce(client: ApiClient, id: string, pos: Position, opts: Fo
   if (!res.body) return false;
   const events = res.body.pipeThrough(new TextDecoderStream()).pipeThrough(new EventSourceParserStream());
   for await (const ev of events as unknown as AsyncIterable<{ event?: string; data: string }>) {
-    const data = JSON.parse(ev.data) as Record<string, unknown>;
     switch (ev.event) {
       case 'log': {
-        const bytes = Buffer.from(String(data.text), 'utf8');
-        pos.attempt = Number(data.attempt);
-        pos.offset = Number(data.offset) + bytes.length;
+        const data = JSON.parse(ev.data) as LogStreamEvents['log'];
+        const bytes = Buffer.from(data.text, 'utf8');
+        pos.attempt = data.attempt;
+        pos.offset = data.offset + bytes.length;
         if (bytes.length > 0) write(bytes);
         break;
       }
       case 'attempt':
-        pos.attempt = Number(data.attempt);
+        pos.attempt = (JSON.parse(ev.data) as LogStreamEvents['attempt']).attempt;
         pos.offset = 0;
         opts.onAttempt?.(pos.attempt);
         break;
-      case 'state':
-        pos.attempt ??= Number(data.attempt);
-        opts.onState?.(data as { state: string; attempt: number; cancelRequested: boolean });
+      case 'state': {
+        const data = JSON.parse(ev.data) as LogStreamEvents['state'];
+        pos.attempt ??= data.attempt;
+        opts.onState?.(data);
         break;
+      }
       case 'end':
         return true;
-      case 'error':
-        throw isErrorBody({ error: data }) ? new ApiError((data as { code: ApiError['code'] }).code, String(data.message)) : new Error(String(data.message));
+      case 'error': {
+        const data = JSON.parse(ev.data) as LogStreamEvents['error'];
+        throw new ApiError(data.code, data.message);
+      }
     }
   }
   return false;

@@ -95,7 +95,7 @@ describe('refused uploads without Expect', () => {
       });
       const res = await small.req('PUT', paths.artifact(a.id, 'big.bin'), {
         token: a.buildToken,
-        body: body as unknown as BodyInit,
+        body: body as unknown as RequestInit['body'],
         headers: { 'content-type': 'application/octet-stream', 'x-checksum-sha256': '0'.repeat(64) },
       });
       expect(res.status).toBe(413);

@@ -115,7 +115,7 @@ function inputTests(): void {
         form.append('source', new Blob([new Uint8Array([1])]), 's.tar.gz');
         await expectError(big.req('POST', paths.builds(), { token: API_TOKEN, body: form }), 400, 'VALIDATION_FAILED');
         expect((await big.submit(deepSpec(20))).status).toBe(201);
-        expect((await (await big.req('GET', paths.builds(), { token: API_TOKEN })).json()).builds).toHaveLength(1);
+        expect(((await (await big.req('GET', paths.builds(), { token: API_TOKEN })).json()) as { builds: unknown[] }).builds).toHaveLength(1);
       } finally {
         await big.close();
       }

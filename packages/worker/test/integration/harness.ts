@@ -3,12 +3,13 @@
  * (test/support/controller.ts) on SQLite in a temp dir, with the few
  * user-side calls these tests make and timings short enough for them.
  */
-import type { ControllerConfigOverrides } from '@buildfleet/controller';
+import type { ControllerConfigOverrides, RunningController } from '@buildfleet/controller';
 import type { Build, Clock } from '@buildfleet/protocol';
 import { ENROLLMENT_TOKEN, startTestController, type TestController } from '../../../../test/support/controller.js';
 
 export interface Ctl {
   url: string;
+  ctl: RunningController;
   enrollmentToken: string;
   fixture: TestController;
   /** A request with the API token. */
@@ -26,6 +27,7 @@ export async function startCtl(over: ControllerConfigOverrides = {}, clock?: Clo
   const { api } = fixture;
   return {
     url: fixture.url,
+    ctl: fixture.ctl!,
     enrollmentToken: ENROLLMENT_TOKEN,
     fixture,
     api: (method, p, json) => api.req(method, p, json === undefined ? {} : { json }),

@@ -8,6 +8,9 @@
  * It is deliberately simple: no leases expire by themselves, no database.
  */
 import { EventEmitter } from 'node:events';
+import { Barrier } from './faults.js';
+
+export { Barrier };
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { PassThrough, type Readable } from 'node:stream';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -73,38 +76,6 @@ interface Injected {
   code?: ErrorCode;
   message?: string;
   retryAfterSeconds?: number;
-}
-
-/** Holds requests to one route until released. */
-export class Barrier {
-  arrivals = 0;
-  private released = false;
-  private readonly waiters: (() => void)[] = [];
-  private readonly ee = new EventEmitter();
-  /** Resolves when `n` requests have arrived at the barrier. */
-  arrived(n = 1): Promise<void> {
-    if (this.arrivals >= n) return Promise.resolve();
-    return new Promise((resolve) => {
-      const on = () => {
-        if (this.arrivals >= n) {
-          this.ee.off('arrive', on);
-          resolve();
-        }
-      };
-      this.ee.on('arrive', on);
-    });
-  }
-  /** @internal */
-  async pass(): Promise<void> {
-    this.arrivals++;
-    this.ee.emit('arrive');
-    if (this.released) return;
-    await new Promise<void>((resolve) => this.waiters.push(resolve));
-  }
-  release(): void {
-    this.released = true;
-    for (const w of this.waiters.splice(0)) w();
-  }
 }
 
 export interface FakeControllerOptions {
