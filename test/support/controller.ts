@@ -175,7 +175,7 @@ export class UserApi {
   submitRaw(spec: unknown, source: Uint8Array = TINY_SOURCE): Promise<Response> {
     const form = new FormData();
     form.append('spec', typeof spec === 'string' ? spec : JSON.stringify(spec));
-    form.append('source', new Blob([source]), 'source.tar.gz');
+    form.append('source', new Blob([source.slice()]), 'source.tar.gz');
     return this.req('POST', paths.builds(), { body: form });
   }
 
