@@ -10,6 +10,7 @@ import fs from 'node:fs/promises';
 import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Clock } from '@buildfleet/protocol';
+import { writeFileDurable } from '@buildfleet/protocol/node';
 import type { Logger } from './logger.js';
 
 /** Sends `signal` to every process in group `pgid`; false when the group is gone. */
@@ -90,7 +91,8 @@ export class PidDir {
     await fs.mkdir(this.dir, { recursive: true });
     const st = procStat(pgid);
     const rec: PidRecord = { pgid, ...(st ? { startTime: st.startTime } : {}) };
-    await fs.writeFile(this.file(buildId), JSON.stringify(rec));
+    // Atomic: a worker killed while recording must not leave a torn file that hides the group from its successor.
+    await writeFileDurable(this.file(buildId), JSON.stringify(rec), 0o600);
   }
   async remove(buildId: string): Promise<void> {
     await fs.rm(this.file(buildId), { force: true });
