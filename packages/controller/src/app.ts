@@ -33,6 +33,7 @@ import { authenticate, authenticateRegistration } from './http/auth.js';
 import { installAccessCheck, securitySchemes } from './http/access.js';
 import { installBodyParsers } from './http/body.js';
 import { installEarlyAnswers } from './http/early-answers.js';
+import { installSecurityHeaders } from './http/headers.js';
 import { buildValidator, checkPathAndQuery } from './http/validation.js';
 import type { AppContext, Notifier, WakeTopic } from './http/context.js';
 import { RETRY_AFTER_SECONDS, toApiError } from './http/errors.js';
@@ -235,6 +236,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   installBodyParsers(app, config);
   installEarlyAnswers(app, config.maxDiscardBytes, clock);
+  installSecurityHeaders(app);
   // Registration credentials need the body; checked before anything else the route does.
   app.addHook('preHandler', async (request) => authenticateRegistration(ctx, request, request.routeOptions.config?.auth));
   app.addHook('preHandler', checkPathAndQuery);
