@@ -11,3 +11,6 @@ export * from './limits.js';
 export * from './webhooks.js';
 export * from './views.js';
 export * from './answers.js';
+export * from './mask.js';
+export * from './secrets.js';
+export * from './caches.js';

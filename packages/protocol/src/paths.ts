@@ -26,6 +26,16 @@ export const paths = {
   enrollmentToken: (id: string) => `${API_PREFIX}/enrollment-tokens/${enc(id)}`,
   events: () => `${API_PREFIX}/events`,
   stats: () => `${API_PREFIX}/stats`,
+  // Issue 13.
+  deregister: (workerId: string) => `${API_PREFIX}/workers/${enc(workerId)}/deregister`,
+  secrets: () => `${API_PREFIX}/secrets`,
+  secret: (name: string) => `${API_PREFIX}/secrets/${enc(name)}`,
+  secretHandouts: (name: string) => `${API_PREFIX}/secrets/${enc(name)}/handouts`,
+  buildSecrets: (id: string) => `${API_PREFIX}/builds/${enc(id)}/secrets`,
+  buildCache: (id: string) => `${API_PREFIX}/builds/${enc(id)}/cache`,
+  buildCacheArchive: (id: string, sha256: string) => `${API_PREFIX}/builds/${enc(id)}/cache/${enc(sha256)}`,
+  caches: () => `${API_PREFIX}/caches`,
+  cache: (id: string) => `${API_PREFIX}/caches/${enc(id)}`,
 };
 
 function enc(s: string): string {

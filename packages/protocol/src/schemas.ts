@@ -6,6 +6,8 @@
 import { Type, type Static, type TSchema } from 'typebox';
 import { BUILD_STATES, TERMINAL_STATES } from './states.js';
 import { ERROR_CODES } from './errors.js';
+import { SpecSecretsInputSchema, SecretRefNormalSchema, normalizeSecretRefs } from './secrets.js';
+import { SpecCacheSchema, SpecCachesInputSchema } from './caches.js';
 
 /**
  * `T` or null. A primitive schema becomes `{type, nullable: true}` rather than
@@ -75,6 +77,35 @@ export const LabelSchema = Type.String({ minLength: 1, maxLength: 100, pattern: 
 export const ENV_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$';
 
 /**
+ * Spec `concurrency` (issue 13): at most `limit` builds of `group` are
+ * assigned or running at once; the others stay queued in submission order.
+ * With `cancelInProgress`, submitting a build cancels the group's older
+ * builds that have not ended instead (like GitHub's
+ * `concurrency.cancel-in-progress`).
+ */
+export const ConcurrencySchema = Type.Object(
+  {
+    group: Type.String({ minLength: 1, maxLength: 200 }),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+    cancelInProgress: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+export const ConcurrencyNormalSchema = Type.Object({
+  group: Type.String(),
+  limit: Type.Integer(),
+  cancelInProgress: Type.Boolean(),
+});
+export type Concurrency = Static<typeof ConcurrencyNormalSchema>;
+
+/**
+ * Spec `shell` (issue 13): what runs the script. `sh` (default) and `bash`
+ * run it with `-c`; an absolute path names any other interpreter, which gets
+ * the script as a file argument (`/usr/bin/python3 <file>`).
+ */
+export const ShellSchema = Type.String({ minLength: 1, maxLength: 500, pattern: '^(sh|bash|/[^\\s\\0]+)$' });
+
+/**
  * What a build runs. Only `script` is required; the defaults are PROTOCOL.md's.
  */
 export const BuildSpecInputSchema = Type.Object(
@@ -94,6 +125,10 @@ export const BuildSpecInputSchema = Type.Object(
     maxAttempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 10 })),
     metadata: Type.Optional(Type.Record(Type.String({ maxLength: 200 }), Type.Unknown(), { maxProperties: 100 })),
     name: Type.Optional(Text({ minLength: 1, maxLength: 200, description: 'shown in lists; default: from metadata or the script' })),
+    shell: Type.Optional(ShellSchema),
+    secrets: Type.Optional(SpecSecretsInputSchema),
+    cache: Type.Optional(SpecCachesInputSchema),
+    concurrency: Type.Optional(ConcurrencySchema),
   },
   { additionalProperties: false },
 );
@@ -109,6 +144,12 @@ export const BuildSpecSchema = Type.Object({
   maxAttempts: Type.Integer(),
   metadata: Type.Record(Type.String(), Type.Unknown()),
   name: Type.Optional(Type.String()),
+  // Issue 13. Optional: builds stored before them, and specs from older
+  // controllers, do not have them; absent means sh, none, none, none.
+  shell: Type.Optional(Type.String()),
+  secrets: Type.Optional(Type.Array(SecretRefNormalSchema)),
+  cache: Type.Optional(Type.Array(SpecCacheSchema)),
+  concurrency: Type.Optional(ConcurrencyNormalSchema),
 });
 export type BuildSpec = Static<typeof BuildSpecSchema>;
 
@@ -124,6 +165,18 @@ export function normalizeSpec(input: BuildSpecInput): BuildSpec {
     maxAttempts: input.maxAttempts ?? 2,
     metadata: input.metadata ?? {},
     ...(input.name !== undefined ? { name: input.name } : {}),
+    ...(input.shell !== undefined && input.shell !== 'sh' ? { shell: input.shell } : {}),
+    ...(input.secrets?.length ? { secrets: normalizeSecretRefs(input.secrets) } : {}),
+    ...(input.cache?.length ? { cache: input.cache } : {}),
+    ...(input.concurrency
+      ? {
+          concurrency: {
+            group: input.concurrency.group,
+            limit: input.concurrency.limit ?? 1,
+            cancelInProgress: input.concurrency.cancelInProgress ?? false,
+          },
+        }
+      : {}),
   };
 }
 
