@@ -20,6 +20,7 @@ import { gitMetadata } from './git.js';
 import { formatBytes, loadSpec, parseEnvPair, submitDirectory, type SpecOverrides } from './submit.js';
 import { addServiceCommands } from './serve.js';
 import { addApiOpsCommands, addOpsCommands } from './ops-commands.js';
+import { addSecretCommands } from './secrets.js';
 
 export const CLI_VERSION = '0.1.0';
 
@@ -282,6 +283,7 @@ export function buildProgram(): Command {
       await clientFor(cmd).resume(id);
       out(`worker ${id} resumed`);
     });
+  addSecretCommands(program, clientFor);
 
   return program;
 }
