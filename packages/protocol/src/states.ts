@@ -68,5 +68,7 @@ export const BUILD_REASONS = [
   'timeout',
   /** The script's own exit code decided the outcome. */
   'exit_code',
+  /** The spec asks for a secret that does not exist or whose scope leaves this build out; it failed before its script ran. */
+  'secret_unavailable',
 ] as const;
 export type BuildReason = (typeof BUILD_REASONS)[number];

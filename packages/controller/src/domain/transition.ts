@@ -34,7 +34,12 @@ export type BuildEvent =
   /** A user asked to cancel. */
   | { type: 'cancel' }
   /** The build ran past its `timeoutSeconds`. */
-  | { type: 'timeout' };
+  | { type: 'timeout' }
+  /** The build cannot run as asked (a secret it may not have): it fails before its script runs. */
+  | { type: 'reject'; reason: RejectReason; message: string };
+
+/** Why a build was rejected before its script ran. */
+export type RejectReason = Extract<BuildReason, 'secret_unavailable'>;
 
 /** Columns of `builds` a transition sets (snake_case, as stored). */
 export interface BuildPatch {
@@ -209,6 +214,15 @@ export function transition(current: TransitionInput, event: BuildEvent, now: num
           lease_expires_at: null,
         },
         attemptRow: from === 'queued' ? null : { state: 'canceled', finished_at: now, reason: 'canceled' },
+      };
+    }
+    case 'reject': {
+      check(from, 'failed', 'reject');
+      return {
+        from,
+        to: 'failed',
+        build: { state: 'failed', reason: event.reason, message: event.message, finished_at: now, ack_deadline: null, lease_expires_at: null },
+        attemptRow: from === 'queued' ? null : { state: 'failed', finished_at: now, reason: event.reason },
       };
     }
     case 'timeout': {

@@ -84,7 +84,19 @@ describe('transition', () => {
     fc.record({ type: fc.constant('lose' as const), reason: fc.constantFrom('ack_timeout' as const, 'lease_expired' as const, 'worker_deleted' as const) }),
     fc.constant({ type: 'cancel' as const }),
     fc.constant({ type: 'timeout' as const }),
+    fc.constant({ type: 'reject' as const, reason: 'secret_unavailable' as const, message: 'secret X is out of scope' }),
   );
+
+  it('a rejected build fails with its reason and message before it runs, from queued, assigned or running', () => {
+    const reject = { type: 'reject' as const, reason: 'secret_unavailable' as const, message: 'secret NPM_TOKEN: needs repo=acme/app' };
+    expect(transition(start, reject, 3)).toMatchObject({
+      to: 'failed',
+      build: { state: 'failed', reason: 'secret_unavailable', message: reject.message, finished_at: 3 },
+      attemptRow: null,
+    });
+    expect(transition({ ...start, state: 'running' }, reject, 4).attemptRow).toMatchObject({ state: 'failed', reason: 'secret_unavailable' });
+    expect(code(() => transition({ ...start, state: 'succeeded' }, reject, 1))).toBe('INVALID_TRANSITION');
+  });
 
   it('property: terminal states never change, attempts never decrease, canceled never returns to queued, every change is allowed', () => {
     fc.assert(
