@@ -111,6 +111,13 @@ function matches(buf: Uint8Array, patterns: readonly Uint8Array[]): Interval[] {
   return merged;
 }
 
+/** `bytes` with every interval overwritten by `*`, length unchanged. */
+function overwrite(bytes: Uint8Array, intervals: readonly Interval[]): Uint8Array {
+  const out = bytes.slice();
+  for (const [s, e] of intervals) out.fill(0x2a, s, e);
+  return out;
+}
+
 /** `buf[0 .. end)` with every interval (all inside it) replaced by MASK. */
 function replace(buf: Uint8Array, intervals: readonly Interval[], end: number): Uint8Array {
   let size = end;
@@ -167,6 +174,17 @@ export class SecretMasker {
     if (this.patterns.length === 0) return bytes;
     const intervals = matches(bytes, this.patterns);
     return intervals.length === 0 ? bytes : replace(bytes, intervals, bytes.length);
+  }
+
+  /**
+   * Like `mask`, but each occurrence becomes as many `*` as it had bytes:
+   * the controller's second line, which must not change a log chunk's
+   * length (the worker counts offsets in the bytes it sent).
+   */
+  maskKeepingLength(bytes: Uint8Array): Uint8Array {
+    if (this.patterns.length === 0) return bytes;
+    const intervals = matches(bytes, this.patterns);
+    return intervals.length === 0 ? bytes : overwrite(bytes, intervals);
   }
 
   /** Masked bytes that are safe to pass on; keeps back a possible secret's beginning. */

@@ -99,6 +99,12 @@ describe('SecretMasker', () => {
     expect(patterns).not.toContain('ab');
   });
 
+  it('can mask without changing the length (the controller keeps the worker\'s offsets)', () => {
+    const m = new SecretMasker(['hunter2-secret']);
+    const out = dec(m.maskKeepingLength(enc('a hunter2-secret b')));
+    expect(out).toBe(`a ${'*'.repeat(14)} b`);
+  });
+
   it('without secrets passes chunks through untouched', () => {
     const m = new SecretMasker();
     const chunk = enc('anything');
