@@ -91,6 +91,10 @@ export interface BuildsTable {
   source_deleted_reason: string | null;
   logs_deleted_at: number | null;
   artifacts_deleted_at: number | null;
+  /** Spec `concurrency.group` (migration 0005); null when the build has none. */
+  concurrency_group: string | null;
+  /** Spec `concurrency.limit`; null without a group. */
+  concurrency_limit: number | null;
 }
 
 export interface BuildAttemptsTable {
@@ -131,6 +135,39 @@ export interface ArtifactsTable {
   deleted_reason: string | null;
 }
 
+/** Migration 0005: secrets, sealed by the controller (AES-256-GCM); the key is never stored. */
+export interface SecretsTable {
+  name: string;
+  /** `v1.<nonce>.<ciphertext+tag>` (secrets/cipher.ts). */
+  sealed: string;
+  /** JSON Scope. */
+  scope: string;
+  created_at: number;
+  updated_at: number;
+}
+
+/** Migration 0005: one row per secret handed to an attempt of a build. */
+export interface SecretHandoutsTable {
+  build_id: string;
+  attempt: number;
+  name: string;
+  handed_out_at: number;
+}
+
+/** Migration 0005: build cache entries; the archive is the blob `blob_key` (content-addressed). */
+export interface CacheEntriesTable {
+  id: string;
+  /** cacheScope() of the build that saved it: builds share entries only within one scope. */
+  scope: string;
+  key: string;
+  sha256: string;
+  size: number;
+  blob_key: string;
+  build_id: string;
+  created_at: number;
+  last_used_at: number;
+}
+
 export interface DB {
   settings: SettingsTable;
   api_tokens: ApiTokensTable;
@@ -143,6 +180,9 @@ export interface DB {
   webhooks: WebhooksTable;
   webhook_events: WebhookEventsTable;
   webhook_deliveries: WebhookDeliveriesTable;
+  secrets: SecretsTable;
+  secret_handouts: SecretHandoutsTable;
+  cache_entries: CacheEntriesTable;
 }
 
 function initial(dialect: Dialect): Migration {
@@ -284,6 +324,51 @@ const registrationToken: Migration = {
   },
 };
 
+/** Issue 13: secrets and their hand-outs, cache entries, concurrency groups. */
+function secretsCachesConcurrency(): Migration {
+  return {
+    async up(db: Kysely<any>) {
+      await db.schema
+        .createTable('secrets')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('sealed', 'text', (c) => c.notNull())
+        .addColumn('scope', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('secret_handouts')
+        .addColumn('build_id', 'text', (c) => c.notNull().references('builds.id').onDelete('cascade'))
+        .addColumn('attempt', 'integer', (c) => c.notNull())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('handed_out_at', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('secret_handouts_pk', ['build_id', 'attempt', 'name'])
+        .execute();
+      await sql`create index secret_handouts_name on secret_handouts (name, handed_out_at desc)`.execute(db);
+      await db.schema
+        .createTable('cache_entries')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('scope', 'text', (c) => c.notNull())
+        .addColumn('key', 'text', (c) => c.notNull())
+        .addColumn('sha256', 'text', (c) => c.notNull())
+        .addColumn('size', 'bigint', (c) => c.notNull())
+        .addColumn('blob_key', 'text', (c) => c.notNull())
+        // No foreign key: an entry outlives the build that saved it.
+        .addColumn('build_id', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('last_used_at', 'bigint', (c) => c.notNull())
+        .addUniqueConstraint('cache_entries_scope_key', ['scope', 'key'])
+        .execute();
+      await sql`create index cache_entries_blob on cache_entries (blob_key)`.execute(db);
+      await sql`create index cache_entries_used on cache_entries (last_used_at desc, id desc)`.execute(db);
+      await db.schema.alterTable('builds').addColumn('concurrency_group', 'text').execute();
+      await db.schema.alterTable('builds').addColumn('concurrency_limit', 'integer').execute();
+      // The claim counts a group's assigned, running and earlier queued builds.
+      await sql`create index builds_concurrency on builds (concurrency_group, state, created_at, id) where concurrency_group is not null`.execute(db);
+    },
+  };
+}
+
 /** Numbered migrations, in order. Never edit a released one: add the next number. */
 export function migrationProvider(dialect: Dialect): MigrationProvider {
   return {
@@ -293,6 +378,7 @@ export function migrationProvider(dialect: Dialect): MigrationProvider {
         '0002_operations': operations(dialect),
         '0003_dashboard': dashboard(),
         '0004_registration_token': registrationToken,
+        '0005_secrets_caches_concurrency': secretsCachesConcurrency(),
       };
     },
   };

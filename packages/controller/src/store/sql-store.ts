@@ -16,6 +16,9 @@
  * | `sql/artifacts.ts`  | recordArtifact, listArtifacts, getArtifact                             |
  * | `sql/retention.ts`  | `retention` (the collector's batches), setKeep                         |
  * | `sql/webhooks.ts`   | `webhooks` (subscriptions, delivery queue); the outbox rows of transitions |
+ * | `sql/secrets.ts`    | secrets, their hand-outs (issue 13)                                    |
+ * | `sql/caches.ts`     | build cache entries, LRU eviction (issue 13)                           |
+ * | `sql/concurrency.ts`| the claim's concurrency-group rule, cancelOlderInGroup (issue 13)      |
  *
  * Shared by them: `sql/context.ts` (transactions, error mapping, row locks),
  * `sql/transitions.ts` (every build state change, from domain/transition.ts),
@@ -23,7 +26,7 @@
  * (attempt fencing of build-token writes), `sql/rows.ts` (row mapping).
  */
 import { sql, Migrator, type Kysely } from 'kysely';
-import type { Build, BuildOutcome, EnrollmentToken, MinuteStat, QueueGroup, Worker } from '@buildfleet/protocol';
+import type { Build, BuildOutcome, EnrollmentToken, MinuteStat, QueueGroup, Scope, Secret, SecretHandout, Worker } from '@buildfleet/protocol';
 import type { FleetEntry, QueuedEntry } from '../domain/waiting.js';
 import { mapDbError } from './errors.js';
 import { appliedMigrations, assertSchemaNotNewer } from './schema-guard.js';
@@ -41,8 +44,16 @@ import * as retention from './sql/retention.js';
 import * as webhooks from './sql/webhooks.js';
 import { withCollectorLock } from './sql/collector-lock.js';
 import { buildNotFound } from './sql/rows.js';
+import * as secrets from './sql/secrets.js';
+import * as caches from './sql/caches.js';
+import * as concurrency from './sql/concurrency.js';
+import type { RejectReason } from '../domain/transition.js';
 import type {
   ArtifactInput,
+  CacheLookup,
+  NewCacheEntry,
+  SealedSecret,
+  StoredCacheEntry,
   AttemptRef,
   BuildListFilter,
   HeartbeatInput,
@@ -271,5 +282,56 @@ export class SqlStore implements Store {
   }
   getArtifact(buildId: string, name: string): Promise<StoredArtifact> {
     return artifacts.getArtifact(this.ctx, buildId, name);
+  }
+
+  // --- secrets, caches, concurrency groups, workers that leave (issue 13) ------------
+
+  putSecret(input: { name: string; sealed: string; scope: Scope; now: number }): Promise<{ secret: Secret; created: boolean }> {
+    return secrets.putSecret(this.ctx, input);
+  }
+  listSecrets(): Promise<Secret[]> {
+    return secrets.listSecrets(this.ctx);
+  }
+  getSecret(name: string): Promise<Secret> {
+    return secrets.getSecret(this.ctx, name);
+  }
+  deleteSecret(name: string): Promise<void> {
+    return secrets.deleteSecret(this.ctx, name);
+  }
+  sealedSecrets(names: readonly string[]): Promise<SealedSecret[]> {
+    return secrets.sealedSecrets(this.ctx, names);
+  }
+  recordHandouts(ref: AttemptRef, names: readonly string[], now: number): Promise<void> {
+    return secrets.recordHandouts(this.ctx, ref, names, now);
+  }
+  listHandouts(name: string, limit: number): Promise<SecretHandout[]> {
+    return secrets.listHandouts(this.ctx, name, limit);
+  }
+  rejectBuild(ref: AttemptRef, reason: RejectReason, message: string, now: number): Promise<Build> {
+    return builds.rejectBuild(this.ctx, ref, reason, message, now);
+  }
+  lookupCache(input: CacheLookup): Promise<{ entry: StoredCacheEntry; exact: boolean } | undefined> {
+    return caches.lookupCache(this.ctx, input);
+  }
+  findCacheArchive(scope: string, sha256: string, now: number): Promise<StoredCacheEntry | undefined> {
+    return caches.findCacheArchive(this.ctx, scope, sha256, now);
+  }
+  saveCache(ref: AttemptRef, input: NewCacheEntry): Promise<{ entry: StoredCacheEntry; created: boolean }> {
+    return caches.saveCache(this.ctx, ref, input);
+  }
+  listCaches(): Promise<{ entries: StoredCacheEntry[]; totalBytes: number }> {
+    return caches.listCaches(this.ctx);
+  }
+  deleteCache(id: string): Promise<{ orphanBlobKey: string | undefined }> {
+    return caches.deleteCache(this.ctx, id);
+  }
+  evictCaches(maxBytes: number): Promise<{ evicted: StoredCacheEntry[]; orphanBlobKeys: string[] }> {
+    return caches.evictCaches(this.ctx, maxBytes);
+  }
+  cancelOlderInGroup(group: string, beforeId: string, now: number): Promise<Build[]> {
+    return concurrency.cancelOlderInGroup(this.ctx, group, beforeId, now);
+  }
+  deregisterWorker(auth: WorkerAuth): Promise<void> {
+    return workers.deregisterWorker(this.ctx, auth);
   }
 }

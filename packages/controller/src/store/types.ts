@@ -23,13 +23,18 @@ import type {
   BuildOutcome,
   BuildSpec,
   BuildState,
+  CacheEntry,
   EnrollmentToken,
   MinuteStat,
   QueueGroup,
+  Scope,
+  Secret,
+  SecretHandout,
   Worker,
   WorkerSettings,
 } from '@buildfleet/protocol';
 import type { FleetEntry, QueuedEntry } from '../domain/waiting.js';
+import type { RejectReason } from '../domain/transition.js';
 
 /** Timing rules the store applies; announced to workers as `settings`. */
 export interface LeaseSettings extends WorkerSettings {
@@ -225,7 +230,7 @@ export interface ReapOptions {
   reapLeases: boolean;
 }
 
-export interface Store {
+export interface Store extends FeatureStore {
   readonly dialect: 'sqlite' | 'postgres';
   /** Applies numbered migrations; safe when two controllers start at once. */
   migrate(): Promise<void>;
@@ -367,6 +372,105 @@ export interface Store {
   setKeep(id: string, keep: boolean): Promise<Build>;
   readonly retention: RetentionStore;
   readonly webhooks: WebhookStore;
+}
+
+/** A secret as stored: its sealed value (secrets/cipher.ts) and scope. */
+export interface SealedSecret {
+  name: string;
+  sealed: string;
+  scope: Scope;
+}
+
+/** A cache lookup within one scope (epoch ms `now` marks the hit used). */
+export interface CacheLookup {
+  scope: string;
+  key: string;
+  /** Key prefixes to try in order when `key` has no entry. */
+  restoreKeys: readonly string[];
+  now: number;
+}
+
+/** A cache entry to save; `blobKey` names the archive, already stored. */
+export interface NewCacheEntry {
+  id: string;
+  scope: string;
+  key: string;
+  sha256: string;
+  /** bytes */
+  size: number;
+  blobKey: string;
+  now: number;
+}
+
+/** A cache entry with the blob key of its archive. */
+export interface StoredCacheEntry extends CacheEntry {
+  blobKey: string;
+}
+
+/**
+ * Issue 13: secrets, build caches, concurrency groups and workers that
+ * leave. Part of `Store`; kept apart so the aggregate is easy to find.
+ */
+export interface FeatureStore {
+  // --- secrets (sealed by the caller; the store never sees a key or a value)
+  /** Creates or replaces a secret; `created` false for a replacement. */
+  putSecret(input: { name: string; sealed: string; scope: Scope; now: number }): Promise<{ secret: Secret; created: boolean }>;
+  listSecrets(): Promise<Secret[]>;
+  /** Throws NOT_FOUND. */
+  getSecret(name: string): Promise<Secret>;
+  /** Throws NOT_FOUND. Hand-out records stay. */
+  deleteSecret(name: string): Promise<void>;
+  /** The named secrets that exist, sealed. */
+  sealedSecrets(names: readonly string[]): Promise<SealedSecret[]>;
+  /**
+   * Records that attempt `ref` receives `names`, checking like a build-token
+   * write that it is the current attempt and running (LEASE_LOST,
+   * INVALID_TRANSITION). Idempotent.
+   */
+  recordHandouts(ref: AttemptRef, names: readonly string[], now: number): Promise<void>;
+  /** Hand-outs of one secret, newest first, at most `limit`. */
+  listHandouts(name: string, limit: number): Promise<SecretHandout[]>;
+  /**
+   * Fails the build's attempt `ref` before its script runs (queued, assigned
+   * or running → failed with `reason` and `message`). Throws like
+   * `startBuild` (BUILD_NOT_FOUND, LEASE_LOST, INVALID_TRANSITION).
+   */
+  rejectBuild(ref: AttemptRef, reason: RejectReason, message: string, now: number): Promise<Build>;
+
+  // --- caches -----------------------------------------------------------------
+  /** The newest entry of the scope for the key, else for the first restore prefix that has one; marks it used. */
+  lookupCache(input: CacheLookup): Promise<{ entry: StoredCacheEntry; exact: boolean } | undefined>;
+  /** An entry of `scope` whose archive has this SHA-256 (what a build of that scope may download); marks it used. */
+  findCacheArchive(scope: string, sha256: string, now: number): Promise<StoredCacheEntry | undefined>;
+  /**
+   * Saves an entry for attempt `ref` (current and running, else LEASE_LOST /
+   * INVALID_TRANSITION); when (scope, key) has one already, returns it with
+   * `created` false (entries never change).
+   */
+  saveCache(ref: AttemptRef, input: NewCacheEntry): Promise<{ entry: StoredCacheEntry; created: boolean }>;
+  /** Every entry, most recently used first, and their total size in bytes. */
+  listCaches(): Promise<{ entries: StoredCacheEntry[]; totalBytes: number }>;
+  /** Throws NOT_FOUND; returns the archive's blob key when no entry uses it any more. */
+  deleteCache(id: string): Promise<{ orphanBlobKey: string | undefined }>;
+  /** Drops least recently used entries past `maxBytes`; returns them and the blob keys nobody uses any more. */
+  evictCaches(maxBytes: number): Promise<{ evicted: StoredCacheEntry[]; orphanBlobKeys: string[] }>;
+
+  // --- concurrency groups -------------------------------------------------------
+  /**
+   * `cancelInProgress`: cancels every build of `group` created before
+   * `beforeId` that has not ended (queued and assigned at once, running by
+   * cancel request, as `cancelBuild`). Returns the builds it changed.
+   */
+  cancelOlderInGroup(group: string, beforeId: string, now: number): Promise<Build[]>;
+
+  // --- workers that leave -------------------------------------------------------
+  /**
+   * A worker leaves cleanly (`--once`, `--idle-timeout`): under its row
+   * lock, authenticates like `authenticateWorker`, then deletes it unless it
+   * still holds builds, which throws INVALID_TRANSITION naming them (the
+   * worker polls once more to get them and runs them first).
+   */
+  deregisterWorker(auth: WorkerAuth): Promise<void>;
 }
 
 /** What the HTTP layer needs to turn a held build into a wire build. */

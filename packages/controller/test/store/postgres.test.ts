@@ -3,9 +3,11 @@
  * what only PostgreSQL has: concurrent migrations from two controllers, row
  * locks held across connections, and an unreachable server.
  */
+import { createHash, randomUUID } from 'node:crypto';
 import pg from 'pg';
+import { v7 as uuidv7 } from 'uuid';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ApiError } from '@buildfleet/protocol';
+import { ApiError, normalizeSpec } from '@buildfleet/protocol';
 import { openStore } from '../../src/store/index.js';
 import { createTestDatabase, describePg, type TestDatabase } from '../support/pg.js';
 import { waitFor } from '../support/wait.js';
@@ -57,6 +59,69 @@ describePg('postgres store', () => {
   });
 
   describe('two controllers on one database', () => {
+    it('claiming at once never hold more of a concurrency group than its limit, and take its builds in order (issue 13)', async () => {
+      const fresh = await createTestDatabase();
+      const sha = (s: string) => createHash('sha256').update(s).digest('hex');
+      const a = await openStore({ databaseUrl: fresh.url, poolSize: 6 });
+      const b = await openStore({ databaseUrl: fresh.url, poolSize: 6 });
+      const stores = [a, b];
+      try {
+        await a.migrate();
+        let now = Date.UTC(2026, 1, 1);
+        await a.ensureEnrollmentToken(sha('bfe_race'), 'race', now);
+        const workers: { id: string; tokenHash: string }[] = [];
+        for (let i = 0; i < 8; i++) {
+          const token = `bfw_${randomUUID()}`;
+          const r = await a.registerNew({
+            enrollmentTokenHash: sha('bfe_race'),
+            newWorkerId: uuidv7(),
+            secretHash: sha(randomUUID()),
+            accessToken: { hash: sha(token), expiresAt: now + 3_600_000 },
+            name: `w${i}`,
+            labels: [],
+            maxConcurrentBuilds: 4,
+            version: '1',
+            now,
+          });
+          workers.push({ id: r.workerId, tokenHash: sha(token) });
+        }
+        const group: string[] = [];
+        for (let i = 0; i < 6; i++) {
+          const id = uuidv7({ msecs: ++now });
+          // Later builds have higher priority: the group's order must still win.
+          await a.createBuild({
+            id,
+            spec: normalizeSpec({ script: 'true', concurrency: { group: 'deploy' }, priority: i }),
+            sourceKey: 'k',
+            sourceSize: 0,
+            sourceSha256: sha(''),
+            now,
+          });
+          group.push(id);
+        }
+        const order: string[] = [];
+        for (let round = 0; round < group.length; round++) {
+          now += 1000;
+          const claimed = (
+            await Promise.all(
+              workers.map((w, i) =>
+                stores[i % 2]!.poll({ workerId: w.id, tokenHash: w.tokenHash, freeSlots: 4, activeBuildIds: [], ackTimeoutMs: 30_000, now }),
+              ),
+            )
+          ).flat();
+          expect(claimed.map((h) => h.id)).toHaveLength(1);
+          order.push(claimed[0]!.id);
+          await b.startBuild({ buildId: claimed[0]!.id, attempt: 1 }, now + 1, 60_000);
+          await a.finishBuild({ buildId: claimed[0]!.id, attempt: 1, outcome: 'succeeded', exitCode: 0, message: null, now: now + 2 });
+        }
+        expect(order).toEqual(group);
+      } finally {
+        await a.close();
+        await b.close();
+        await fresh.drop();
+      }
+    });
+
     it('claims from two stores at once never assign a build twice, and concurrent reapers reap each build once', async () => {
       const fresh = await createTestDatabase();
       const a = await openStore({ databaseUrl: fresh.url });

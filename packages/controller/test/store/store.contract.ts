@@ -14,6 +14,7 @@ import { leasesContract } from './contract/leases.contract.js';
 import { logsContract } from './contract/logs.contract.js';
 import { tokensContract } from './contract/tokens.contract.js';
 import { workersContract } from './contract/workers.contract.js';
+import { featuresContract } from './contract/features.contract.js';
 
 export type { ContractOptions, OpenStore } from './contract/fixture.js';
 
@@ -28,5 +29,6 @@ export function describeStoreContract(name: string, open: OpenStore, options: Co
     buildsContract(f);
     logsContract(f);
     artifactsContract(f);
+    featuresContract(f);
   });
 }

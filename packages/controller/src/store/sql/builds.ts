@@ -7,6 +7,7 @@
  */
 import { sql } from 'kysely';
 import { ApiError, isTerminal, type Build, type BuildOutcome } from '@buildfleet/protocol';
+import type { RejectReason } from '../../domain/transition.js';
 import type { Dialect } from '../schema.js';
 import type { AttemptRef, BuildListFilter, NewBuild } from '../types.js';
 import { run, tx, type Db, type SqlContext } from './context.js';
@@ -48,6 +49,8 @@ export function createBuild(ctx: SqlContext, input: NewBuild): Promise<Build> {
       source_deleted_reason: null,
       logs_deleted_at: null,
       artifacts_deleted_at: null,
+      concurrency_group: input.spec.concurrency?.group ?? null,
+      concurrency_limit: input.spec.concurrency ? input.spec.concurrency.limit : null,
     };
     // The build.created webhook event commits with the build (transactional outbox).
     await ctx.db.transaction().execute(async (trx) => {
@@ -193,6 +196,21 @@ export function startBuild(ctx: SqlContext, ref: AttemptRef, now: number, leaseM
       const t = await applyTransition(trx, row, { type: 'start', leaseExpiresAt: now + leaseMs }, now);
       if (!t) throw await raceError(trx, ref);
     }
+    return (await loadBuild(trx, ref.buildId))!;
+  });
+}
+
+/**
+ * Fails attempt `ref` before its script runs (queued, assigned or running →
+ * failed with `reason` and `message`; issue 13). Throws BUILD_NOT_FOUND,
+ * LEASE_LOST, INVALID_TRANSITION.
+ */
+export function rejectBuild(ctx: SqlContext, ref: AttemptRef, reason: RejectReason, message: string, now: number): Promise<Build> {
+  return tx(ctx, async (trx) => {
+    const row = await lockBuild(ctx, trx, ref.buildId);
+    fence(row, ref);
+    const t = await applyTransition(trx, row, { type: 'reject', reason, message }, now);
+    if (!t) throw await raceError(trx, ref);
     return (await loadBuild(trx, ref.buildId))!;
   });
 }

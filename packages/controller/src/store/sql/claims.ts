@@ -7,7 +7,8 @@
  * Dialects differ only in `claimStatement` below: PostgreSQL picks with
  * `FOR UPDATE SKIP LOCKED` in a MATERIALIZED CTE and tests the label subset
  * with jsonb `<@`; SQLite (one writer at a time) picks in a subquery and
- * tests the subset with `json_each`.
+ * tests the subset with `json_each`. A build of a full concurrency group
+ * is not claimable (`concurrency.ts`).
  */
 import { sql, type Transaction } from 'kysely';
 import { transition, type BuildPatch } from '../../domain/transition.js';
@@ -16,6 +17,7 @@ import type { HeldBuild, PollInput } from '../types.js';
 import { tx, type SqlContext } from './context.js';
 import { toHeld, type BuildRow, type WorkerRow } from './rows.js';
 import { checkAccessToken, heldBuilds, touchWorker } from './worker-auth.js';
+import { groupHasRoom } from './concurrency.js';
 
 /**
  * One claim round; see `Store.poll`. Statements: lock the worker, record the
@@ -58,7 +60,7 @@ function claimStatement(dialect: Dialect, workerLabels: string, n: number, patch
       : sql`not exists (select 1 from json_each(b.labels) as l where l.value not in (select value from json_each(${workerLabels})))`;
   const pick = sql`
     select b.id from builds b
-    where b.state = 'queued' and ${subset}
+    where b.state = 'queued' and ${subset} and ${groupHasRoom}
     order by b.priority desc, b.created_at, b.id
     limit ${n}`;
   // PostgreSQL: the locked pick must run exactly once; as `IN (subquery)` the

@@ -28,7 +28,7 @@ export interface StoreLogger {
 }
 
 /** The store operations that lock a worker's row (named for decorators of `WorkerLock`). */
-export type WorkerLockOp = 'poll' | 'heartbeat' | 'reregister' | 'deleteWorker';
+export type WorkerLockOp = 'poll' | 'heartbeat' | 'reregister' | 'deleteWorker' | 'deregister';
 
 /**
  * Reads and locks a worker's row inside `trx` (PostgreSQL `FOR UPDATE`; on

@@ -154,6 +154,26 @@ export function reregister(ctx: SqlContext, input: ReregisterInput): Promise<Reg
 }
 
 /** Checks a worker access token (see `checkAccessToken`) and records the call. */
+/**
+ * A worker leaves on purpose (`Store.deregisterWorker`): under its row lock,
+ * authenticated like a poll; deleted unless it still holds builds
+ * (INVALID_TRANSITION naming them: it polls once more and runs them first).
+ */
+export function deregisterWorker(ctx: SqlContext, auth: WorkerAuth): Promise<void> {
+  return tx(ctx, async (trx) => {
+    const locked = await ctx.lockWorker(trx, auth.workerId, 'deregister');
+    const w = await checkAccessToken(trx, locked, auth);
+    const held = await heldBuilds(trx, w.id);
+    if (held.length > 0) {
+      throw new ApiError(
+        'INVALID_TRANSITION',
+        `worker ${w.id} still holds builds ${held.map((b) => b.id).join(', ')}: poll to receive them, run them, then deregister`,
+      );
+    }
+    await trx.deleteFrom('workers').where('id', '=', w.id).execute();
+  });
+}
+
 export async function authenticateWorker(ctx: SqlContext, auth: WorkerAuth): Promise<void> {
   await run(async () => {
     const w = await ctx.db.selectFrom('workers').selectAll().where('id', '=', auth.workerId).executeTakeFirst();
