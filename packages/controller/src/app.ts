@@ -48,6 +48,11 @@ import { PollDispatcher } from './http/dispatch.js';
 import { LogFollowHub } from './http/log-follow.js';
 import { dashboardRoutes } from './dashboard.js';
 import { dashboardApiRoutes } from './http/routes-dashboard.js';
+import { secretRoutes } from './http/routes-secrets.js';
+import { cacheRoutes } from './http/routes-caches.js';
+import { SecretsService } from './secrets/service.js';
+import type { SecretCipher, SecretsKeySource } from './secrets/cipher.js';
+import { CacheService } from './caches/service.js';
 
 export interface AppDeps {
   config: ControllerConfig;
@@ -57,6 +62,8 @@ export interface AppDeps {
   clock?: Clock;
   /** A pino logger; default: one built from `config.logLevel` with secrets redacted. */
   logger?: FastifyBaseLogger;
+  /** The key sealing secrets (server.ts loads it); without one, secrets are refused with SECRETS_KEY_MISSING. */
+  secretsKey?: { cipher: SecretCipher; source: SecretsKeySource };
 }
 
 /**
@@ -153,6 +160,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const routes = installAccessCheck(app);
 
   const tokens = await BuildTokens.fromStore(store);
+  const secrets = await SecretsService.open(store, deps.secretsKey);
+  const caches = new CacheService(store, blobs, { maxBytes: config.cacheMaxBytes, scopeKeys: config.cacheScopeKeys }, app.log);
   let closed = false;
   const metrics: ControllerMetrics = createMetrics();
   const pollWake = new WakeChannel(clock);
@@ -168,6 +177,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     notifier,
     clock,
     tokens,
+    secrets,
+    caches,
     metrics,
     pollWake,
     logWake,
@@ -333,6 +344,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       buildRoutes(api, ctx);
       opsRoutes(api, ctx);
       dashboardApiRoutes(api, ctx);
+      secretRoutes(api, ctx);
+      cacheRoutes(api, ctx);
     },
     { prefix: API_PREFIX },
   );

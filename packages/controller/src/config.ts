@@ -64,6 +64,14 @@ export interface ControllerConfig {
   readonly logLevel: LogLevel;
   /** Retention, log and blob caps, webhook retries (ops/config.ts). */
   readonly ops: OperationsConfig;
+  /** BUILDFLEET_SECRETS_KEY: the key sealing secrets (base64 or hex of 32 bytes); never logged (redacted as `secretsKey`). */
+  readonly secretsKey: string | undefined;
+  /** BUILDFLEET_SECRETS_KEY_FILE: a file holding that key. Without either, `<dataDir>/secrets.key` (generated with SQLite). */
+  readonly secretsKeyFile: string | undefined;
+  /** BUILDFLEET_CACHE_MAX_MB in bytes: build cache archives kept in all; least recently used go first. */
+  readonly cacheMaxBytes: number;
+  /** BUILDFLEET_CACHE_SCOPE: metadata keys whose values scope cache entries (default `repo`). */
+  readonly cacheScopeKeys: readonly string[];
 }
 
 /** What callers may set instead of the environment; `ops` may be partial. */
@@ -162,6 +170,14 @@ export function loadControllerConfig(
     ops: loadOperationsConfig(env, overrides.ops, (message) => {
       throw new ConfigError(message);
     }),
+    secretsKey: (pick('secretsKey', ENV.secretsKey) as string | undefined) || undefined,
+    secretsKeyFile: pick('secretsKeyFile', ENV.secretsKeyFile) ? path.resolve(String(pick('secretsKeyFile', ENV.secretsKeyFile))) : undefined,
+    cacheMaxBytes: overrides.cacheMaxBytes ?? int(ENV.cacheMaxMb, env[ENV.cacheMaxMb], DEFAULTS.cacheMaxMb, 0) * 1024 * 1024,
+    cacheScopeKeys: Object.freeze(
+      (overrides.cacheScopeKeys ?? String(env[ENV.cacheScope] ?? DEFAULTS.cacheScope).split(','))
+        .map((k) => k.trim())
+        .filter((k) => k.length > 0),
+    ),
   };
   if (config.heartbeatIntervalMs >= config.leaseMs) {
     throw new ConfigError(

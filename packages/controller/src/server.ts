@@ -20,6 +20,7 @@ import { DatabaseClock, PG_NOW_SQL } from './db-clock.js';
 import { Collector } from './gc/collector.js';
 import { WebhookDeliverer } from './webhooks/deliverer.js';
 import { observeEnded } from './ops/metrics.js';
+import { loadSecretsKey } from './secrets/cipher.js';
 
 /** Credentials generated on a controller's first start (printed by the CLI). */
 export interface FirstStartCredentials {
@@ -133,7 +134,16 @@ export async function startController(config: ControllerConfig, opts: StartOptio
 
     const firstStart = await ensureTokens(store, config, clock);
 
-    const app = await buildApp({ config, store, blobs, notifier, clock, logger });
+    // Generated only for SQLite: several PostgreSQL controllers must share one key, which the operator gives.
+    const secretsKey = loadSecretsKey({
+      key: config.secretsKey,
+      keyFile: config.secretsKeyFile,
+      dataDir: config.dataDir,
+      generate: !config.databaseUrl,
+    });
+    if (secretsKey?.source === 'generated') logger.info({ file: path.join(config.dataDir, 'secrets.key') }, 'generated the secrets key (back it up: without it stored secrets cannot be read)');
+    if (!secretsKey) logger.warn({}, 'no secrets key (BUILDFLEET_SECRETS_KEY or BUILDFLEET_SECRETS_KEY_FILE): secrets are refused');
+    const app = await buildApp({ config, store, blobs, notifier, clock, logger, ...(secretsKey ? { secretsKey } : {}) });
     cleanups.push(() => app.close());
 
     const reaper = new Reaper({

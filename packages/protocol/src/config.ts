@@ -30,6 +30,12 @@ export const ENV = {
   webhookRetryFor: 'BUILDFLEET_WEBHOOK_RETRY_FOR',
   webhookTimeout: 'BUILDFLEET_WEBHOOK_TIMEOUT',
   minWorkerVersion: 'BUILDFLEET_MIN_WORKER_VERSION',
+  // Issue 13.
+  secretsKey: 'BUILDFLEET_SECRETS_KEY',
+  secretsKeyFile: 'BUILDFLEET_SECRETS_KEY_FILE',
+  cacheMaxMb: 'BUILDFLEET_CACHE_MAX_MB',
+  cacheScope: 'BUILDFLEET_CACHE_SCOPE',
+  workerCacheMaxMb: 'BUILDFLEET_WORKER_CACHE_MAX_MB',
 } as const;
 
 export const DEFAULTS = {
@@ -54,6 +60,12 @@ export const DEFAULTS = {
   webhookFirstRetry: '10s',
   webhookRetryFor: '24h',
   webhookTimeout: '10s',
+  /** Total size of the controller's build caches, MB (BUILDFLEET_CACHE_MAX_MB). */
+  cacheMaxMb: 10_240,
+  /** Metadata keys whose values scope caches (BUILDFLEET_CACHE_SCOPE). */
+  cacheScope: 'repo',
+  /** Size of a worker's local copies of cache archives, MB (BUILDFLEET_WORKER_CACHE_MAX_MB). */
+  workerCacheMaxMb: 2_048,
 } as const;
 
 /** Header carrying an artifact's SHA-256 (lowercase hex). */

@@ -40,6 +40,8 @@ export const SECRET_FIELDS = [
   'apiToken',
   'token',
   'secret',
+  'secretsKey',
+  'value',
 ] as const;
 
 /**

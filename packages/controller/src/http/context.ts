@@ -14,6 +14,8 @@ import type { WakeChannel } from './wakeups.js';
 import type { PollDispatcher } from './dispatch.js';
 import type { RegisteredRoute } from './access.js';
 import type { LogFollowHub } from './log-follow.js';
+import type { SecretsService } from '../secrets/service.js';
+import type { CacheService } from '../caches/service.js';
 
 import type { Notifier, WakeTopic } from '../store/notifier.js';
 
@@ -26,6 +28,10 @@ export interface AppContext {
   notifier: Notifier;
   clock: Clock;
   tokens: BuildTokens;
+  /** Secrets: sealing, scope checks, hand-outs, the controller's log masking (issue 13). */
+  secrets: SecretsService;
+  /** Build caches of the build's scope (issue 13). */
+  caches: CacheService;
   metrics: ControllerMetrics;
   /** Parked polls wait here; woken by 'builds' hints and the periodic re-check. */
   pollWake: WakeChannel;

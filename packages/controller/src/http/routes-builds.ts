@@ -26,9 +26,12 @@ import {
   StartRequestSchema,
   artifactNameProblem,
   isTerminal,
+  normalizeSecretRefs,
   normalizeSpec,
+  parseKeyTemplate,
   type Build,
   type BuildSpec,
+  type BuildSpecInput,
 } from '@buildfleet/protocol';
 import type { AttemptRef } from '../store/types.js';
 import { observeEnded, observeStarted } from '../ops/metrics.js';
@@ -110,11 +113,8 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       },
     },
     async (request, reply) => {
-      const build = await submitBuild(ctx, request);
-      metrics.buildTransitions.inc({ to: 'queued' });
-      ctx.hint('builds');
-      ctx.hint('logs', build.id);
-      request.log.info({ buildId: build.id, labels: build.spec.labels, sourceSize: build.sourceSize }, 'build submitted');
+      const build = await afterSubmit(ctx, await submitBuild(ctx, request));
+      request.log.info({ buildId: build.id, labels: build.spec.labels, sourceSize: build.sourceSize, state: build.state }, 'build submitted');
       return reply.code(201).send({ build: await view(build) });
     },
   );
@@ -282,7 +282,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
     async (request, reply) => {
       const old = await store.getBuild(request.params.id);
       const sourceKey = await store.getSourceKey(old.id);
-      const build = await store.createBuild({
+      const created = await store.createBuild({
         id: uuidv7(),
         spec: old.spec,
         sourceKey,
@@ -290,9 +290,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
         sourceSha256: old.sourceSha256,
         now: clock.now(),
       });
-      metrics.buildTransitions.inc({ to: 'queued' });
-      ctx.hint('builds');
-      ctx.hint('logs', build.id);
+      const build = await afterSubmit(ctx, created);
       request.log.info({ buildId: build.id, retryOf: old.id }, 'build retried');
       return reply.code(201).send({ build: await view(build) });
     },
@@ -374,6 +372,8 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
         await store.checkWritable(ref);
         throw new ApiError('PAYLOAD_TOO_LARGE', `a log chunk may carry at most ${config.maxLogChunkBytes} bytes, this one has ${data.length}`);
       }
+      // The second line behind the worker's masking: same length, so offsets hold.
+      data = await ctx.secrets.maskLog(ref.buildId, data);
       const result = await store.appendLog({ ...ref, seq: body.seq, offset: body.offset, data, now: clock.now(), maxBytes: config.ops.logMaxBytes });
       metrics.logBytes.inc(data.length);
       ctx.hint('logs', ref.buildId);
@@ -457,6 +457,33 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       return { build };
     },
   );
+}
+
+/**
+ * What follows every new build (issue 13): one that asks for a secret it
+ * may not have fails at once; one with `concurrency.cancelInProgress`
+ * cancels the older builds of its group. Counts and announces it.
+ */
+async function afterSubmit(ctx: AppContext, created: Build): Promise<Build> {
+  const now = ctx.clock.now();
+  ctx.metrics.buildTransitions.inc({ to: 'queued' });
+  // The event stream announces every new build (a 'logs' hint carries the build id).
+  ctx.hint('logs', created.id);
+  const build = await ctx.secrets.checkSubmitted(created, now);
+  if (build.state !== 'queued') {
+    ctx.metrics.buildTransitions.inc({ to: build.state });
+    ctx.hint('logs', build.id);
+    return build;
+  }
+  const group = build.spec.concurrency;
+  if (group?.cancelInProgress) {
+    for (const b of await ctx.store.cancelOlderInGroup(group.group, build.id, now)) {
+      if (b.state === 'canceled') ctx.metrics.buildTransitions.inc({ to: 'canceled' });
+      ctx.hint('logs', b.id);
+    }
+  }
+  ctx.hint('builds');
+  return build;
 }
 
 /**
@@ -573,7 +600,26 @@ function parseSpec(text: string, maxDepth: number): BuildSpec {
       throw new ApiError('VALIDATION_FAILED', `spec.artifacts.${i} must be relative to the workspace, without '..' segments`);
     }
   });
+  specFeatureProblems(value);
   return normalizeSpec(value);
+}
+
+/** Issue 13's spec fields beyond their schema: key templates that parse, one variable per secret. Throws VALIDATION_FAILED. */
+function specFeatureProblems(value: BuildSpecInput): void {
+  (value.cache ?? []).forEach((c, i) => {
+    for (const template of [c.key, ...(c.restoreKeys ?? [])]) {
+      try {
+        parseKeyTemplate(template);
+      } catch (err) {
+        throw new ApiError('VALIDATION_FAILED', `spec.cache.${i}: ${(err as Error).message}`);
+      }
+    }
+  });
+  const seen = new Set(Object.keys(value.env ?? {}));
+  for (const ref of normalizeSecretRefs(value.secrets ?? [])) {
+    if (seen.has(ref.env)) throw new ApiError('VALIDATION_FAILED', `spec.secrets: the variable ${ref.env} is set twice (by spec.env or another secret)`);
+    seen.add(ref.env);
+  }
 }
 
 /** Parses `Range: bytes=…` (one range); undefined means "send it all" (RFC 9110 lets a server ignore Range). */

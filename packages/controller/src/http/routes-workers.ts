@@ -206,6 +206,26 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
     },
   );
 
+  r.post(
+    '/workers/:id/deregister',
+    {
+      attachValidation: true,
+      config: { auth: 'worker' },
+      schema: {
+        tags: ['workers'],
+        summary: 'A worker leaves on purpose (--once, --idle-timeout): deleted unless it still holds builds (409 naming them)',
+        params: IdParamsSchema,
+        response: { 204: Type.Null(), ...errors },
+      },
+    },
+    async (request, reply) => {
+      await store.deregisterWorker({ workerId: request.params.id, tokenHash: workerTokenHash(request), now: clock.now() });
+      request.log.info({ workerId: request.params.id }, 'worker deregistered itself');
+      ctx.hint('workers', request.params.id);
+      return reply.code(204).send(null);
+    },
+  );
+
   // --- admin (API token) ----------------------------------------------------
   r.get(
     '/workers',

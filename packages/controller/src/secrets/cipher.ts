@@ -1,16 +1,15 @@
 /**
  * Secrets at rest (issue 13): AES-256-GCM with a key the controller is given
- * (`BUILDFLEET_SECRETS_KEY`, or a key file), never stored in the database.
- * The database holds only sealed values and a fingerprint of the key (an
- * HMAC of a constant, which says nothing about the key) so that a controller
- * given another key refuses to start instead of failing every decryption.
+ * (`BUILDFLEET_SECRETS_KEY`, or a key file), never stored in the database:
+ * the database holds only sealed values. (A controller given another key
+ * notices at start: it cannot open the stored secrets; secrets/service.ts.)
  *
  * Sealed form: `v1.<nonce>.<ciphertext+tag>` (base64url), a fresh 96-bit
  * random nonce per value (NIST SP 800-38D, 8.2.2) and the secret's name as
  * additional authenticated data, so a sealed value moved to another name in
  * the database does not decrypt.
  */
-import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
@@ -42,12 +41,8 @@ function aad(name: string): Buffer {
 
 /** Seals and opens secret values with one 32-byte key. */
 export class SecretCipher {
-  /** Hex HMAC-SHA256(key, constant): kept in the database to detect a controller given another key. */
-  readonly fingerprint: string;
-
   constructor(private readonly key: Buffer) {
     if (key.length !== SECRETS_KEY_BYTES) throw new SecretsKeyError(`the secrets key must be ${SECRETS_KEY_BYTES} bytes, got ${key.length}`);
-    this.fingerprint = createHmac('sha256', key).update('buildfleet secrets key fingerprint v1').digest('hex');
   }
 
   /** Seals `value` for the secret called `name`. */
