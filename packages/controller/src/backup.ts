@@ -18,7 +18,8 @@
  *    so in the copy, as if the snapshot had been taken a moment later.
  * 4. The staging directory becomes one tar file (gzip when FILE ends in
  *    `.gz`/`.tgz`), written beside FILE and renamed over it, mode 0600
- *    (it holds credentials.json and webhook secrets).
+ *    (it holds credentials.json, webhook secrets and the generated
+ *    secrets.key that opens the stored secrets).
  *
  * Restore unpacks into a staging directory inside the data directory,
  * checks the manifest and the database (`PRAGMA integrity_check`, schema not
@@ -35,6 +36,8 @@ import * as tar from 'tar';
 /** Name of the SQLite file inside a data directory. */
 export const SQLITE_FILE = 'buildfleet.db';
 const MANIFEST = 'manifest.json';
+/** The secrets key a controller on SQLite generates in its data directory (secrets/cipher.ts). */
+const SECRETS_KEY_FILE = 'secrets.key';
 const FORMAT = 'buildfleet-backup';
 const FORMAT_VERSION = 1;
 
@@ -52,6 +55,8 @@ export interface BackupManifest {
   /** Blobs the snapshot named that were collected before they could be linked. */
   missingBlobs: string[];
   credentials: boolean;
+  /** The generated `secrets.key` is in the backup (without it the stored secrets cannot be opened). Absent in older backups. */
+  secretsKey?: boolean;
 }
 
 export interface BackupOptions {
@@ -157,6 +162,7 @@ export async function backupEmbedded(opts: BackupOptions): Promise<BackupManifes
       // One self-contained file in the archive, no -wal beside it.
       snapshot.pragma('journal_mode = DELETE');
       const credentials = await linkOrCopy(join(opts.dataDir, 'credentials.json'), join(staging, 'credentials.json'));
+      const secretsKey = await linkOrCopy(join(opts.dataDir, SECRETS_KEY_FILE), join(staging, SECRETS_KEY_FILE));
       manifest = {
         format: FORMAT,
         formatVersion: FORMAT_VERSION,
@@ -167,13 +173,14 @@ export async function backupEmbedded(opts: BackupOptions): Promise<BackupManifes
         blobBytes,
         missingBlobs: missing,
         credentials,
+        secretsKey,
       };
     } finally {
       snapshot.close();
     }
     await writeFile(join(staging, MANIFEST), JSON.stringify(manifest, null, 2) + '\n');
 
-    const entries = [MANIFEST, SQLITE_FILE, ...((await exists(join(staging, 'blobs'))) ? ['blobs'] : []), ...(manifest.credentials ? ['credentials.json'] : [])];
+    const entries = [MANIFEST, SQLITE_FILE, ...((await exists(join(staging, 'blobs'))) ? ['blobs'] : []), ...(manifest.credentials ? ['credentials.json'] : []), ...(manifest.secretsKey ? [SECRETS_KEY_FILE] : [])];
     const tmp = `${opts.file}.${process.pid}.tmp`;
     try {
       await tar.c({ file: tmp, cwd: staging, gzip: /\.(t?gz)$/i.test(opts.file), portable: true }, entries);
@@ -252,13 +259,14 @@ export async function restoreEmbedded(opts: RestoreOptions): Promise<RestoreResu
     if (occupied) {
       movedAside = join(opts.dataDir, `replaced-${new Date(opts.now()).toISOString().replace(/[:.]/g, '-')}`);
       await mkdir(movedAside);
-      for (const name of [SQLITE_FILE, `${SQLITE_FILE}-wal`, `${SQLITE_FILE}-shm`, 'blobs', 'credentials.json']) {
+      for (const name of [SQLITE_FILE, `${SQLITE_FILE}-wal`, `${SQLITE_FILE}-shm`, 'blobs', 'credentials.json', SECRETS_KEY_FILE]) {
         if (await exists(join(opts.dataDir, name))) await rename(join(opts.dataDir, name), join(movedAside, name));
       }
     }
     await rm(join(opts.dataDir, 'blobs'), { recursive: true, force: true });
     if (await exists(join(staging, 'blobs'))) await rename(join(staging, 'blobs'), join(opts.dataDir, 'blobs'));
     if (manifest.credentials) await rename(join(staging, 'credentials.json'), join(opts.dataDir, 'credentials.json'));
+    if (manifest.secretsKey) await rename(join(staging, SECRETS_KEY_FILE), join(opts.dataDir, SECRETS_KEY_FILE));
     await rename(join(staging, SQLITE_FILE), target);
     return { manifest, ...(movedAside ? { movedAside } : {}) };
   } finally {

@@ -107,10 +107,27 @@ describe('backup and restore of the embedded store', () => {
     await expect(restoreEmbedded({ file, dataDir: target, now: () => Date.now() })).rejects.toThrow(BackupError);
     const again = await restoreEmbedded({ file, dataDir: target, force: true, now: () => Date.now() });
     expect(again.movedAside).toMatch(/replaced-/);
-    expect((await readdir(again.movedAside!)).sort()).toEqual(['blobs', 'buildfleet.db']);
+    expect((await readdir(again.movedAside!)).sort()).toEqual(['blobs', 'buildfleet.db', 'secrets.key']);
     const h2 = await startHarness({ dataDir: target });
     cleanups.push(() => h2.close());
     expect((await allBuilds(h2)).map((b) => b.id)).toEqual([build.id]);
+  });
+
+  it('takes the generated secrets key along, so the restored controller still opens the stored secrets (issue 13)', async () => {
+    const h = await startHarness();
+    cleanups.push(() => h.close());
+    const put = await h.req('PUT', paths.secret('NPM_TOKEN'), { token: API_TOKEN, json: { value: 'npm_backup_secret_value' } });
+    expect(put.status).toBe(201);
+    const file = join(await tempDir(), 'b.tar.gz');
+    const manifest = await backupEmbedded({ dataDir: h.dataDir, file, now: () => Date.now() });
+    expect(manifest.secretsKey).toBe(true);
+    const target = await tempDir();
+    await restoreEmbedded({ file, dataDir: target, now: () => Date.now() });
+    // A controller whose key does not open the stored secrets refuses to start; this one starts.
+    const h2 = await startHarness({ dataDir: target });
+    cleanups.push(() => h2.close());
+    const again = await h2.req('PUT', paths.secret('OTHER'), { token: API_TOKEN, json: { value: 'another_value' } });
+    expect(again.status).toBe(201);
   });
 
   it('records blobs collected between the snapshot and the copy, and refuses files that are not backups', async () => {
