@@ -40,7 +40,7 @@ export function cacheRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.get(
     '/builds/:id/cache',
     {
-      config: { auth: 'build' },
+      config: { auth: ['build'] },
       attachValidation: true,
       schema: {
         tags: ['worker builds'],
@@ -66,7 +66,7 @@ export function cacheRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.get(
     '/builds/:id/cache/:sha256',
     {
-      config: { auth: 'build' },
+      config: { auth: ['build'] },
       attachValidation: true,
       schema: {
         tags: ['worker builds'],
@@ -93,7 +93,7 @@ export function cacheRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.put(
     '/builds/:id/cache',
     {
-      config: { auth: 'build' },
+      config: { auth: ['build'] },
       attachValidation: true,
       schema: {
         tags: ['worker builds'],
@@ -129,7 +129,7 @@ export function cacheRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.get(
     '/caches',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       schema: { tags: ['caches'], summary: 'List cache entries, most recently used first', response: { 200: CacheListSchema } },
     },
     async () => {
@@ -141,7 +141,7 @@ export function cacheRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.delete(
     '/caches/:id',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: { tags: ['caches'], summary: 'Delete a cache entry', params: IdParamsSchema, response: { 204: Type.Null(), ...errors } },
     },

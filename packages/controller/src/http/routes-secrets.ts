@@ -42,7 +42,7 @@ export function secretRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.put(
     '/secrets/:name',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: {
         tags: ['secrets'],
@@ -64,14 +64,14 @@ export function secretRoutes(app: FastifyInstance, ctx: AppContext): void {
 
   r.get(
     '/secrets',
-    { config: { auth: 'api' }, schema: { tags: ['secrets'], summary: 'List secrets: names and scopes, never values', response: { 200: SecretListSchema } } },
+    { config: { auth: ['api'] }, schema: { tags: ['secrets'], summary: 'List secrets: names and scopes, never values', response: { 200: SecretListSchema } } },
     async () => ({ secrets: await store.listSecrets() }),
   );
 
   r.get(
     '/secrets/:name',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: { tags: ['secrets'], summary: 'One secret without its value', params: SecretParamsSchema, response: { 200: SecretEnvelopeSchema, ...errors } },
     },
@@ -81,7 +81,7 @@ export function secretRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.delete(
     '/secrets/:name',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: { tags: ['secrets'], summary: 'Delete a secret', params: SecretParamsSchema, response: { 204: Type.Null(), ...errors } },
     },
@@ -95,7 +95,7 @@ export function secretRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.get(
     '/secrets/:name/handouts',
     {
-      config: { auth: 'api' },
+      config: { auth: ['api'] },
       attachValidation: true,
       schema: {
         tags: ['secrets'],
@@ -115,7 +115,7 @@ export function secretRoutes(app: FastifyInstance, ctx: AppContext): void {
   r.get(
     '/builds/:id/secrets',
     {
-      config: { auth: 'build' },
+      config: { auth: ['build'] },
       schema: {
         tags: ['worker builds'],
         summary: "The values of the secrets the build's spec asks for, for its current running attempt (recorded)",

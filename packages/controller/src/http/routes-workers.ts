@@ -210,7 +210,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
     '/workers/:id/deregister',
     {
       attachValidation: true,
-      config: { auth: 'worker' },
+      config: { auth: ['access'] },
       schema: {
         tags: ['workers'],
         summary: 'A worker leaves on purpose (--once, --idle-timeout): deleted unless it still holds builds (409 naming them)',
@@ -219,7 +219,7 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
       },
     },
     async (request, reply) => {
-      await store.deregisterWorker({ workerId: request.params.id, tokenHash: workerTokenHash(request), now: clock.now() });
+      await store.deregisterWorker({ ...workerAuthOf(request), now: clock.now() });
       request.log.info({ workerId: request.params.id }, 'worker deregistered itself');
       ctx.hint('workers', request.params.id);
       return reply.code(204).send(null);
