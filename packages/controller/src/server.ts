@@ -161,7 +161,8 @@ export async function startController(config: ControllerConfig, opts: StartOptio
         observeEnded(app.buildfleet.metrics, 'canceled', r.canceled.length);
         observeEnded(app.buildfleet.metrics, 'timed_out', r.timedOut.length);
         logger.info(r, 'reaped builds');
-        if (r.requeued.length) app.buildfleet.hint('builds');
+        // A requeued build, and a build that ended (its concurrency group has room now), are news for parked polls.
+        if (r.requeued.length + r.failed.length + r.canceled.length + r.timedOut.length > 0) app.buildfleet.hint('builds');
         for (const id of [...r.requeued, ...r.failed, ...r.canceled, ...r.timedOut]) app.buildfleet.hint('logs', id);
       },
       onError: (err) => logger.warn({ err }, 'reap failed; retrying next round'),

@@ -263,6 +263,8 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
       }
       request.log.info({ buildId: build.id, state: build.state, cancelRequested: build.cancelRequested }, 'build cancel requested');
       ctx.hint('logs', build.id);
+      // An assigned build that ended frees a place in its concurrency group.
+      if (build.state === 'canceled' && build.spec.concurrency) ctx.hint('builds');
       return { build: await view(build) };
     },
   );

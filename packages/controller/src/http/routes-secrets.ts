@@ -127,7 +127,12 @@ export function secretRoutes(app: FastifyInstance, ctx: AppContext): void {
       const claims = request.buildClaims;
       if (!claims) throw new ApiError('TOKEN_INVALID', 'missing build token');
       const build = await store.getBuild(claims.buildId);
-      const values = await secrets.handOut(build, claims, clock.now());
+      const values = await secrets.handOut(build, claims, clock.now()).catch((err: unknown) => {
+        // The build was failed (a secret became unavailable): its worker learns from the 409, followers and its group now.
+        ctx.hint('logs', build.id);
+        if (build.spec.concurrency) ctx.hint('builds');
+        throw err;
+      });
       // Names only: the values are in this answer and nowhere else.
       if (values.length) request.log.info({ buildId: build.id, attempt: claims.attempt, secrets: values.map((v) => v.name) }, 'secrets handed out');
       return { secrets: values };
