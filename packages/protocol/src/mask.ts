@@ -55,14 +55,14 @@ export function maskPatterns(values: readonly string[]): Uint8Array[] {
   const derived = (s: string) => {
     if (encoder.encode(s).length >= MIN_DERIVED_BYTES) forms.add(s);
   };
-  for (const value of values) {
+  for (const raw of values) {
+    // Surrounding whitespace (a value read from a file ends in a newline) is
+    // not secret: masking it would join the log's lines.
+    const value = raw.trim() || raw;
     if (value.length === 0) continue;
     forms.add(value);
-    const trimmed = value.trim();
-    if (trimmed !== value && trimmed.length > 0) forms.add(trimmed);
     for (const line of value.split(/\r?\n/)) if (line !== value) derived(line.trim());
-    for (const v of new Set([value, trimmed])) {
-      if (v.length === 0) continue;
+    for (const v of new Set([value, raw])) {
       derived(JSON.stringify(v).slice(1, -1));
       derived(encodeURIComponent(v));
       const bytes = encoder.encode(v);

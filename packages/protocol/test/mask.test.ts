@@ -86,8 +86,9 @@ describe('SecretMasker', () => {
   });
 
   it('masks a value that ends in a newline without it, each line of a multi-line value, and escaped forms', () => {
-    const m = new SecretMasker(['line-one-key\nline-two-key\n', 'p@ss word/1']);
+    const m = new SecretMasker(['line-one-key\nline-two-key\n', 'p@ss word/1', 'tok_from_a_file\n']);
     expect(dec(m.mask(enc('x line-one-key y')))).toBe(`x ${MASK} y`);
+    expect(dec(m.mask(enc('token tok_from_a_file\nnext line\n')))).toBe(`token ${MASK}\nnext line\n`);
     expect(dec(m.mask(enc('[line-two-key]')))).toBe(`[${MASK}]`);
     expect(dec(m.mask(enc('url=p%40ss%20word%2F1')))).toBe(`url=${MASK}`);
     expect(dec(m.mask(enc('"p@ss word/1"')))).toBe(`"${MASK}"`);
