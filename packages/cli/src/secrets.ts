@@ -5,7 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { Command, InvalidArgumentError } from 'commander';
-import { paths, type CacheList, type Scope, type Secret, type SecretHandout } from '@buildfleet/protocol';
+import { describeScope, paths, type CacheList, type Scope, type Secret, type SecretHandout } from '@buildfleet/protocol';
 import type { ApiClient } from './client.js';
 import { CliError } from './errors.js';
 import { table } from './format.js';
@@ -23,14 +23,6 @@ function scopePair(value: string, previous: Record<string, string> | undefined):
   const eq = value.indexOf('=');
   if (eq <= 0) throw new InvalidArgumentError('--scope expects KEY=VALUE (a build metadata pair, e.g. repo=acme/app)');
   return { ...(previous ?? {}), [value.slice(0, eq)]: value.slice(eq + 1) };
-}
-
-/** A scope as one cell: `labels a,b; repo=acme/app`, or `any build`. */
-export function formatScope(scope: Scope): string {
-  const parts: string[] = [];
-  if (scope.labels?.length) parts.push(`labels ${scope.labels.join(',')}`);
-  for (const [k, v] of Object.entries(scope.metadata ?? {})) parts.push(`${k}=${v}`);
-  return parts.length ? parts.join('; ') : 'any build';
 }
 
 /**
@@ -72,7 +64,7 @@ export function addSecretCommands(program: Command, clientFor: (cmd: Command) =>
       if (o.scope) scope.metadata = o.scope;
       const res = await clientFor(cmd).request(paths.secret(name), { method: 'PUT', json: { value, scope } });
       const { secret: s } = (await res.json()) as { secret: Secret };
-      out(`secret ${s.name} ${res.status === 201 ? 'created' : 'updated'} (${formatScope(s.scope)})`);
+      out(`secret ${s.name} ${res.status === 201 ? 'created' : 'updated'} (${describeScope(s.scope)})`);
     });
 
   secret
@@ -85,7 +77,7 @@ export function addSecretCommands(program: Command, clientFor: (cmd: Command) =>
         out(JSON.stringify({ secrets }, null, 2));
         return;
       }
-      out(secrets.length ? table(['NAME', 'SCOPE', 'UPDATED'], secrets.map((s) => [s.name, formatScope(s.scope), s.updatedAt])) : 'no secrets');
+      out(secrets.length ? table(['NAME', 'SCOPE', 'UPDATED'], secrets.map((s) => [s.name, describeScope(s.scope), s.updatedAt])) : 'no secrets');
     });
 
   secret

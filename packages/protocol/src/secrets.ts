@@ -26,6 +26,14 @@ export const ScopeSchema = Type.Object(
 );
 export type Scope = Static<typeof ScopeSchema>;
 
+/** A scope in words for messages and tables: `labels linux,x64; repo=acme/app`, or `any build` when empty. */
+export function describeScope(scope: Scope): string {
+  const parts: string[] = [];
+  if (scope.labels?.length) parts.push(`labels ${scope.labels.join(',')}`);
+  for (const [k, v] of Object.entries(scope.metadata ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) parts.push(`${k}=${v}`);
+  return parts.length ? parts.join('; ') : 'any build';
+}
+
 /** `PUT /secrets/{name}` body. `value`: the secret (UTF-8, up to 64 KiB). */
 export const SecretPutRequestSchema = Type.Object(
   {

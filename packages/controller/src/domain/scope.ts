@@ -4,18 +4,11 @@
  */
 import type { BuildSpec, Scope } from '@buildfleet/protocol';
 
+
 /** A metadata value as text: strings as they are, anything else as JSON. */
 function metadataText(value: unknown): string | undefined {
   if (value === undefined || value === null) return undefined;
   return typeof value === 'string' ? value : JSON.stringify(value);
-}
-
-/** `labels linux,x64; repo=acme/app` (for messages); `any build` for an empty scope. */
-export function describeScope(scope: Scope): string {
-  const parts: string[] = [];
-  if (scope.labels?.length) parts.push(`labels ${scope.labels.join(',')}`);
-  for (const [k, v] of Object.entries(scope.metadata ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) parts.push(`${k}=${v}`);
-  return parts.length ? parts.join('; ') : 'any build';
 }
 
 /**

@@ -5,8 +5,8 @@
  * the worker's). Values exist in plain text only in this module's memory
  * and in the one answer that hands them to a build; nothing here logs one.
  */
-import { ApiError, SecretMasker, type Build, type BuildSpec, type Scope, type Secret } from '@buildfleet/protocol';
-import { describeScope, scopeProblem } from '../domain/scope.js';
+import { ApiError, SecretMasker, describeScope, type Build, type BuildSpec, type Scope, type Secret } from '@buildfleet/protocol';
+import { scopeProblem } from '../domain/scope.js';
 import type { AttemptRef, SealedSecret, Store } from '../store/types.js';
 import { SecretDecryptError, type SecretCipher, type SecretsKeySource } from './cipher.js';
 

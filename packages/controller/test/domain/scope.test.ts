@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { cacheScope, describeScope, scopeProblem } from '../../src/domain/scope.js';
+import { describeScope } from '@buildfleet/protocol';
+import { cacheScope, scopeProblem } from '../../src/domain/scope.js';
 
 describe('scopes', () => {
   const build = { labels: ['linux', 'x64'], metadata: { repo: 'acme/app', pr: 12 } };
