@@ -15,6 +15,10 @@ export interface ControllerMetrics extends OpsMetrics {
   pollWaits: Histogram<'result'>;
   parkedPolls: Gauge;
   requestDuration: Histogram<'method' | 'route' | 'status'>;
+  /** Cache lookups by result: `exact`, `restore_key` (a prefix matched), `miss` (issue 13). */
+  cacheLookups: Counter<'result'>;
+  /** Secret values handed to build attempts (counted, never named or shown; issue 13). */
+  secretHandouts: Counter;
 }
 
 export function createMetrics(opts: { defaultMetrics?: boolean } = {}): ControllerMetrics {
@@ -52,6 +56,17 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): Controll
       help: 'HTTP request duration by route and status',
       labelNames: ['method', 'route', 'status'],
       buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
+      registers: [registry],
+    }),
+    cacheLookups: new Counter({
+      name: 'buildfleet_cache_lookups_total',
+      help: 'Build cache lookups by result (exact, restore_key, miss)',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
+    secretHandouts: new Counter({
+      name: 'buildfleet_secret_handouts_total',
+      help: 'Secret values handed to build attempts',
       registers: [registry],
     }),
   };

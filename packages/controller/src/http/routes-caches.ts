@@ -59,7 +59,9 @@ export function cacheRoutes(app: FastifyInstance, ctx: AppContext): void {
         throw bodyError;
       }
       const q = request.query;
-      return { entry: await caches.lookup(build, ref, q.key, q.restoreKeys ?? [], clock.now()) };
+      const entry = await caches.lookup(build, ref, q.key, q.restoreKeys ?? [], clock.now());
+      ctx.metrics.cacheLookups.inc({ result: entry === null ? 'miss' : entry.exact ? 'exact' : 'restore_key' });
+      return { entry };
     },
   );
 

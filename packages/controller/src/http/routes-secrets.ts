@@ -134,6 +134,7 @@ export function secretRoutes(app: FastifyInstance, ctx: AppContext): void {
         throw err;
       });
       // Names only: the values are in this answer and nowhere else.
+      ctx.metrics.secretHandouts.inc(values.length);
       if (values.length) request.log.info({ buildId: build.id, attempt: claims.attempt, secrets: values.map((v) => v.name) }, 'secrets handed out');
       return { secrets: values };
     },

@@ -66,6 +66,10 @@ describe('caches over HTTP', () => {
     expect(archive.headers.get('x-checksum-sha256')).toBe(sha(bytes));
     expect(sha(new Uint8Array(await archive.arrayBuffer()))).toBe(sha(bytes));
     await w.finish(b.id);
+    const metrics = await (await h.req('GET', '/metrics')).text();
+    expect(metrics).toMatch(/buildfleet_cache_lookups_total\{result="exact"\} 1/);
+    expect(metrics).toMatch(/buildfleet_cache_lookups_total\{result="restore_key"\} 1/);
+    expect(metrics).toMatch(/buildfleet_cache_lookups_total\{result="miss"\} 1/);
   });
 
   it("keeps projects apart: another repo's build neither finds nor downloads an entry", async () => {
