@@ -58,7 +58,7 @@ export async function buildViews(source: ViewSource, builds: Build[], now: numbe
     attempts: b.attempts.map((a) => ({ ...a, workerName: nameOf(a.workerId) })),
     waiting:
       b.state === 'queued'
-        ? waitingOf({ id: b.id, labels: b.spec.labels, priority: b.spec.priority, createdAt: Date.parse(b.createdAt) }, queue, workers)
+        ? waitingOf(queue.find((q) => q.id === b.id) ?? { id: b.id, labels: b.spec.labels, priority: b.spec.priority, createdAt: Date.parse(b.createdAt) }, queue, workers)
         : null,
   }));
 }

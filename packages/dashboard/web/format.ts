@@ -121,6 +121,8 @@ export function waitingText(w: Waiting, labels: string[]): string {
       return `Every worker with the ${which} is draining.${pos}`;
     case 'workers_busy':
       return `All workers with the ${which} are busy.${pos}`;
+    case 'concurrency_group':
+      return `Its concurrency group is full: it runs when an earlier build of the group ends.${pos}`;
     default:
       return `Waiting (${w.reason}).${pos}`;
   }

@@ -100,8 +100,9 @@ export type Concurrency = Static<typeof ConcurrencyNormalSchema>;
 
 /**
  * Spec `shell` (issue 13): what runs the script. `sh` (default) and `bash`
- * run it with `-c`; an absolute path names any other interpreter, which gets
- * the script as a file argument (`/usr/bin/python3 <file>`).
+ * run it with `-c`; an absolute path names any other interpreter, which reads
+ * the script as its program from standard input (`/usr/bin/python3
+ * /dev/stdin`; packages/worker/src/shell-command.ts).
  */
 export const ShellSchema = Type.String({ minLength: 1, maxLength: 500, pattern: '^(sh|bash|/[^\\s\\0]+)$' });
 
@@ -202,7 +203,7 @@ export type Attempt = Static<typeof AttemptSchema>;
  * `workers_busy` (they are all full or ahead builds take them). Reasons may
  * be added (a client shows an unknown one as is).
  */
-export const WAITING_REASONS = ['no_matching_worker', 'workers_busy', 'workers_draining'] as const;
+export const WAITING_REASONS = ['no_matching_worker', 'workers_busy', 'workers_draining', 'concurrency_group'] as const;
 export type WaitingReason = (typeof WAITING_REASONS)[number];
 export const WaitingSchema = Type.Object({
   reason: Type.String({ description: WAITING_REASONS.join(' | ') }),

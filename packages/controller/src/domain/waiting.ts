@@ -13,6 +13,8 @@ export interface QueuedEntry {
   priority: number;
   /** Epoch ms. */
   createdAt: number;
+  /** Spec `concurrency` (issue 13), with the group's assigned and running builds now. */
+  group?: { name: string; limit: number; active: number };
 }
 
 /** A worker as far as waiting is concerned. */
@@ -32,17 +34,29 @@ function serves(worker: FleetEntry, labels: readonly string[]): boolean {
   return labels.every((l) => worker.labels.includes(l));
 }
 
+/** Whether the build's concurrency group is full for it: its active builds plus its group's queued builds submitted before it reach the limit (the claim's rule, store/sql/concurrency.ts). */
+function groupFull(build: QueuedEntry, queue: readonly QueuedEntry[]): boolean {
+  const g = build.group;
+  if (!g) return false;
+  const earlier = queue.filter(
+    (q) => q.group?.name === g.name && (q.createdAt < build.createdAt || (q.createdAt === build.createdAt && q.id < build.id)),
+  ).length;
+  return g.active + earlier >= g.limit;
+}
+
 /**
  * `reason`: `no_matching_worker` when no connected worker has all of the
  * build's labels, `workers_draining` when every such worker is draining,
- * else `workers_busy`. `position`: 1 + the queued builds ahead of it in claim
+ * `concurrency_group` when its concurrency group is full, else
+ * `workers_busy`. `position`: 1 + the queued builds ahead of it in claim
  * order that the same workers could take first (with no matching worker:
  * those with the same labels).
  */
 export function waitingOf(build: QueuedEntry, queue: readonly QueuedEntry[], fleet: readonly FleetEntry[]): Waiting {
   const matching = fleet.filter((w) => w.connected && serves(w, build.labels));
   const ready = matching.filter((w) => w.status === 'active');
-  const reason: WaitingReason = matching.length === 0 ? 'no_matching_worker' : ready.length === 0 ? 'workers_draining' : 'workers_busy';
+  const reason: WaitingReason =
+    matching.length === 0 ? 'no_matching_worker' : ready.length === 0 ? 'workers_draining' : groupFull(build, queue) ? 'concurrency_group' : 'workers_busy';
   const pool = ready.length ? ready : matching;
   const key = build.labels.join(',');
   let ahead = 0;

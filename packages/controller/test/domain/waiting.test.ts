@@ -34,6 +34,19 @@ describe('waitingOf', () => {
     expect(waitingOf(me, queue, [w(['linux']), w(['gpu'], 'draining')])).toEqual({ reason: 'workers_busy', position: 4 });
   });
 
+  it('a full concurrency group: concurrency_group (its active builds plus older queued ones of the group reach the limit)', () => {
+    const group = (name: string, limit: number, active: number) => ({ name, limit, active });
+    const first = { ...q('first', [], 0, 1), group: group('deploy', 1, 0) };
+    const second = { ...q('second', [], 9, 2), group: group('deploy', 1, 0) };
+    const queue = [first, second];
+    expect(waitingOf(first, queue, [w([])]).reason).toBe('workers_busy');
+    expect(waitingOf(second, queue, [w([])]).reason).toBe('concurrency_group');
+    const running = { ...q('r', [], 0, 5), group: group('deploy', 2, 2) };
+    expect(waitingOf(running, [running], [w([])]).reason).toBe('concurrency_group');
+    const room = { ...q('r', [], 0, 5), group: group('deploy', 3, 2) };
+    expect(waitingOf(room, [room], [w([])]).reason).toBe('workers_busy');
+  });
+
   it('claimOrder matches the claim statement (priority desc, created_at, id)', () => {
     const list = [q('b', [], 0, 1), q('a', [], 0, 1), q('c', [], 1, 9), q('d', [], 0, 0)];
     expect(list.sort(claimOrder).map((e) => e.id)).toEqual(['c', 'd', 'a', 'b']);

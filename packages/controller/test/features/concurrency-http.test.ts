@@ -26,6 +26,7 @@ describe('concurrency groups over HTTP', () => {
     expect(a.spec.concurrency).toEqual({ group: 'release', limit: 1, cancelInProgress: false });
     expect((await w.claim(10, 0)).map((x) => x.id)).toEqual([a.id]);
     expect(await w.claim(10, 0)).toEqual([]);
+    expect((await get(b.id)).waiting).toMatchObject({ reason: 'concurrency_group' });
     await w.start(a.id);
     await w.finish(a.id);
     expect((await w.claim(10, 0)).map((x) => x.id)).toEqual([b.id]);

@@ -82,8 +82,33 @@ export function listQueued(ctx: SqlContext): Promise<QueuedEntry[]> {
 }
 
 async function readQueued({ db }: SqlContext): Promise<QueuedEntry[]> {
-  const rows = await db.selectFrom('builds').select(['id', 'labels', 'priority', 'created_at']).where('state', '=', 'queued').execute();
-  return rows.map((r) => ({ id: r.id, labels: JSON.parse(r.labels) as string[], priority: Number(r.priority), createdAt: Number(r.created_at) }));
+  const rows = await db
+    .selectFrom('builds')
+    .select(['id', 'labels', 'priority', 'created_at', 'concurrency_group', 'concurrency_limit'])
+    .where('state', '=', 'queued')
+    .execute();
+  // Issue 13: how many builds of each group with queued builds are assigned or running (builds_concurrency index).
+  const groups = [...new Set(rows.map((r) => r.concurrency_group).filter((g): g is string => g !== null))];
+  const active = new Map<string, number>();
+  if (groups.length > 0) {
+    const counts = await db
+      .selectFrom('builds')
+      .select(['concurrency_group', (eb) => eb.fn.countAll<number>().as('n')])
+      .where('concurrency_group', 'in', groups)
+      .where('state', 'in', ['assigned', 'running'])
+      .groupBy('concurrency_group')
+      .execute();
+    for (const c of counts) active.set(c.concurrency_group!, Number(c.n));
+  }
+  return rows.map((r) => ({
+    id: r.id,
+    labels: JSON.parse(r.labels) as string[],
+    priority: Number(r.priority),
+    createdAt: Number(r.created_at),
+    ...(r.concurrency_group !== null
+      ? { group: { name: r.concurrency_group, limit: Number(r.concurrency_limit ?? 1), active: active.get(r.concurrency_group) ?? 0 } }
+      : {}),
+  }));
 }
 
 /**
