@@ -120,7 +120,8 @@ const CacheKeyQueryString = Type.String({ minLength: 1, maxLength: MAX_CACHE_KEY
 /** `GET /builds/{id}/cache?key=K&restoreKeys=P…` (build token). */
 export const CacheLookupQuerySchema = Type.Object({
   key: CacheKeyQueryString,
-  restoreKeys: Type.Optional(Type.Array(CacheKeyQueryString, { maxItems: 10 })),
+  // One `restoreKeys=` arrives as a string, several as an array.
+  restoreKeys: Type.Optional(Type.Union([Type.Array(CacheKeyQueryString, { maxItems: 10 }), CacheKeyQueryString])),
 });
 
 /** A cache entry as a build sees it. */

@@ -59,7 +59,8 @@ export function cacheRoutes(app: FastifyInstance, ctx: AppContext): void {
         throw bodyError;
       }
       const q = request.query;
-      const entry = await caches.lookup(build, ref, q.key, q.restoreKeys ?? [], clock.now());
+      const restoreKeys = q.restoreKeys === undefined ? [] : typeof q.restoreKeys === 'string' ? [q.restoreKeys] : q.restoreKeys;
+      const entry = await caches.lookup(build, ref, q.key, restoreKeys, clock.now());
       ctx.metrics.cacheLookups.inc({ result: entry === null ? 'miss' : entry.exact ? 'exact' : 'restore_key' });
       return { entry };
     },

@@ -6,7 +6,8 @@
  */
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { paths, type CacheHit, type CacheList } from '@buildfleet/protocol';
+import { FakeClock, paths, type CacheHit, type CacheList } from '@buildfleet/protocol';
+import { Collector } from '../../src/gc/collector.js';
 import { API_TOKEN, errorCode, startHarness, type Harness } from '../http/harness.js';
 import { ProtocolWorker } from '../ops/protocol-worker.js';
 
@@ -114,6 +115,15 @@ describe('caches over HTTP', () => {
     expect(await errorCode(await h.req('GET', paths.buildCacheArchive(a.id, sha(bytesOf('two'))), { token: a.token }))).toBe('NOT_FOUND');
     // Its archive is gone from the blob store too.
     expect(await h.ctl.app.buildfleet.blobs.size(`caches/${sha(bytesOf('two'))}`)).toBeUndefined();
+    expect(await h.ctl.app.buildfleet.blobs.size(`caches/${sha(bytesOf('three'))}`)).toBe(100);
+    // The retention collector's orphan sweep (issue 14) leaves archives an entry names alone.
+    const collector = new Collector({
+      store: h.ctl.store.retention,
+      blobs: h.ctl.app.buildfleet.blobs,
+      clock: new FakeClock(Date.now() + 10_000),
+      config: { ...h.ctl.app.buildfleet.config.ops, orphanGraceMs: 0 },
+    });
+    await collector.collectOnce({ orphans: true });
     expect(await h.ctl.app.buildfleet.blobs.size(`caches/${sha(bytesOf('three'))}`)).toBe(100);
     const one = list.caches.find((c) => c.key === 'one')!;
     expect((await h.req('DELETE', paths.cache(one.id), { token: API_TOKEN })).status).toBe(204);

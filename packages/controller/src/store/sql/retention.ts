@@ -57,7 +57,7 @@ async function pick(trx: Transaction<DB>, kind: RetentionKind, cutoff: number, l
   return q.orderBy('finished_at').orderBy('id').limit(limit).execute();
 }
 
-/** Of `keys`, those no live build (source) or live artifact row refers to. */
+/** Of `keys`, those no live build (source), live artifact or cache entry refers to. */
 export async function unreferenced(db: Kysely<DB> | Transaction<DB>, keys: readonly string[]): Promise<string[]> {
   const distinct = [...new Set(keys)];
   if (distinct.length === 0) return [];
@@ -70,6 +70,8 @@ export async function unreferenced(db: Kysely<DB> | Transaction<DB>, keys: reado
       .where('source_key', 'in', part)
       .where('source_deleted_at', 'is', null)
       .union(db.selectFrom('artifacts').select('blob_key as k').where('blob_key', 'in', part).where('deleted_at', 'is', null))
+      // Build cache archives (issue 13) live as long as an entry names them; caches evict their own.
+      .union(db.selectFrom('cache_entries').select('blob_key as k').where('blob_key', 'in', part))
       .execute();
     for (const r of rows) live.add(r.k);
   }
