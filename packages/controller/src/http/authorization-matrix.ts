@@ -124,6 +124,19 @@ export const AUTHORIZATION_MATRIX: Readonly<Record<string, string>> = {
   'POST /api/v1/builds/:id/logs': BUILD,
   'PUT /api/v1/builds/:id/artifacts/*': BUILD,
   'POST /api/v1/builds/:id/finish': BUILD,
+  // Issue 13.
+  'POST /api/v1/workers/:id/deregister': ACCESS,
+  'PUT /api/v1/secrets/:name': API,
+  'GET /api/v1/secrets': API,
+  'GET /api/v1/secrets/:name': API,
+  'DELETE /api/v1/secrets/:name': API,
+  'GET /api/v1/secrets/:name/handouts': API,
+  'GET /api/v1/caches': API,
+  'DELETE /api/v1/caches/:id': API,
+  'GET /api/v1/builds/:id/secrets': BUILD,
+  'GET /api/v1/builds/:id/cache': BUILD,
+  'GET /api/v1/builds/:id/cache/:sha256': BUILD,
+  'PUT /api/v1/builds/:id/cache': BUILD,
 };
 
 /** The row of `route` as cells by case; undefined when the matrix has no row. */

@@ -90,6 +90,33 @@ function probe(method: string, url: string, c: CredentialCase): Probe {
       };
     case 'POST /api/v1/builds/:id/finish':
       return { path: `/api/v1/builds/${P}/finish`, body: { attempt, outcome: 'nope' }, pass: { status: 400, code: 'VALIDATION_FAILED' } };
+    // Issue 13.
+    case 'POST /api/v1/workers/:id/deregister':
+      // Worker A holds build P: refused, nothing deleted.
+      return { path: `/api/v1/workers/${A}/deregister`, pass: { status: 409, code: 'INVALID_TRANSITION' } };
+    case 'PUT /api/v1/secrets/:name':
+      return { path: '/api/v1/secrets/PROBE', body: { value: '' }, pass: { status: 400, code: 'VALIDATION_FAILED' } };
+    case 'GET /api/v1/secrets/:name':
+    case 'DELETE /api/v1/secrets/:name':
+      return { path: '/api/v1/secrets/NO_SUCH_SECRET', pass: { status: 404, code: 'NOT_FOUND' } };
+    case 'GET /api/v1/secrets/:name/handouts':
+      return { path: '/api/v1/secrets/NO_SUCH_SECRET/handouts', pass: { status: 200 } };
+    case 'DELETE /api/v1/caches/:id':
+      return { path: url.replace(':id', id('other')), pass: { status: 404, code: 'NOT_FOUND' } };
+    case 'GET /api/v1/builds/:id/secrets':
+      // P asks for no secrets: an empty answer, no hand-out recorded.
+      return { path: `/api/v1/builds/${P}/secrets`, pass: { status: 200 } };
+    case 'GET /api/v1/builds/:id/cache':
+      return { path: `/api/v1/builds/${P}/cache`, pass: { status: 400, code: 'VALIDATION_FAILED' } };
+    case 'GET /api/v1/builds/:id/cache/:sha256':
+      return { path: `/api/v1/builds/${P}/cache/${'0'.repeat(64)}`, pass: { status: 404, code: 'NOT_FOUND' } };
+    case 'PUT /api/v1/builds/:id/cache':
+      return {
+        path: `/api/v1/builds/${P}/cache?key=probe`,
+        raw: { type: 'application/octet-stream', data: 'x' },
+        headers: { 'x-checksum-sha256': 'not-a-checksum' },
+        pass: { status: 400, code: 'VALIDATION_FAILED' },
+      };
     default:
       // Reads: the dashboard's pages and files, operations, lists.
       if (method === 'GET') return { path: url.replace(':id', A), pass: { status: url === '/favicon.ico' ? 204 : 200 } };
