@@ -46,6 +46,7 @@ import { CONTROLLER_VERSION } from './ops/versions.js';
 import { WakeChannel } from './http/wakeups.js';
 import { PollDispatcher } from './http/dispatch.js';
 import { LogFollowHub } from './http/log-follow.js';
+import { checkAuthFailures, createAbuseLimits } from './http/rate-limit.js';
 import { dashboardRoutes } from './dashboard.js';
 import { dashboardApiRoutes } from './http/routes-dashboard.js';
 import { secretRoutes } from './http/routes-secrets.js';
@@ -184,6 +185,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     logWake,
     // Set just below: the hub needs the finished context.
     logFollows: undefined as unknown as LogFollowHub,
+    limits: createAbuseLimits(clock, config),
     dispatcher,
     log: app.log,
     routes,
@@ -262,7 +264,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   // Authentication before the body is read (PROTOCOL.md check order).
-  app.addHook('onRequest', async (request) => authenticate(ctx, request, request.routeOptions.config?.auth));
+  app.addHook('onRequest', async (request) => {
+    const auth = request.routeOptions.config?.auth;
+    if (!request.is404 && auth !== 'public') checkAuthFailures(ctx.limits, request);
+    await authenticate(ctx, request, auth);
+  });
 
   const started = new WeakMap<object, number>();
   app.addHook('onRequest', async (request) => {
@@ -296,7 +302,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       default:
         request.log.debug({ code: error.code, message: error.message }, 'request refused');
     }
-    if (error.status === 503 || error.status === 429) reply.header('retry-after', String(RETRY_AFTER_SECONDS));
+    // A guess that failed counts toward the address's limit (a genuine but expired token does not).
+    if (error.code === 'TOKEN_INVALID') ctx.limits.authFailures.hit(request.ip);
+    if (error.status === 503 || error.status === 429) {
+      const seconds = error.retryAfterMs !== undefined ? Math.max(1, Math.ceil(error.retryAfterMs / 1000)) : RETRY_AFTER_SECONDS;
+      reply.header('retry-after', String(seconds));
+    }
     // The rest of an unread upload is discarded or the connection closed: see http/early-answers.ts.
     return reply.code(error.status).type('application/json; charset=utf-8').send(error.toBody());
   });

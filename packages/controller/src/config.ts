@@ -40,6 +40,14 @@ export interface ControllerConfig {
   readonly logFollowRecheckMs: number;
   /** Live log streams one client address may hold open at once (`BUILDFLEET_MAX_FOLLOWERS_PER_CLIENT`); more is 429. */
   readonly maxFollowersPerClient: number;
+  /**
+   * Failed authentications (401 TOKEN_INVALID) one client address may make
+   * per minute before every request it makes needing a credential is 429
+   * for the rest of the minute (`BUILDFLEET_MAX_AUTH_FAILURES_PER_MINUTE`); 0: no limit.
+   */
+  readonly maxAuthFailuresPerMinute: number;
+  /** New worker registrations per enrollment token per minute (`BUILDFLEET_MAX_REGISTRATIONS_PER_MINUTE`); 0: no limit. */
+  readonly maxRegistrationsPerMinute: number;
   /** Largest accepted source tarball, bytes. */
   readonly maxSourceBytes: number;
   /** Largest accepted artifact, bytes. */
@@ -157,6 +165,18 @@ export function loadControllerConfig(
       pick('maxFollowersPerClient', 'BUILDFLEET_MAX_FOLLOWERS_PER_CLIENT'),
       32,
       1,
+    ),
+    maxAuthFailuresPerMinute: int(
+      'BUILDFLEET_MAX_AUTH_FAILURES_PER_MINUTE',
+      pick('maxAuthFailuresPerMinute', 'BUILDFLEET_MAX_AUTH_FAILURES_PER_MINUTE'),
+      30,
+      0,
+    ),
+    maxRegistrationsPerMinute: int(
+      'BUILDFLEET_MAX_REGISTRATIONS_PER_MINUTE',
+      pick('maxRegistrationsPerMinute', 'BUILDFLEET_MAX_REGISTRATIONS_PER_MINUTE'),
+      60,
+      0,
     ),
     maxSourceBytes: int('BUILDFLEET_MAX_SOURCE_BYTES', pick('maxSourceBytes', 'BUILDFLEET_MAX_SOURCE_BYTES'), GiB, 1),
     maxArtifactBytes: int('BUILDFLEET_MAX_ARTIFACT_BYTES', pick('maxArtifactBytes', 'BUILDFLEET_MAX_ARTIFACT_BYTES'), 2 * GiB, 1),

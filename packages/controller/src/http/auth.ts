@@ -9,6 +9,7 @@ import { ApiError, ID_PATTERN, TOKEN_PREFIX, bearerToken } from '@buildfleet/pro
 import { hashToken, type BuildTokenClaims } from '../credentials.js';
 import type { AppContext } from './context.js';
 import type { RouteAuth } from './access.js';
+import { rateLimited } from './rate-limit.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -86,8 +87,13 @@ export async function authenticateRegistration(ctx: AppContext, request: Fastify
   }
   if (!auth.includes('enrollment')) throw new ApiError('TOKEN_INVALID', 'this route needs workerId and workerSecret');
   const bearer = bearerToken(request.headers.authorization);
+  const hash = bearer ? hashToken(bearer) : undefined;
   const rid = typeof registrationId === 'string' && ID.test(registrationId) ? registrationId : undefined;
-  await ctx.store.checkEnrollmentToken(bearer ? hashToken(bearer) : undefined, ctx.clock.now(), rid);
+  await ctx.store.checkEnrollmentToken(hash, ctx.clock.now(), rid);
+  // New registrations per enrollment token (a leaked token cannot flood the fleet with workers).
+  const wait = ctx.limits.registrations.blockedFor(hash!);
+  if (wait > 0) throw rateLimited('too many registrations with this enrollment token', wait);
+  ctx.limits.registrations.hit(hash!);
 }
 
 const ID = new RegExp(ID_PATTERN);

@@ -16,6 +16,7 @@ import type { RegisteredRoute } from './access.js';
 import type { LogFollowHub } from './log-follow.js';
 import type { SecretsService } from '../secrets/service.js';
 import type { CacheService } from '../caches/service.js';
+import type { AbuseLimits } from './rate-limit.js';
 
 import type { Notifier, WakeTopic } from '../store/notifier.js';
 
@@ -41,6 +42,8 @@ export interface AppContext {
   logWake: WakeChannel;
   /** Live log streams: one shared reader per followed build. */
   logFollows: LogFollowHub;
+  /** Failed authentications per address, registrations per enrollment token. */
+  limits: AbuseLimits;
   log: FastifyBaseLogger;
   /** Every route registered so far, with its credential declaration (the authorization matrix test walks them). */
   routes: RegisteredRoute[];

@@ -32,7 +32,8 @@ export async function startHarness(
   opts: { clock?: Clock; logger?: FastifyBaseLogger } = {},
 ): Promise<Harness> {
   const t = await startTestController({
-    config: { pollWaitMs: 5_000, ...overrides },
+    // Tests make many registrations and failed authentications from one address; rate-limit.test.ts sets its own limits.
+    config: { pollWaitMs: 5_000, maxAuthFailuresPerMinute: 0, maxRegistrationsPerMinute: 0, ...overrides },
     ...(opts.clock ? { clock: opts.clock } : {}),
     ...(opts.logger ? { logger: opts.logger } : {}),
   });

@@ -1,0 +1,73 @@
+/**
+ * Abuse limits: failed authentications per client address and new
+ * registrations per enrollment token, 429 RATE_LIMITED with Retry-After,
+ * counted in one-minute windows on the controller's clock (a fake one here).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FakeClock, paths } from '@buildfleet/protocol';
+import { WindowCounter } from '../../src/http/rate-limit.js';
+import { API_TOKEN, ENROLLMENT_TOKEN, startHarness, type Harness } from './harness.js';
+
+describe('WindowCounter', () => {
+  it('allows max events per window, then says how long to wait; 0 never limits', async () => {
+    const clock = new FakeClock();
+    const c = new WindowCounter(clock, 2, 1000);
+    expect([c.blockedFor('a'), c.hit('a'), c.hit('a')]).toEqual([0, 0, 1000]);
+    await clock.advance(400);
+    expect(c.blockedFor('a')).toBe(600);
+    expect(c.blockedFor('b')).toBe(0);
+    await clock.advance(600);
+    expect(c.blockedFor('a')).toBe(0);
+    const off = new WindowCounter(clock, 0, 1000);
+    for (let i = 0; i < 100; i++) off.hit('x');
+    expect(off.blockedFor('x')).toBe(0);
+  });
+});
+
+describe('over HTTP', () => {
+  let h: Harness;
+  const clock = new FakeClock();
+  beforeAll(async () => {
+    h = await startHarness({ maxAuthFailuresPerMinute: 5, maxRegistrationsPerMinute: 3, accessTokenTtlMs: 1000 }, { clock });
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+  const code = async (res: Response) => ({ status: res.status, code: ((await res.json()) as { error: { code: string } }).error.code });
+
+  it('after 5 failed authentications an address gets 429 with Retry-After, valid token or not, until the minute ends', async () => {
+    // A genuine token that expired is no guess: it does not count.
+    const reg = await h.registerOk();
+    await clock.advance(2000);
+    for (let i = 0; i < 10; i++) {
+      expect((await h.req('POST', paths.heartbeat(reg.workerId), { token: reg.accessToken, json: { activeBuildIds: [] } })).status).toBe(401);
+    }
+    for (let i = 0; i < 5; i++) expect(await code(await h.req('GET', paths.builds(), { token: `bfa_guess-${i}-000000000000000000` }))).toEqual({ status: 401, code: 'TOKEN_INVALID' });
+    const limited = await h.req('GET', paths.builds(), { token: API_TOKEN });
+    expect(limited.status).toBe(429);
+    expect(Number(limited.headers.get('retry-after'))).toBeGreaterThan(50);
+    expect(((await limited.json()) as { error: { code: string } }).error.code).toBe('RATE_LIMITED');
+    expect(await code(await h.req('GET', paths.builds(), { token: 'garbage' }))).toEqual({ status: 429, code: 'RATE_LIMITED' });
+    // Public routes stay open.
+    expect((await h.req('GET', '/healthz')).status).toBe(200);
+    await clock.advance(60_000);
+    expect((await h.req('GET', paths.builds(), { token: API_TOKEN })).status).toBe(200);
+  });
+
+  it('3 new registrations per enrollment token per minute; other tokens and re-registrations are not held back', async () => {
+    const other = (await (await h.req('POST', paths.enrollmentTokens(), { token: API_TOKEN, json: {} })).json()) as { token: string };
+    const first = await h.registerOk();
+    expect((await h.register()).status).toBe(201);
+    expect((await h.register()).status).toBe(201);
+    const limited = await h.register();
+    expect(await code(limited.clone())).toEqual({ status: 429, code: 'RATE_LIMITED' });
+    expect(Number(limited.headers.get('retry-after'))).toBeGreaterThan(50);
+    expect((await h.register({}, other.token)).status).toBe(201);
+    const again = await h.req('POST', paths.register(), {
+      json: { name: 'w', labels: [], maxConcurrentBuilds: 1, version: 't', workerId: first.workerId, workerSecret: first.workerSecret, activeBuildCount: 0 },
+    });
+    expect(again.status).toBe(200);
+    await clock.advance(60_000);
+    expect((await h.register({}, ENROLLMENT_TOKEN)).status).toBe(201);
+  });
+});
