@@ -53,5 +53,10 @@ export class MemoryBlobStore implements BlobStore {
     for (const key of this.blobs.keys()) yield { key, modifiedAt: 0 };
   }
 
+  /** A put here is one step: nothing is ever left half-written. */
+  async sweepTemp(): Promise<number> {
+    return 0;
+  }
+
   async close(): Promise<void> {}
 }

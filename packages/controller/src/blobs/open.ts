@@ -67,6 +67,7 @@ function wrap(kind: 'fs' | 'pg', store: FsBlobStore | PgBlobStore, close: () => 
     size: (key) => store.size(key),
     delete: (key) => store.delete(key),
     list: () => store.list(),
+    sweepTemp: (before) => store.sweepTemp(before),
     close,
   };
 }

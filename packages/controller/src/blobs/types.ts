@@ -31,4 +31,11 @@ export interface BlobStore {
    * compares with the database. Lazily walked; cheap to stop early.
    */
   list(): AsyncIterable<{ key: string; modifiedAt: number }>;
+  /**
+   * Removes what uploads that never finished left behind (a controller
+   * killed mid-upload) when they started before `beforeEpochMs`; returns how
+   * many files or chunks it removed. Called at start-up and by the
+   * retention collector's orphan sweep (issue 9: nothing stays for ever).
+   */
+  sweepTemp(beforeEpochMs: number): Promise<number>;
 }

@@ -216,7 +216,7 @@ export class Collector {
     this.opts.metrics?.storedBytes.set({ kind: 'log' }, await store.liveLogBytes());
   }
 
-  /** Blobs older than `before` that no live row refers to. */
+  /** Blobs older than `before` that no live row refers to, and uploads begun before it that never finished. */
   private async collectOrphans(summary: RoundSummary, before: number): Promise<void> {
     const batch: string[] = [];
     const flush = async () => {
@@ -231,5 +231,7 @@ export class Collector {
       if (batch.length >= this.opts.config.gcBatchSize * 5) await flush();
     }
     if (batch.length > 0) await flush();
+    // Temporary files (chunks) of uploads a killed controller never finished.
+    this.count(summary, 'orphans', 'interrupted_upload', await this.opts.blobs.sweepTemp(before), 0);
   }
 }

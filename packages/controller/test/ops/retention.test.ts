@@ -11,7 +11,7 @@
  * pass.
  */
 import { randomBytes } from 'node:crypto';
-import { readdir, stat } from 'node:fs/promises';
+import { readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import pg from 'pg';
@@ -41,7 +41,12 @@ describe('retention on SQLite (blobs on disk)', () => {
   afterAll(async () => {
     await h?.close();
   });
-  retentionTests(() => h, async () => diskBytes(h.dataDir));
+  const blobDir = () => join(h.dataDir, 'blobs');
+  retentionTests(() => h, async () => diskBytes(h.dataDir), {
+    // What a controller killed mid-upload leaves: its temp file beside the blobs.
+    leave: () => writeFile(join(blobDir(), '.tmp-killed-mid-upload'), randomBytes(1000)),
+    left: async () => (await readdir(blobDir())).filter((n) => n.startsWith('.tmp-')).length,
+  });
 });
 
 describePg('retention on PostgreSQL (blobs in PostgreSQL)', () => {
@@ -55,7 +60,20 @@ describePg('retention on PostgreSQL (blobs in PostgreSQL)', () => {
     await h?.close();
     await db?.drop();
   });
-  retentionTests(() => h, async () => pgBytes(db.url));
+  const sql = async <T extends pg.QueryResultRow>(text: string, values: unknown[] = []) => {
+    const c = new pg.Client({ connectionString: db.url });
+    await c.connect();
+    try {
+      return (await c.query<T>(text, values)).rows;
+    } finally {
+      await c.end();
+    }
+  };
+  retentionTests(() => h, async () => pgBytes(db.url), {
+    // What a controller killed mid-upload leaves: chunks under a temporary key.
+    leave: async () => void (await sql('INSERT INTO blob_chunks (key, idx, data) VALUES ($1, 0, $2)', [`.tmp/${Date.now()}/killed`, randomBytes(1000)])),
+    left: async () => Number((await sql<{ n: string }>("SELECT count(*) AS n FROM blob_chunks WHERE key LIKE '.tmp/%'"))[0]!.n),
+  });
 });
 
 /** Bytes of every file under `dir` (the SQLite file, its WAL, the blobs). */
@@ -81,7 +99,13 @@ async function pgBytes(url: string): Promise<number> {
   }
 }
 
-function retentionTests(get: () => Harness, measure: () => Promise<number>): void {
+/** Makes and counts what an upload cut short by a killed controller leaves in the blob store. */
+interface TempUploads {
+  leave(): Promise<void>;
+  left(): Promise<number>;
+}
+
+function retentionTests(get: () => Harness, measure: () => Promise<number>, temp: TempUploads): void {
   /** A collector like the controller's, on a clock `aheadMs` ahead of the real one. */
   const collectorAt = (aheadMs: number, over: Partial<OperationsConfig> = {}, hooks: { betweenBatches?: () => Promise<void> } = {}) =>
     new Collector({
@@ -196,12 +220,17 @@ function retentionTests(get: () => Harness, measure: () => Promise<number>): voi
     expect((await errorOf(gone)).message).toMatch(/was removed at .* to keep stored blobs under BUILDFLEET_BLOB_MAX_MB \(oldest first\)/);
     for (const x of [b, c]) expect((await api('GET', paths.artifact(x.build.id, 'out/app.bin'))).status).toBe(200);
 
-    // An artifact re-uploaded with other bytes leaves the first blob behind; a crashed upload leaves one too.
+    // An artifact re-uploaded with other bytes leaves the first blob behind; a killed upload leaves its temporary file.
     const blobs = h.ctl.app.buildfleet.blobs;
     await blobs.put('artifacts/nobody/1/' + 'a'.repeat(64), Readable.from([randomBytes(10_000)]));
+    await temp.leave();
+    // Younger than the grace period: it may be an upload in progress.
+    await collectorAt(5 * S).collectOnce({ orphans: true });
+    expect(await temp.left()).toBe(1);
     const orphans = await collectorAt(5 * S, { orphanGraceMs: 0 }).collectOnce({ orphans: true });
-    expect(orphans.removed.orphans).toBeGreaterThanOrEqual(1);
+    expect(orphans.removed.orphans).toBeGreaterThanOrEqual(2);
     expect(await blobs.size('artifacts/nobody/1/' + 'a'.repeat(64))).toBeUndefined();
+    expect(await temp.left()).toBe(0);
     // Nothing a live row refers to went with them.
     expect((await api('GET', paths.artifact(c.build.id, 'out/app.bin'))).status).toBe(200);
   });
