@@ -24,20 +24,51 @@ export interface Identity {
   registrationId?: string;
 }
 
+/**
+ * The identity file can be read by other users (group or other permission
+ * bits): its worker secret is as good as the worker. Refused like ssh
+ * refuses a private key others can read; `message` says how to fix it.
+ */
+export class IdentityPermissionError extends Error {
+  constructor(
+    readonly file: string,
+    readonly mode: number,
+  ) {
+    super(
+      `${file} is readable by other users (mode ${(mode & 0o777).toString(8).padStart(4, '0')}): it holds this worker's secret. ` +
+        `Run "chmod 600 ${file}" (and consider the worker secret leaked: delete the worker, then remove the file to register anew)`,
+    );
+    this.name = 'IdentityPermissionError';
+  }
+}
+
 export class IdentityStore {
   readonly file: string;
   constructor(stateDir: string) {
     this.file = path.join(stateDir, 'identity.json');
   }
 
-  /** The saved identity, or `{}` when there is none. Throws on an unreadable/corrupt file. */
+  /**
+   * The saved identity, or `{}` when there is none. Throws
+   * IdentityPermissionError when group or others may read or write the file,
+   * and on an unreadable or corrupt file.
+   */
   async load(): Promise<Identity> {
     let text: string;
+    let fh: fs.FileHandle;
     try {
-      text = await fs.readFile(this.file, 'utf8');
+      fh = await fs.open(this.file, 'r');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
       throw err;
+    }
+    try {
+      // Checked on the open descriptor: the file read is the file checked.
+      const { mode } = await fh.stat();
+      if ((mode & 0o077) !== 0) throw new IdentityPermissionError(this.file, mode);
+      text = await fh.readFile('utf8');
+    } finally {
+      await fh.close();
     }
     const parsed = JSON.parse(text) as unknown;
     if (typeof parsed !== 'object' || parsed === null) throw new Error(`${this.file}: not a JSON object`);

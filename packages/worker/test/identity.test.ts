@@ -1,8 +1,9 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { IdentityStore } from '../src/identity.js';
-import { tempDir } from './support/harness.js';
+import { IdentityPermissionError, IdentityStore } from '../src/identity.js';
+import { startWorker } from '../src/agent.js';
+import { tempDir, testConfig } from './support/harness.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -40,5 +41,36 @@ describe('IdentityStore', () => {
     await fs.mkdir(path.dirname(s.file), { recursive: true });
     await fs.writeFile(s.file, '{not json');
     await expect(s.load()).rejects.toThrow();
+  });
+
+  it('refuses a file that group or others may read or write, naming the fix; the secret is not in the message', async () => {
+    const s = new IdentityStore(path.join(dir, 'worker'));
+    await s.save({ workerId: 'w1', workerSecret: 'bfs_the-secret-itself' });
+    for (const mode of [0o644, 0o640, 0o604, 0o620]) {
+      await fs.chmod(s.file, mode);
+      const err = (await s.load().catch((e: unknown) => e)) as IdentityPermissionError;
+      expect(err).toBeInstanceOf(IdentityPermissionError);
+      expect(err.message).toContain(`(mode ${mode.toString(8).padStart(4, '0')})`);
+      expect(err.message).toContain(`chmod 600 ${s.file}`);
+      expect(err.message).not.toContain('bfs_');
+    }
+    await fs.chmod(s.file, 0o600);
+    expect(await s.load()).toEqual({ workerId: 'w1', workerSecret: 'bfs_the-secret-itself' });
+    await fs.chmod(s.file, 0o400);
+    expect((await s.load()).workerId).toBe('w1');
+  });
+
+  it('a worker with a readable identity file stops before sending anything', async () => {
+    const config = testConfig({ url: 'http://127.0.0.1:9', enrollmentToken: 'bfe_unused-0123456789abcdef' }, dir);
+    const s = new IdentityStore(config.stateDir);
+    await s.save({ workerId: 'w1', workerSecret: 'bfs_x' });
+    await fs.chmod(s.file, 0o644);
+    let requests = 0;
+    const transport = async (): Promise<Response> => {
+      requests++;
+      throw new Error('no request expected');
+    };
+    await expect(startWorker(config, { transport })).rejects.toBeInstanceOf(IdentityPermissionError);
+    expect(requests).toBe(0);
   });
 });
