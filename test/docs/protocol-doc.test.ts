@@ -98,5 +98,10 @@ describe('docs/protocol.md matches the code', () => {
       .map(([names]) => names!)
       .join(' ');
     for (const name of Object.values(ENV)) expect(table, `variable ${name}`).toContain(`\`${name}\``);
+    // And every name the configuration loaders read, even one written as a literal instead of through ENV.
+    const loaders = ['packages/controller/src/config.ts', 'packages/controller/src/ops/config.ts', 'packages/worker/src/config.ts', 'packages/cli/src/settings.ts'];
+    const read = new Set(loaders.flatMap((f) => [...readFileSync(join(ROOT, f), 'utf8').matchAll(/\bBUILDFLEET_[A-Z0-9_]*[A-Z0-9]\b/g)].map((m) => m[0])));
+    expect(read.size).toBeGreaterThan(20);
+    for (const name of read) expect(table, `variable ${name} (read by a configuration loader)`).toContain(`\`${name}\``);
   });
 });

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { loadControllerConfig, startController, type ControllerConfig, type ControllerConfigOverrides, type RunningController } from '@buildfleet/controller';
 import { isTerminal, paths, type Build, type Clock, type RegisterResponse, type Worker } from '@buildfleet/protocol';
+import { controllerFetch, type FetchLike } from '@buildfleet/protocol/node';
 import type { WorkerLockDecorator } from '../../packages/controller/src/store/index.js';
 import { createTestDatabase, type TestDatabase } from '../../packages/controller/test/support/pg.js';
 import { waitFor } from '../../packages/controller/test/support/wait.js';
@@ -43,6 +44,8 @@ export interface TestControllerOptions {
   dataDir?: string;
   databaseUrl?: string;
   port?: number;
+  /** A PEM CA the fixture's own requests trust (a controller serving HTTPS with a test certificate). */
+  caFile?: string;
 }
 
 export interface TestController {
@@ -103,12 +106,13 @@ export async function startTestController(opts: TestControllerOptions = {}): Pro
       url = await waitForValue(
         () => {
           if (svc.proc.exitCode !== null) throw new Error(`controller exited ${svc.proc.exitCode}:\n${svc.output()}`);
-          return /^listening (http:\/\/\S+)/m.exec(svc.output())?.[1];
+          return /^listening (https?:\/\/\S+)/m.exec(svc.output())?.[1];
         },
         'the controller to print its URL',
         45_000,
       );
-      await waitForValue(async () => (await fetch(`${url}/readyz`)).ok, `${url}/readyz`, 20_000);
+      const get = controllerFetch(opts.caFile);
+      await waitForValue(async () => (await get(`${url}/readyz`)).ok, `${url}/readyz`, 20_000);
     } else {
       config = loadControllerConfig(opts.env ?? {}, {
         host: '127.0.0.1',
@@ -130,7 +134,7 @@ export async function startTestController(opts: TestControllerOptions = {}): Pro
       cleanups.push(() => started.close());
       url = started.url;
     }
-    return { url, dataDir, databaseUrl, ctl, config, service, api: new UserApi(url), close: undo };
+    return { url, dataDir, databaseUrl, ctl, config, service, api: new UserApi(url, controllerFetch(opts.caFile)), close: undo };
   } catch (err) {
     await undo();
     throw err;
@@ -148,7 +152,11 @@ export interface RequestInitLite {
 
 /** The user side of PROTOCOL.md ("Builds", admin calls) against one controller, with the test API token. */
 export class UserApi {
-  constructor(readonly url: string) {}
+  /** `fetcher`: how requests are sent (default the global fetch; one trusting a test CA for HTTPS). */
+  constructor(
+    readonly url: string,
+    private readonly fetcher: FetchLike = (u, i) => fetch(u, i),
+  ) {}
 
   /** One request; the raw Response. */
   req(method: string, p: string, init: RequestInitLite = {}): Promise<Response> {
@@ -160,7 +168,7 @@ export class UserApi {
       headers['content-type'] ??= 'application/json';
       body = JSON.stringify(init.json);
     }
-    return fetch(this.url + p, { method, headers, body, signal: init.signal, ...(body ? { duplex: 'half' } : {}) } as RequestInit);
+    return this.fetcher(this.url + p, { method, headers, body, signal: init.signal, ...(body ? { duplex: 'half' } : {}) } as RequestInit);
   }
 
   /** A request that must answer 2xx; its JSON (or text) body. */

@@ -4,8 +4,18 @@
  * reported to the user, who runs it again.
  */
 import { ApiError, apiErrorOf, paths, type Artifact, type Build, type BuildList, type Worker } from '@buildfleet/protocol';
+import { CaFileError, controllerFetch, type FetchLike } from '@buildfleet/protocol/node';
 import { CliError } from './errors.js';
 import type { ClientSettings } from './settings.js';
+
+/** TLS verification failures (Node's and OpenSSL's codes): the certificate is not one the CLI trusts. */
+const UNTRUSTED_CERT = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_UNTRUSTED',
+]);
 
 export interface RequestOptions {
   method?: string;
@@ -18,7 +28,19 @@ export interface RequestOptions {
 
 /** Talks to one controller with the API token. */
 export class ApiClient {
+  private fetcher: FetchLike | undefined;
+
   constructor(readonly settings: ClientSettings) {}
+
+  /** The global fetch, or one that also trusts BUILDFLEET_CA_FILE (made once). */
+  private get fetch(): FetchLike {
+    try {
+      return (this.fetcher ??= controllerFetch(this.settings.caFile));
+    } catch (err) {
+      if (err instanceof CaFileError) throw new CliError(err.message);
+      throw err;
+    }
+  }
 
   /**
    * Sends a request; resolves with the response when its status is 2xx.
@@ -42,7 +64,7 @@ export class ApiClient {
     if (opts.signal) init.signal = opts.signal;
     let res: Response;
     try {
-      res = await fetch(url, init);
+      res = await this.fetch(url, init);
     } catch (err) {
       if (opts.signal?.aborted) throw err;
       throw this.connectionError(err);
@@ -96,6 +118,10 @@ export class ApiClient {
       return new CliError(`cannot connect to the controller at ${where} (connection refused); start one with "buildfleet up" or set BUILDFLEET_CONTROLLER_URL`);
     if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return new CliError(`cannot resolve the controller's host in ${where} (${code})`);
     if (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET') return new CliError(`the controller at ${where} closed the connection (${code}); try again`);
+    if (code && UNTRUSTED_CERT.has(code))
+      return new CliError(`the controller at ${where} presented a certificate this CLI does not trust (${code}); set BUILDFLEET_CA_FILE to the PEM file of the CA that signed it`);
+    if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return new CliError(`the controller's certificate does not name the host in ${where} (${code}); use the name the certificate was issued for`);
+    if (code === 'CERT_HAS_EXPIRED') return new CliError(`the controller's certificate at ${where} has expired (${code})`);
     return new CliError(`cannot reach the controller at ${where}: ${cause?.message ?? (err as Error).message}`);
   }
 

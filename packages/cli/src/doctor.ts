@@ -13,6 +13,7 @@ import { access, readFile, stat, statfs } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { DEFAULTS, ENV } from '@buildfleet/protocol';
+import { controllerFetch } from '@buildfleet/protocol/node';
 import { loadControllerModule } from './services.js';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
@@ -75,7 +76,8 @@ export function defaultDoctorDeps(env: NodeJS.ProcessEnv = process.env): DoctorD
         srv.listen({ host, port, exclusive: true }, () => srv.close(() => done(true)));
       }),
     now: () => Date.now(),
-    fetch: globalThis.fetch,
+    // Trusts BUILDFLEET_CA_FILE like the worker; an unreadable file fails the controller check.
+    fetch: ((url: string | URL, init?: RequestInit) => controllerFetch(env[ENV.caFile])(url, init)) as typeof fetch,
   };
 }
 

@@ -34,8 +34,8 @@ export async function run(argv: string[]): Promise<number> {
  * (bad enrollment token, identity held by a newer instance).
  */
 function configErrorLine(err: unknown): string | undefined {
-  if (err instanceof Error && err.name === 'ConfigError') return `configuration: ${err.message}`;
-  if (err instanceof Error && err.name === 'SessionFatalError') return `worker stopped: ${err.message}`;
+  if (err instanceof Error && (err.name === 'ConfigError' || err.name === 'CaFileError')) return `configuration: ${err.message}`;
+  if (err instanceof Error && (err.name === 'SessionFatalError' || err.name === 'IdentityPermissionError')) return `worker stopped: ${err.message}`;
   return undefined;
 }
 

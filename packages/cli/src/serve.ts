@@ -56,6 +56,8 @@ interface ServiceFlags {
   name?: string;
   enrollmentToken?: string;
   example?: boolean;
+  tlsCert?: string;
+  tlsKey?: string;
 }
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
@@ -66,6 +68,8 @@ function controllerOverrides(o: ServiceFlags, extra: Partial<ControllerConfig> =
   if (o.port !== undefined) r.port = o.port;
   if (o.dataDir !== undefined) r.dataDir = o.dataDir;
   if (o.databaseUrl !== undefined) r.databaseUrl = o.databaseUrl;
+  if (o.tlsCert !== undefined) r.tlsCertFile = resolve(o.tlsCert);
+  if (o.tlsKey !== undefined) r.tlsKeyFile = resolve(o.tlsKey);
   return r;
 }
 
@@ -173,7 +177,7 @@ async function runExample(controller: RunningController, apiToken: string | unde
     say('No API token known to this process (set BUILDFLEET_API_TOKEN); not submitting the example.');
     return;
   }
-  const client = new ApiClient({ controllerUrl: controller.url, apiToken, tokenSource: 'the controller' });
+  const client = new ApiClient({ controllerUrl: controller.url, apiToken, tokenSource: 'the controller', caFile: process.env[ENV.caFile] });
   const spec = await loadSpec(EXAMPLE_DIR, {});
   say(`Submitting the bundled example (${EXAMPLE_DIR}): ${spec.script}`);
   const build = await submitDirectory(client, EXAMPLE_DIR, spec, {
@@ -205,6 +209,8 @@ export function addServiceCommands(program: Command): void {
     .option('--port <port>', 'listen port (env BUILDFLEET_PORT, default 7700)', port)
     .option('--data-dir <dir>', 'data directory (env BUILDFLEET_DATA_DIR, default ./.buildfleet)')
     .option('--database-url <url>', 'postgres://… (env DATABASE_URL; default SQLite in the data dir)')
+    .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate chain (env BUILDFLEET_TLS_CERT; needs --tls-key)')
+    .option('--tls-key <file>', 'the PEM private key of --tls-cert (env BUILDFLEET_TLS_KEY)')
     .option('--labels <list>', "the local worker's labels, comma-separated (env BUILDFLEET_LABELS)")
     .option('--concurrency <n>', 'builds the local worker runs at once (env BUILDFLEET_CONCURRENCY)', positive)
     .option('--example', 'submit the bundled example even when this is not the first start')
@@ -274,8 +280,17 @@ export function addServiceCommands(program: Command): void {
     .option('--port <port>', 'listen port (env BUILDFLEET_PORT, default 7700; 0 picks a free one)', port)
     .option('--data-dir <dir>', 'data directory (env BUILDFLEET_DATA_DIR, default ./.buildfleet)')
     .option('--database-url <url>', 'postgres://… (env DATABASE_URL; default SQLite in the data dir)')
+    .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate chain (env BUILDFLEET_TLS_CERT; needs --tls-key; SIGHUP reloads both)')
+    .option('--tls-key <file>', 'the PEM private key of --tls-cert (env BUILDFLEET_TLS_KEY)')
     .action(async (o: ServiceFlags) => {
       const controller = await startLocalController(o, {});
+      // A renewed certificate (certbot, a private CA) without a restart.
+      const reload = () =>
+        void controller.reloadTls().then(
+          () => say('SIGHUP: TLS certificate reloaded'),
+          (e: unknown) => say(`SIGHUP: keeping the old TLS certificate: ${(e as Error).message}`),
+        );
+      process.on('SIGHUP', reload);
       printControllerBanner(controller, dataDirOf(o), o.host ?? process.env[ENV.host]);
       // Machine-readable line for scripts and tests that start it with port 0.
       process.stdout.write(`listening ${controller.url}\n`);
@@ -289,6 +304,7 @@ export function addServiceCommands(program: Command): void {
         process.on('SIGINT', on);
         process.on('SIGTERM', on);
       });
+      process.off('SIGHUP', reload);
       await controller.close();
     });
 

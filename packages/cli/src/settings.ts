@@ -15,6 +15,8 @@ export interface ClientSettings {
   readonly apiToken: string | undefined;
   /** Where the token came from, named in authentication errors. */
   readonly tokenSource: string;
+  /** BUILDFLEET_CA_FILE: a PEM CA trusted besides the system's (a controller with a private certificate). */
+  readonly caFile?: string | undefined;
 }
 
 /** The file the controller writes on its first start (mode 0600). */
@@ -74,5 +76,6 @@ export function resolveClientSettings(
   } catch {
     throw new CliError(`invalid controller URL "${controllerUrl}" (set ${ENV.controllerUrl} to e.g. http://127.0.0.1:7700)`);
   }
-  return Object.freeze({ controllerUrl: controllerUrl.replace(/\/+$/, ''), apiToken, tokenSource });
+  const caFile = env[ENV.caFile] ? resolve(cwd, env[ENV.caFile]!) : undefined;
+  return Object.freeze({ controllerUrl: controllerUrl.replace(/\/+$/, ''), apiToken, tokenSource, caFile });
 }

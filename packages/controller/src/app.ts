@@ -65,6 +65,8 @@ export interface AppDeps {
   logger?: FastifyBaseLogger;
   /** The key sealing secrets (server.ts loads it); without one, secrets are refused with SECRETS_KEY_MISSING. */
   secretsKey?: { cipher: SecretCipher; source: SecretsKeySource };
+  /** PEM certificate (chain) and key: the app's server speaks HTTPS (BUILDFLEET_TLS_CERT/KEY; server.ts reads them). */
+  https?: { cert: string; key: string };
 }
 
 /**
@@ -137,6 +139,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const { config, store, blobs, notifier } = deps;
   const clock = deps.clock ?? systemClock;
   const app = fastify({
+    // Typed as plain HTTP: an https.Server serves the same requests, and only server.ts touches its TLS side.
+    ...((deps.https ? { https: deps.https } : {}) as Record<string, never>),
     loggerInstance: deps.logger ?? createLogger(config.logLevel),
     bodyLimit: config.maxJsonBytes,
     // Long polls park for up to pollWaitMs; keep the socket open beyond that.

@@ -69,6 +69,13 @@ export interface ControllerConfig {
    * body closes the connection.
    */
   readonly maxDiscardBytes: number;
+  /**
+   * PEM files of the certificate (chain) and private key the controller
+   * serves HTTPS with (`BUILDFLEET_TLS_CERT`, `BUILDFLEET_TLS_KEY`, absolute
+   * paths); both or neither. Unset: plain HTTP.
+   */
+  readonly tlsCertFile: string | undefined;
+  readonly tlsKeyFile: string | undefined;
   readonly logLevel: LogLevel;
   /** Retention, log and blob caps, webhook retries (ops/config.ts). */
   readonly ops: OperationsConfig;
@@ -114,6 +121,10 @@ function token(name: string, raw: string | undefined, prefix: string): string | 
   return t;
 }
 
+function optionalPath(raw: unknown): string | undefined {
+  return raw === undefined || raw === '' ? undefined : path.resolve(String(raw));
+}
+
 /**
  * Reads the controller's configuration from `env` (names in `ENV`), with
  * `overrides` winning over the environment. Throws ConfigError naming the
@@ -157,35 +168,37 @@ export function loadControllerConfig(
       DEFAULTS.heartbeatIntervalMs,
       50,
     ),
-    pollWaitMs: int('pollWaitMs', pick('pollWaitMs', 'BUILDFLEET_POLL_WAIT_MS'), DEFAULTS.pollWaitMs, 0, 600_000),
-    pollRecheckMs: int('pollRecheckMs', pick('pollRecheckMs', 'BUILDFLEET_POLL_RECHECK_MS'), 2_000, 10),
+    pollWaitMs: int(ENV.pollWaitMs, pick('pollWaitMs', ENV.pollWaitMs), DEFAULTS.pollWaitMs, 0, 600_000),
+    pollRecheckMs: int(ENV.pollRecheckMs, pick('pollRecheckMs', ENV.pollRecheckMs), 2_000, 10),
     logFollowRecheckMs: int('logFollowRecheckMs', pick('logFollowRecheckMs'), 1_000, 10),
     maxFollowersPerClient: int(
-      'BUILDFLEET_MAX_FOLLOWERS_PER_CLIENT',
-      pick('maxFollowersPerClient', 'BUILDFLEET_MAX_FOLLOWERS_PER_CLIENT'),
+      ENV.maxFollowersPerClient,
+      pick('maxFollowersPerClient', ENV.maxFollowersPerClient),
       32,
       1,
     ),
     maxAuthFailuresPerMinute: int(
-      'BUILDFLEET_MAX_AUTH_FAILURES_PER_MINUTE',
-      pick('maxAuthFailuresPerMinute', 'BUILDFLEET_MAX_AUTH_FAILURES_PER_MINUTE'),
+      ENV.maxAuthFailuresPerMinute,
+      pick('maxAuthFailuresPerMinute', ENV.maxAuthFailuresPerMinute),
       30,
       0,
     ),
     maxRegistrationsPerMinute: int(
-      'BUILDFLEET_MAX_REGISTRATIONS_PER_MINUTE',
-      pick('maxRegistrationsPerMinute', 'BUILDFLEET_MAX_REGISTRATIONS_PER_MINUTE'),
+      ENV.maxRegistrationsPerMinute,
+      pick('maxRegistrationsPerMinute', ENV.maxRegistrationsPerMinute),
       60,
       0,
     ),
-    maxSourceBytes: int('BUILDFLEET_MAX_SOURCE_BYTES', pick('maxSourceBytes', 'BUILDFLEET_MAX_SOURCE_BYTES'), GiB, 1),
-    maxArtifactBytes: int('BUILDFLEET_MAX_ARTIFACT_BYTES', pick('maxArtifactBytes', 'BUILDFLEET_MAX_ARTIFACT_BYTES'), 2 * GiB, 1),
-    maxJsonBytes: int('BUILDFLEET_MAX_JSON_BYTES', pick('maxJsonBytes', 'BUILDFLEET_MAX_JSON_BYTES'), MiB, 1024),
-    maxJsonDepth: int('BUILDFLEET_MAX_JSON_DEPTH', pick('maxJsonDepth', 'BUILDFLEET_MAX_JSON_DEPTH'), 32, 2, 1000),
-    maxLogChunkBytes: int('BUILDFLEET_MAX_LOG_CHUNK_BYTES', pick('maxLogChunkBytes', 'BUILDFLEET_MAX_LOG_CHUNK_BYTES'), 4 * MiB, 1024),
-    maxSpecBytes: int('BUILDFLEET_MAX_SPEC_BYTES', pick('maxSpecBytes', 'BUILDFLEET_MAX_SPEC_BYTES'), 2 * MiB, 1024),
-    maxHeaderBytes: int('BUILDFLEET_MAX_HEADER_BYTES', pick('maxHeaderBytes', 'BUILDFLEET_MAX_HEADER_BYTES'), 16 * 1024, 1024, MiB),
-    maxDiscardBytes: int('BUILDFLEET_MAX_DISCARD_BYTES', pick('maxDiscardBytes', 'BUILDFLEET_MAX_DISCARD_BYTES'), 32 * MiB, 0),
+    maxSourceBytes: int(ENV.maxSourceBytes, pick('maxSourceBytes', ENV.maxSourceBytes), GiB, 1),
+    maxArtifactBytes: int(ENV.maxArtifactBytes, pick('maxArtifactBytes', ENV.maxArtifactBytes), 2 * GiB, 1),
+    maxJsonBytes: int(ENV.maxJsonBytes, pick('maxJsonBytes', ENV.maxJsonBytes), MiB, 1024),
+    maxJsonDepth: int(ENV.maxJsonDepth, pick('maxJsonDepth', ENV.maxJsonDepth), 32, 2, 1000),
+    maxLogChunkBytes: int(ENV.maxLogChunkBytes, pick('maxLogChunkBytes', ENV.maxLogChunkBytes), 4 * MiB, 1024),
+    maxSpecBytes: int(ENV.maxSpecBytes, pick('maxSpecBytes', ENV.maxSpecBytes), 2 * MiB, 1024),
+    maxHeaderBytes: int(ENV.maxHeaderBytes, pick('maxHeaderBytes', ENV.maxHeaderBytes), 16 * 1024, 1024, MiB),
+    maxDiscardBytes: int(ENV.maxDiscardBytes, pick('maxDiscardBytes', ENV.maxDiscardBytes), 32 * MiB, 0),
+    tlsCertFile: optionalPath(pick('tlsCertFile', ENV.tlsCert)),
+    tlsKeyFile: optionalPath(pick('tlsKeyFile', ENV.tlsKey)),
     logLevel,
     ops: loadOperationsConfig(env, overrides.ops, (message) => {
       throw new ConfigError(message);
@@ -199,6 +212,9 @@ export function loadControllerConfig(
         .filter((k) => k.length > 0),
     ),
   };
+  if ((config.tlsCertFile === undefined) !== (config.tlsKeyFile === undefined)) {
+    throw new ConfigError(`${ENV.tlsCert} and ${ENV.tlsKey} go together: give both (PEM files of the certificate and its key) or neither`);
+  }
   if (config.heartbeatIntervalMs >= config.leaseMs) {
     throw new ConfigError(
       `${ENV.heartbeatIntervalMs} (${config.heartbeatIntervalMs}) must be shorter than ${ENV.leaseMs} (${config.leaseMs}), or every lease expires between heartbeats`,

@@ -4,12 +4,15 @@
  */
 import { ensurePrivateDatabaseFile, ensurePrivateDir } from './data-dir.js';
 import path from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { X509Certificate, createPrivateKey } from 'node:crypto';
+import type { Server as HttpsServer } from 'node:https';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import pg from 'pg';
 import { systemClock, type Clock } from '@buildfleet/protocol';
 import { writeFileDurable } from '@buildfleet/protocol/node';
 import { buildApp, createLogger } from './app.js';
-import type { ControllerConfig } from './config.js';
+import { ConfigError, type ControllerConfig } from './config.js';
 import { generateToken, hashToken } from './credentials.js';
 import { openBlobStore, type OpenedBlobStore } from './blobs/index.js';
 import { InProcessNotifier, PgNotifier, type Notifier } from './store/notifier.js';
@@ -31,7 +34,11 @@ export interface FirstStartCredentials {
 }
 
 export interface RunningController {
-  /** `http://host:port` the controller listens on. */
+  /**
+   * `http://host:port` the controller listens on, or `https://…` with TLS
+   * (then `host` is the certificate's first DNS name when the certificate
+   * does not cover the listen address, so clients on this host verify it).
+   */
   url: string;
   port: number;
   app: FastifyInstance;
@@ -43,6 +50,13 @@ export interface RunningController {
   deliverer: WebhookDeliverer;
   /** Ends parked polls (204), stops the reaper, closes the server, notifier, blobs and store. */
   close(): Promise<void>;
+  /**
+   * Reads BUILDFLEET_TLS_CERT and BUILDFLEET_TLS_KEY again and serves new
+   * connections with them (a renewed certificate without a restart; the CLI
+   * calls it on SIGHUP). A no-op without TLS; throws ConfigError for
+   * unreadable files, keeping the old certificate.
+   */
+  reloadTls(): Promise<void>;
   /** Set only on the first start without BUILDFLEET_API_TOKEN. */
   firstStart?: FirstStartCredentials;
 }
@@ -143,7 +157,8 @@ export async function startController(config: ControllerConfig, opts: StartOptio
     });
     if (secretsKey?.source === 'generated') logger.info({ file: path.join(config.dataDir, 'secrets.key') }, 'generated the secrets key (back it up: without it stored secrets cannot be read)');
     if (!secretsKey) logger.warn({}, 'no secrets key (BUILDFLEET_SECRETS_KEY or BUILDFLEET_SECRETS_KEY_FILE): secrets are refused');
-    const app = await buildApp({ config, store, blobs, notifier, clock, logger, ...(secretsKey ? { secretsKey } : {}) });
+    const tls = await readTls(config);
+    const app = await buildApp({ config, store, blobs, notifier, clock, logger, ...(secretsKey ? { secretsKey } : {}), ...(tls ? { https: tls } : {}) });
     cleanups.push(() => app.close());
 
     const reaper = new Reaper({
@@ -189,8 +204,9 @@ export async function startController(config: ControllerConfig, opts: StartOptio
     await app.listen({ host: config.host, port: config.port });
     const address = app.server.address();
     const port = typeof address === 'object' && address ? address.port : config.port;
-    const host = config.host.includes(':') ? `[${config.host}]` : config.host === '0.0.0.0' ? '127.0.0.1' : config.host;
-    const url = `http://${host}:${port}`;
+    const local = config.host === '0.0.0.0' ? '127.0.0.1' : config.host === '::' ? '::1' : config.host;
+    const name = tls ? certificateHost(tls.cert, local) : local;
+    const url = `${tls ? 'https' : 'http'}://${name.includes(':') ? `[${name}]` : name}:${port}`;
 
     let credentials: FirstStartCredentials | undefined;
     if (firstStart) {
@@ -211,11 +227,58 @@ export async function startController(config: ControllerConfig, opts: StartOptio
       deliverer,
       ...(credentials ? { firstStart: credentials } : {}),
       close: () => (closing ??= closeAll()),
+      reloadTls: async () => {
+        if (!tls) return;
+        const fresh = (await readTls(config))!;
+        (app.server as unknown as HttpsServer).setSecureContext(fresh);
+        logger.info({ cert: config.tlsCertFile }, 'TLS certificate reloaded');
+      },
     };
   } catch (err) {
     await closeAll();
     throw err;
   }
+}
+
+/** The PEM certificate and key the configuration names, or undefined without TLS. Throws ConfigError naming the file. */
+async function readTls(config: ControllerConfig): Promise<{ cert: string; key: string } | undefined> {
+  if (!config.tlsCertFile || !config.tlsKeyFile) return undefined;
+  const read = async (file: string, name: string) => {
+    try {
+      return await readFile(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`${name}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+  };
+  const cert = await read(config.tlsCertFile, 'BUILDFLEET_TLS_CERT');
+  const key = await read(config.tlsKeyFile, 'BUILDFLEET_TLS_KEY');
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(cert);
+  } catch (err) {
+    throw new ConfigError(`BUILDFLEET_TLS_CERT: ${config.tlsCertFile} is not a PEM certificate (${(err as Error).message})`);
+  }
+  let privateKey;
+  try {
+    privateKey = createPrivateKey(key);
+  } catch (err) {
+    throw new ConfigError(`BUILDFLEET_TLS_KEY: ${config.tlsKeyFile} is not a PEM private key (${(err as Error).message})`);
+  }
+  if (!x509.checkPrivateKey(privateKey)) throw new ConfigError(`BUILDFLEET_TLS_KEY: ${config.tlsKeyFile} is not the key of the certificate in ${config.tlsCertFile}`);
+  return { cert, key };
+}
+
+/**
+ * The host name clients should use: `local` when the certificate covers it
+ * (an IP or DNS subject alternative name), else the certificate's first DNS
+ * name (a real certificate names the host, not 127.0.0.1).
+ */
+function certificateHost(pem: string, local: string): string {
+  const cert = new X509Certificate(pem);
+  const covers = /^[\d.]+$|:/.test(local) ? cert.checkIP(local) : cert.checkHost(local);
+  if (covers) return local;
+  const dns = (cert.subjectAltName ?? '').split(', ').find((n) => n.startsWith('DNS:') && !n.includes('*'));
+  return dns ? dns.slice(4) : local;
 }
 
 /**

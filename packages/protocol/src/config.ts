@@ -36,6 +36,26 @@ export const ENV = {
   cacheMaxMb: 'BUILDFLEET_CACHE_MAX_MB',
   cacheScope: 'BUILDFLEET_CACHE_SCOPE',
   workerCacheMaxMb: 'BUILDFLEET_WORKER_CACHE_MAX_MB',
+  // Issue 9: limits, abuse limits and TLS.
+  pollWaitMs: 'BUILDFLEET_POLL_WAIT_MS',
+  pollRecheckMs: 'BUILDFLEET_POLL_RECHECK_MS',
+  maxFollowersPerClient: 'BUILDFLEET_MAX_FOLLOWERS_PER_CLIENT',
+  maxAuthFailuresPerMinute: 'BUILDFLEET_MAX_AUTH_FAILURES_PER_MINUTE',
+  maxRegistrationsPerMinute: 'BUILDFLEET_MAX_REGISTRATIONS_PER_MINUTE',
+  maxSourceBytes: 'BUILDFLEET_MAX_SOURCE_BYTES',
+  maxArtifactBytes: 'BUILDFLEET_MAX_ARTIFACT_BYTES',
+  maxJsonBytes: 'BUILDFLEET_MAX_JSON_BYTES',
+  maxJsonDepth: 'BUILDFLEET_MAX_JSON_DEPTH',
+  maxLogChunkBytes: 'BUILDFLEET_MAX_LOG_CHUNK_BYTES',
+  maxSpecBytes: 'BUILDFLEET_MAX_SPEC_BYTES',
+  maxHeaderBytes: 'BUILDFLEET_MAX_HEADER_BYTES',
+  maxDiscardBytes: 'BUILDFLEET_MAX_DISCARD_BYTES',
+  tlsCert: 'BUILDFLEET_TLS_CERT',
+  tlsKey: 'BUILDFLEET_TLS_KEY',
+  caFile: 'BUILDFLEET_CA_FILE',
+  requestTimeoutMs: 'BUILDFLEET_REQUEST_TIMEOUT_MS',
+  maxSourceUnpackedMb: 'BUILDFLEET_MAX_SOURCE_UNPACKED_MB',
+  maxSourceFiles: 'BUILDFLEET_MAX_SOURCE_FILES',
 } as const;
 
 export const DEFAULTS = {

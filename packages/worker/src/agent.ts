@@ -8,6 +8,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { systemClock, type Clock } from '@buildfleet/protocol';
+import { controllerFetch } from '@buildfleet/protocol/node';
 import { ActiveBuilds } from './active-builds.js';
 import { Connection, type Transport } from './client/connection.js';
 import type { ControllerClient } from './client/controller-client.js';
@@ -100,7 +101,8 @@ export async function startWorker(config: WorkerConfig, opts: StartWorkerOptions
       urls: config.controllerUrls,
       clock,
       requestTimeoutMs: config.requestTimeoutMs,
-      ...(opts.transport ? { transport: opts.transport } : {}),
+      // A controller serving HTTPS with a private CA: trust BUILDFLEET_CA_FILE too.
+      transport: opts.transport ?? controllerFetch(config.caFile),
       onFailover: (from, to, why) => logger.warn({ from, to, why }, `controller ${from} failed (${why}); failing over to ${to}`),
     });
     const http = (b: Backoff) => new HttpControllerClient(conn, { clock, random, logger, backoff: b });
@@ -108,7 +110,9 @@ export async function startWorker(config: WorkerConfig, opts: StartWorkerOptions
     // Registration backs off longer than build writes, which race a lease.
     const sessionClient = wrap(http(backoff(500, 30_000)));
     const client = wrap(http(backoff(250, 10_000)));
-    const executor = opts.executor ?? new ShellExecutor({ stateDir: config.stateDir, clock, logger, ...(opts.runner ? { runner: opts.runner } : {}) });
+    const executor =
+      opts.executor ??
+      new ShellExecutor({ stateDir: config.stateDir, clock, logger, sourceLimits: config.sourceLimits, ...(opts.runner ? { runner: opts.runner } : {}) });
     let session!: Session;
     const builds = new ActiveBuilds({
       client,

@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import { DEFAULTS, ENV } from '@buildfleet/protocol';
+import { DEFAULT_SOURCE_LIMITS, type SourceLimits } from './source.js';
 
 /** Everything the worker process needs to know, immutable after load. */
 export interface WorkerConfig {
@@ -29,10 +30,20 @@ export interface WorkerConfig {
   readonly requestTimeoutMs: number;
   /** Grace between SIGTERM and SIGKILL when stopping a build, ms (default 10000). */
   readonly cancelGraceMs: number;
+  /**
+   * A PEM file of CA certificates trusted besides the system's when the
+   * controller serves HTTPS (BUILDFLEET_CA_FILE; absolute path), e.g. a
+   * private CA or a self-signed certificate.
+   */
+  readonly caFile: string | undefined;
+  /** What a build's source may unpack to (BUILDFLEET_MAX_SOURCE_UNPACKED_MB, BUILDFLEET_MAX_SOURCE_FILES). */
+  readonly sourceLimits: SourceLimits;
   readonly version: string;
 }
 
 export const WORKER_VERSION = '0.1.0';
+
+const MiB = 1024 * 1024;
 
 /**
  * The default name: the host name and four hex digits of the data
@@ -122,8 +133,15 @@ export function loadWorkerConfig(
       overrides.maxConcurrentBuilds ?? env[ENV.concurrency],
       DEFAULTS.concurrency,
     ),
-    requestTimeoutMs: positiveInt('BUILDFLEET_REQUEST_TIMEOUT_MS', overrides.requestTimeoutMs ?? env.BUILDFLEET_REQUEST_TIMEOUT_MS, 30_000),
+    requestTimeoutMs: positiveInt(ENV.requestTimeoutMs, overrides.requestTimeoutMs ?? env[ENV.requestTimeoutMs], 30_000),
     cancelGraceMs: positiveInt('cancelGraceMs', overrides.cancelGraceMs, 10_000),
+    caFile: overrides.caFile ?? (env[ENV.caFile] ? path.resolve(env[ENV.caFile]!) : undefined),
+    sourceLimits: Object.freeze(
+      overrides.sourceLimits ?? {
+        maxBytes: positiveInt(ENV.maxSourceUnpackedMb, env[ENV.maxSourceUnpackedMb], DEFAULT_SOURCE_LIMITS.maxBytes / MiB) * MiB,
+        maxEntries: positiveInt(ENV.maxSourceFiles, env[ENV.maxSourceFiles], DEFAULT_SOURCE_LIMITS.maxEntries),
+      },
+    ),
     version: overrides.version ?? WORKER_VERSION,
   };
   return Object.freeze(config);

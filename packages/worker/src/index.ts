@@ -23,6 +23,6 @@ export { ShellExecutor, type ShellExecutorOptions } from './executor/shell.js';
 export { findArtifacts, sha256File } from './executor/artifacts.js';
 export { LogStreamer, type LogChunk } from './logs.js';
 export type { LoopStatus, LoopState } from './loop.js';
-export { UnsafeArchiveError, checkArchive, unpackSource } from './source.js';
+export { ArchiveTooLargeError, DEFAULT_SOURCE_LIMITS, UnsafeArchiveError, checkArchive, unpackSource, type SourceLimits } from './source.js';
 export { defaultLogger, silentLogger, type Logger } from './logger.js';
 export { systemRunner, type ScriptRunner, type SpawnedBuild } from './process.js';

@@ -4,7 +4,11 @@
  * any entry that would land outside the workspace fails the build with a
  * message naming the entry (it is not silently skipped): absolute paths, `..`
  * segments, links whose target leaves the workspace, entries written through
- * a symlink, and device/fifo entries.
+ * a symlink, and device/fifo entries. So does an archive that would unpack
+ * to more than its limits (`SourceLimits`: bytes, entries, and the free
+ * space of the workspace's file system): a small gzip bomb must not fill
+ * the worker's disk (issue 9). Both are checked on the entry headers before
+ * anything is written.
  */
 import fs from 'node:fs/promises';
 import { createReadStream, createWriteStream } from 'node:fs';
@@ -23,6 +27,42 @@ export class UnsafeArchiveError extends Error {
     this.name = 'UnsafeArchiveError';
   }
 }
+
+/**
+ * The archive would unpack to more than a limit allows; `message` says how
+ * much and which setting. An UnsafeArchiveError, so it fails the build the
+ * same way.
+ */
+export class ArchiveTooLargeError extends UnsafeArchiveError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ArchiveTooLargeError';
+  }
+}
+
+/** What one source (or cache) archive may unpack to. */
+export interface SourceLimits {
+  /** Sum of the sizes its entries declare, bytes (`BUILDFLEET_MAX_SOURCE_UNPACKED_MB`). */
+  maxBytes: number;
+  /** Entries of every kind: files, directories, links (`BUILDFLEET_MAX_SOURCE_FILES`). */
+  maxEntries: number;
+}
+
+const MiB = 1024 * 1024;
+
+/** 8 GiB and 500,000 entries: far above a source tree, far below a full disk's worth of a bomb. */
+export const DEFAULT_SOURCE_LIMITS: SourceLimits = Object.freeze({ maxBytes: 8 * 1024 * MiB, maxEntries: 500_000 });
+
+/**
+ * Space the unpacked archive must leave free on the workspace's file system,
+ * bytes: 5% of it, at most 1 GiB (the build itself, its logs and the other
+ * builds need room too).
+ */
+function reserveOf(fsBytes: number): number {
+  return Math.min(1024 * MiB, Math.floor(fsBytes * 0.05));
+}
+
+const mib = (n: number) => `${n % MiB === 0 ? n / MiB : (n / MiB).toFixed(1)} MiB`;
 
 /**
  * Writes a fetch body to `file` as a stream; returns the byte count. With
@@ -81,22 +121,35 @@ function inside(rel: string, what: string): string {
 }
 
 /**
- * Reads every entry header of a `.tar.gz` and throws UnsafeArchiveError for
- * the first that could write outside the workspace.
+ * Reads every entry header of a `.tar.gz` (the bodies are decompressed and
+ * skipped, nothing is written) and throws UnsafeArchiveError for the first
+ * entry that could write outside the workspace, or ArchiveTooLargeError as
+ * soon as the entries exceed `limits` (`room`: bytes free for the unpacked
+ * tree, when known). Reading stops at the first problem.
  */
-export async function checkArchive(file: string): Promise<void> {
+export async function checkArchive(file: string, limits: SourceLimits = DEFAULT_SOURCE_LIMITS, room?: { bytes: number; where: string }): Promise<void> {
   const symlinks = new Set<string>();
-  let problem: UnsafeArchiveError | undefined;
-  await tar.t({
-    file,
+  let entries = 0;
+  let bytes = 0;
+  const parser: tar.Parser = tar.t({
     strict: true,
     onReadEntry: (entry) => {
-      if (problem) return;
       try {
         const type = String(entry.type);
         if (META_TYPES.has(type)) return;
         const where = `archive entry ${JSON.stringify(entry.path)}`;
         if (!ALLOWED_TYPES.has(type)) throw new UnsafeArchiveError(`${where}: entry type ${type} is not allowed`);
+        entries++;
+        if (entries > limits.maxEntries) {
+          throw new ArchiveTooLargeError(`the archive has more than ${limits.maxEntries} entries (BUILDFLEET_MAX_SOURCE_FILES)`);
+        }
+        if (type !== 'Link' && type !== 'SymbolicLink') bytes += entry.size ?? 0;
+        if (bytes > limits.maxBytes) {
+          throw new ArchiveTooLargeError(`the archive unpacks to more than ${mib(limits.maxBytes)} (BUILDFLEET_MAX_SOURCE_UNPACKED_MB)`);
+        }
+        if (room && bytes > room.bytes) {
+          throw new ArchiveTooLargeError(`the archive unpacks to more than the ${mib(Math.max(0, room.bytes))} the worker can spare on ${room.where}`);
+        }
         const rel = inside(entry.path, where);
         // No entry may be written through a symlink the archive created.
         const parts = rel.split('/');
@@ -114,11 +167,22 @@ export async function checkArchive(file: string): Promise<void> {
           inside(entry.linkpath ?? '', `${where}: hard link target`);
         }
       } catch (err) {
-        problem = err instanceof UnsafeArchiveError ? err : new UnsafeArchiveError(String(err));
+        // Stops the parser (and its decompressor) at once; it emits this error.
+        parser.abort(err instanceof UnsafeArchiveError ? err : new UnsafeArchiveError(String(err)));
       }
     },
-  });
-  if (problem) throw problem;
+  }) as tar.Parser;
+  const src = createReadStream(file);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      parser.on('error', reject);
+      parser.on('end', () => resolve());
+      src.on('error', reject);
+      src.pipe(parser as unknown as NodeJS.WritableStream);
+    });
+  } finally {
+    src.destroy();
+  }
 }
 
 /** True when the gzip holds nothing but zero bytes (a tar with no entries). */
@@ -152,15 +216,27 @@ async function checkSymlinks(workspace: string): Promise<void> {
   }
 }
 
+/** Bytes the unpacked tree may take on the file system holding `dir`; undefined when unknown. */
+async function roomIn(dir: string): Promise<{ bytes: number; where: string } | undefined> {
+  try {
+    const s = await fs.statfs(dir);
+    return { bytes: s.bavail * s.bsize - reserveOf(s.blocks * s.bsize), where: `the file system of ${dir}` };
+  } catch {
+    return undefined;
+  }
+}
+
 /**
- * Unpacks a `.tar.gz` into `workspace` after `checkArchive`. An empty file
- * is an empty source. Throws UnsafeArchiveError or tar's error.
+ * Unpacks a `.tar.gz` into `workspace` after `checkArchive` (with `limits`
+ * and the free space of the workspace's file system). An empty file is an
+ * empty source. Throws UnsafeArchiveError (ArchiveTooLargeError past a
+ * limit) or tar's error; nothing is unpacked then.
  */
-export async function unpackSource(file: string, workspace: string): Promise<void> {
+export async function unpackSource(file: string, workspace: string, limits: SourceLimits = DEFAULT_SOURCE_LIMITS): Promise<void> {
   const st = await fs.stat(file);
   if (st.size === 0) return;
   try {
-    await checkArchive(file);
+    await checkArchive(file, limits, await roomIn(workspace));
   } catch (err) {
     // An archive of an empty directory is only end-of-archive blocks, which tar calls unrecognized.
     if ((err as { code?: string }).code === 'TAR_BAD_ARCHIVE' && (await isEmptyTar(file))) return;

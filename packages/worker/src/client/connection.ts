@@ -31,6 +31,18 @@ export class TransportError extends Error {
   }
 }
 
+/**
+ * fetch's own message ("fetch failed") with its cause's code, and a hint
+ * when the controller's TLS certificate is not trusted.
+ */
+function networkReason(err: unknown): string {
+  const message = (err as Error)?.message ?? String(err);
+  const code = ((err as { cause?: { code?: unknown } })?.cause?.code ?? '') as string;
+  if (!code) return message;
+  const untrusted = /CERT|SELF_SIGNED|UNABLE_TO_(VERIFY|GET_ISSUER)/.test(code);
+  return `${message} (${code}${untrusted ? ': the controller\'s TLS certificate is not trusted; BUILDFLEET_CA_FILE names an extra CA' : ''})`;
+}
+
 export interface RequestOptions {
   method: 'GET' | 'POST' | 'PUT' | 'DELETE';
   /** Path under the controller, e.g. `/api/v1/workers/register`. */
@@ -137,9 +149,10 @@ export class Connection {
       res = await this.transport(url, init);
     } catch (err) {
       if (opts.signal?.aborted) throw new TransportError('aborted', `${opts.method} ${opts.path}: aborted`, url, undefined, undefined, { cause: err });
-      this.failover(idx, timedOut ? `no answer within ${timeoutMs}ms` : `${(err as Error).message ?? String(err)}`);
+      const why = networkReason(err);
+      this.failover(idx, timedOut ? `no answer within ${timeoutMs}ms` : why);
       if (timedOut) throw new TransportError('timeout', `${opts.method} ${opts.path}: no answer within ${timeoutMs}ms`, url, undefined, undefined, { cause: err });
-      throw new TransportError('network', `${opts.method} ${opts.path}: ${(err as Error).message ?? String(err)}`, url, undefined, undefined, { cause: err });
+      throw new TransportError('network', `${opts.method} ${opts.path}: ${why}`, url, undefined, undefined, { cause: err });
     } finally {
       this.clock.clearTimeout(timer);
       opts.signal?.removeEventListener('abort', onCallerAbort);

@@ -10,7 +10,7 @@ import path from 'node:path';
 import type { Clock } from '@buildfleet/protocol';
 import type { Logger } from '../logger.js';
 import { PidDir, systemRunner, type ScriptRunner } from '../process.js';
-import { unpackSource } from '../source.js';
+import { unpackSource, type SourceLimits } from '../source.js';
 import { findArtifacts } from './artifacts.js';
 import type { CollectedArtifacts, Executor, RunningScript, ScriptExit, Workspace } from './types.js';
 
@@ -21,6 +21,8 @@ export interface ShellExecutorOptions {
   logger: Logger;
   /** Starts and signals the script (default: real processes; the simulation fakes them). */
   runner?: ScriptRunner;
+  /** What a source may unpack to (default `DEFAULT_SOURCE_LIMITS`; the worker passes its configuration's). */
+  sourceLimits?: SourceLimits;
 }
 
 /** Variables of the worker's own environment never passed to builds (credentials, worker config). */
@@ -54,7 +56,7 @@ export class ShellExecutor implements Executor {
     await fs.rm(dir, { recursive: true, force: true });
     await fs.mkdir(dir, { recursive: true });
     try {
-      await unpackSource(sourceFile, dir);
+      await unpackSource(sourceFile, dir, this.opts.sourceLimits);
     } catch (err) {
       await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
       throw err;
