@@ -11,7 +11,21 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BUILD_REASONS, BUILD_STATES, ENV, ERROR_STATUS, LOG_STREAM_EVENTS } from '@buildfleet/protocol';
+import {
+  AssignedBuildSchema,
+  BUILD_REASONS,
+  BUILD_STATES,
+  ENV,
+  ERROR_STATUS,
+  HeartbeatRequestSchema,
+  HeartbeatResponseSchema,
+  LOG_STREAM_EVENTS,
+  PollRequestSchema,
+  PollResponseSchema,
+  RegisterRequestSchema,
+  RegisterResponseSchema,
+  WorkerSettingsSchema,
+} from '@buildfleet/protocol';
 import { loadControllerConfig, startController, type RunningController } from '@buildfleet/controller';
 
 const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
@@ -91,6 +105,25 @@ describe('docs/protocol.md matches the code', () => {
   it('describes every event of the live log stream, and no other', () => {
     const events = tableAfter('### Live log stream').map(([e]) => unquote(e!));
     expect(events.sort()).toEqual([...LOG_STREAM_EVENTS].sort());
+  });
+
+  it('names every field of the worker calls (register, poll, heartbeat, settings)', () => {
+    // Words inside code spans: `{builds: [{id, attempt}]}` names builds, id and attempt.
+    const named = new Set([...DOC.matchAll(/`([^`]+)`/g)].flatMap((m) => m[1]!.match(/\w+/g) ?? []));
+    const schemas = {
+      RegisterRequestSchema,
+      RegisterResponseSchema,
+      WorkerSettingsSchema,
+      AssignedBuildSchema,
+      PollRequestSchema,
+      PollResponseSchema,
+      HeartbeatRequestSchema,
+      HeartbeatResponseSchema,
+    };
+    const missing = Object.entries(schemas).flatMap(([name, schema]) =>
+      Object.keys(schema.properties).filter((field) => !named.has(field)).map((field) => `${name}.${field}`),
+    );
+    expect(missing).toEqual([]);
   });
 
   it('names every configuration variable of the protocol package', () => {

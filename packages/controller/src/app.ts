@@ -170,7 +170,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   let closed = false;
   const metrics: ControllerMetrics = createMetrics();
   const pollWake = new WakeChannel(clock);
+  const cancelWake = new WakeChannel(clock);
   const logWake = new WakeChannel(clock);
+  const wakeWorker = (key?: string) => {
+    pollWake.wake(key);
+    cancelWake.wake(key);
+  };
   // One parked poll at a time looks at the queue after a 'builds' hint.
   const dispatcher = new PollDispatcher(pollWake, () => store.hasQueuedBuilds(), clock, (err) =>
     app.log.debug({ err }, 'poll dispatch check failed'),
@@ -186,6 +191,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     caches,
     metrics,
     pollWake,
+    cancelWake,
     logWake,
     // Set just below: the hub needs the finished context.
     logFollows: undefined as unknown as LogFollowHub,
@@ -201,7 +207,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       const wakeLocally = () => {
         if (channel === 'logs') logWake.wake(payload);
         else if (channel === 'builds') void dispatcher.poke();
-        else pollWake.wake(payload);
+        else wakeWorker(payload);
       };
       try {
         void notifier.notify(channel, payload).catch((err: unknown) => {
@@ -221,7 +227,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const unsubscribe: Array<() => void> = [
     notifier.subscribe((topic, key) => {
       if (topic === 'builds') void dispatcher.poke();
-      else if (topic === 'workers') pollWake.wake(key);
+      else if (topic === 'workers') wakeWorker(key);
       else if (topic === 'logs') logWake.wake(key);
     }),
   ];
@@ -241,6 +247,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     closed = true;
     clock.clearTimeout(recheckTimer);
     pollWake.close();
+    cancelWake.close();
     logWake.close();
     for (const u of unsubscribe) {
       try {
@@ -345,7 +352,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
   );
   app.get('/metrics', { config: pub, schema: { tags: ['operations'], produces: ['text/plain'] } }, async (_request, reply) => {
-    metrics.parkedPolls.set(pollWake.size);
+    metrics.parkedPolls.set(pollWake.size + cancelWake.size);
     await countWorkerStates(metrics, store, clock.now(), config.leaseMs);
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });

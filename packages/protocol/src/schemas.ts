@@ -288,6 +288,10 @@ export const WorkerSettingsSchema = Type.Object({
   heartbeatIntervalMs: Type.Integer(),
   leaseMs: Type.Integer(),
   ackTimeoutMs: Type.Integer(),
+  // Absent from older controllers: a worker sends `watchCancel` only when this is true.
+  watchCancel: Type.Optional(
+    Type.Boolean({ description: 'polls take `watchCancel`: a parked poll answers at once with `cancel` (docs/protocol.md "poll")' }),
+  ),
 });
 export type WorkerSettings = Static<typeof WorkerSettingsSchema>;
 
@@ -330,15 +334,27 @@ export const RegisterResponseSchema = Type.Object({
 });
 export type RegisterResponse = Static<typeof RegisterResponseSchema>;
 
+/**
+ * `POST /workers/{id}/poll`. `watchCancel` (optional; older workers do not
+ * send it) opts in to hearing cancellations on the poll: the ids of builds
+ * running here whose cancel the worker wants at once. The poll then answers
+ * as soon as one of them has `cancelRequested`, and with `freeSlots: 0` and a
+ * non-empty list it parks instead of answering 204 at once.
+ */
 export const PollRequestSchema = Type.Object({
   freeSlots: Type.Integer({ minimum: 0, maximum: 1000 }),
   activeBuildIds: Type.Array(Id, { maxItems: 1000 }),
+  watchCancel: Type.Optional(Type.Array(Id, { maxItems: 1000 })),
 });
 export type PollRequest = Static<typeof PollRequestSchema>;
 export const PollQuerySchema = Type.Object({
   waitMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 3_600_000 })),
 });
-export const PollResponseSchema = Type.Object({ builds: Type.Array(AssignedBuildSchema) });
+/** `cancel`: ids from the request's `watchCancel` whose cancellation was requested (only to a poll that sent `watchCancel`). */
+export const PollResponseSchema = Type.Object({
+  builds: Type.Array(AssignedBuildSchema),
+  cancel: Type.Optional(Type.Array(Type.String())),
+});
 export type PollResponse = Static<typeof PollResponseSchema>;
 
 export const HeartbeatRequestSchema = Type.Object({

@@ -36,6 +36,12 @@ export interface AppContext {
   metrics: ControllerMetrics;
   /** Parked polls wait here; woken by 'builds' hints and the periodic re-check. */
   pollWake: WakeChannel;
+  /**
+   * Parked polls with no free slot that watch cancels (`watchCancel`) wait
+   * here, apart from `pollWake` so the dispatcher never wakes them for a
+   * claim; woken by 'workers' hints for their worker.
+   */
+  cancelWake: WakeChannel;
   /** Wakes parked polls one at a time after 'builds' hints; polls report back. */
   dispatcher: PollDispatcher;
   /** Followed log streams wait here; woken by 'logs' hints. */

@@ -262,7 +262,7 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
         observeEnded(metrics, 'canceled');
       }
       request.log.info({ buildId: build.id, state: build.state, cancelRequested: build.cancelRequested }, 'build cancel requested');
-      ctx.hint('logs', build.id);
+      hintCanceled(ctx, build);
       // An assigned build that ended frees a place in its concurrency group.
       if (build.state === 'canceled' && build.spec.concurrency) ctx.hint('builds');
       return { build: await view(build) };
@@ -462,6 +462,16 @@ export function buildRoutes(app: FastifyInstance, ctx: AppContext): void {
 }
 
 /**
+ * Hints after a cancel: the build's followers look again, and a running
+ * build's worker hears it on its parked poll at once, on whichever
+ * controller that poll waits (docs/protocol.md "poll", `watchCancel`).
+ */
+function hintCanceled(ctx: AppContext, build: Build): void {
+  ctx.hint('logs', build.id);
+  if (build.state === 'running' && build.cancelRequested && build.workerId) ctx.hint('workers', build.workerId);
+}
+
+/**
  * What follows every new build (issue 13): one that asks for a secret it
  * may not have fails at once; one with `concurrency.cancelInProgress`
  * cancels the older builds of its group. Counts and announces it.
@@ -481,7 +491,7 @@ async function afterSubmit(ctx: AppContext, created: Build): Promise<Build> {
   if (group?.cancelInProgress) {
     for (const b of await ctx.store.cancelOlderInGroup(group.group, build.id, now)) {
       if (b.state === 'canceled') ctx.metrics.buildTransitions.inc({ to: 'canceled' });
-      ctx.hint('logs', b.id);
+      hintCanceled(ctx, b);
     }
   }
   ctx.hint('builds');

@@ -44,6 +44,8 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
     heartbeatIntervalMs: config.heartbeatIntervalMs,
     leaseMs: config.leaseMs,
     ackTimeoutMs: config.ackTimeoutMs,
+    // Polls take `watchCancel` (older workers ignore this and never send it).
+    watchCancel: true,
   };
 
   r.post(
@@ -162,15 +164,17 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
         throw bodyError;
       }
       const body: PollRequest = request.body;
-      if (body.freeSlots === 0) {
+      const watchCancel = body.watchCancel;
+      // Nothing to hand out and no cancel to watch for: answer at once (older workers' behaviour).
+      if (body.freeSlots === 0 && !watchCancel?.length) {
         await store.authenticateWorker({ ...auth, now: clock.now() });
         ctx.metrics.pollWaits.observe({ result: 'empty' }, 0);
         return reply.code(204).send(null);
       }
       const waitMs = Math.min(request.query.waitMs ?? config.pollWaitMs, config.pollWaitMs);
-      const held = await longPoll(ctx, request, reply, { ...auth, freeSlots: body.freeSlots, activeBuildIds: body.activeBuildIds }, waitMs);
-      if (held.length === 0) return reply.code(204).send(null);
-      return reply.code(200).send({ builds: held.map((b) => toAssigned(ctx, b)) });
+      const got = await longPoll(ctx, request, reply, { ...auth, freeSlots: body.freeSlots, activeBuildIds: body.activeBuildIds, watchCancel: watchCancel ?? [] }, waitMs);
+      if (got.held.length === 0 && got.cancel.length === 0) return reply.code(204).send(null);
+      return reply.code(200).send({ builds: got.held.map((b) => toAssigned(ctx, b)), ...(watchCancel ? { cancel: got.cancel } : {}) });
     },
   );
 
@@ -344,20 +348,26 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
 }
 
 /**
- * Runs `store.poll` and, while it finds nothing, parks until a 'builds'
+ * Runs `store.poll` (and, for a poll that watches cancels, `cancelsRequested`
+ * on its `watchCancel` ids) and, while it finds nothing, parks until a
  * wake-up, the end of `waitMs`, the client going away, or the controller
  * closing. Every re-check is a full `store.poll`, which re-authenticates the
  * worker under its row lock, so a parked poll answers with the error a fresh
- * request would get (PROTOCOL.md "poll").
+ * request would get (PROTOCOL.md "poll"). A poll with free slots parks on
+ * `pollWake` (the dispatcher wakes it for claims); one without parks on
+ * `cancelWake`, which only the worker's own 'workers' hints reach (a cancel,
+ * a token rotation, a drain, a deletion), so it never costs a claim query.
  */
 async function longPoll(
   ctx: AppContext,
   request: FastifyRequest,
   reply: FastifyReply,
-  input: { workerId: string; tokenHash: string; freeSlots: number; activeBuildIds: string[] },
+  input: { workerId: string; tokenHash: string; freeSlots: number; activeBuildIds: string[]; watchCancel: string[] },
   waitMs: number,
-): Promise<HeldBuild[]> {
-  const { clock, store, pollWake, metrics } = ctx;
+): Promise<{ held: HeldBuild[]; cancel: string[] }> {
+  const { clock, store, metrics } = ctx;
+  const claims = input.freeSlots > 0;
+  const pollWake = claims ? ctx.pollWake : ctx.cancelWake;
   const started = clock.monotonic();
   const deadline = started + waitMs;
   const abort = new AbortController();
@@ -366,7 +376,7 @@ async function longPoll(
   };
   reply.raw.on('close', onClose);
   let parked = false;
-  let result: 'builds' | 'empty' | 'error' = 'empty';
+  let result: 'builds' | 'cancel' | 'empty' | 'error' = 'empty';
   const release = pollWake.retain(input.workerId);
   let woken = false;
   try {
@@ -377,24 +387,26 @@ async function longPoll(
         held = await store.poll({ ...input, ackTimeoutMs: ctx.config.ackTimeoutMs, now: clock.now() });
       } finally {
         // Tell the dispatcher this woken poll has looked, so it moves on.
-        if (woken) ctx.dispatcher.report(input.workerId, held.length);
+        if (woken && claims) ctx.dispatcher.report(input.workerId, held.length);
       }
-      if (held.length > 0) {
-        result = 'builds';
-        metrics.claims.inc({ kind: 'poll' }, held.length);
+      // After store.poll: the worker is authenticated before it learns anything.
+      const cancel = input.watchCancel.length > 0 ? await store.cancelsRequested(input.workerId, input.watchCancel) : [];
+      if (held.length > 0 || cancel.length > 0) {
+        result = held.length > 0 ? 'builds' : 'cancel';
+        if (held.length > 0) metrics.claims.inc({ kind: 'poll' }, held.length);
         // Assigned: log followers and the event stream look again.
         for (const b of held) ctx.hint('logs', b.id);
-        return held;
+        return { held, cancel };
       }
       const left = deadline - clock.monotonic();
-      if (left <= 0 || abort.signal.aborted || pollWake.isClosed) return [];
+      if (left <= 0 || abort.signal.aborted || pollWake.isClosed) return { held: [], cancel: [] };
       if (!parked) {
         parked = true;
         metrics.parkedPolls.inc();
       }
       const why = await pollWake.waitForChange(generation, left, abort.signal);
       woken = why === 'woken';
-      if (why === 'aborted' || why === 'closed') return [];
+      if (why === 'aborted' || why === 'closed') return { held: [], cancel: [] };
       if (why === 'timeout') {
         // One last look: a hint may have been lost.
         continue;

@@ -10,7 +10,7 @@
  * | `sql/tokens.ts`     | secrets, API tokens, enrollment tokens                                 |
  * | `sql/workers.ts`    | registerNew, reregister, authenticateWorker, list/get/drain/deleteWorker |
  * | `sql/claims.ts`     | poll (re-delivery, then the one-statement claim)                       |
- * | `sql/leases.ts`     | heartbeat, reap                                                        |
+ * | `sql/leases.ts`     | heartbeat, cancelsRequested, reap                                      |
  * | `sql/builds.ts`     | create/get/list builds, cancel, start, finish                          |
  * | `sql/logs.ts`       | appendLog, readLog, checkWritable                                      |
  * | `sql/artifacts.ts`  | recordArtifact, listArtifacts, getArtifact                             |
@@ -215,6 +215,9 @@ export class SqlStore implements Store {
   }
   heartbeat(input: HeartbeatInput): Promise<HeartbeatResult> {
     return leases.heartbeat(this.ctx, input);
+  }
+  cancelsRequested(workerId: string, buildIds: readonly string[]): Promise<string[]> {
+    return leases.cancelsRequested(this.ctx, workerId, buildIds);
   }
   reap(options: ReapOptions): Promise<ReapResult> {
     return leases.reap(this.ctx, options);

@@ -310,6 +310,12 @@ export interface Store extends FeatureStore {
   poll(input: PollInput): Promise<HeldBuild[]>;
   /** Extends the lease of each listed running build this worker owns. */
   heartbeat(input: HeartbeatInput): Promise<HeartbeatResult>;
+  /**
+   * Of `buildIds`, the builds this worker holds `running` with
+   * `cancelRequested` (the heartbeat's `cancel` rule), sorted by id. A read
+   * without locks or authentication: the caller authenticated the worker.
+   */
+  cancelsRequested(workerId: string, buildIds: readonly string[]): Promise<string[]>;
   /** `connected`: seen within `leaseMs` of `now`; `activeBuildCount`: builds it holds (assigned or running). */
   listWorkers(now: number, leaseMs: number): Promise<Worker[]>;
   /** Throws WORKER_NOT_FOUND. */

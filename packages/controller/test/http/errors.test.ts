@@ -125,7 +125,7 @@ describe('registration (PROTOCOL.md cases 1-5)', () => {
     expect(body.accessToken).toMatch(/^bfw_/);
     expect(body.accessTokenExpiresInMs).toBe(3_600_000);
     expect(Date.parse(body.accessTokenExpiresAt)).toBeGreaterThan(Date.now());
-    expect(body.settings).toEqual({ pollWaitMs: 5_000, heartbeatIntervalMs: 10_000, leaseMs: 60_000, ackTimeoutMs: 30_000 });
+    expect(body.settings).toEqual({ pollWaitMs: 5_000, heartbeatIntervalMs: 10_000, leaseMs: 60_000, ackTimeoutMs: 30_000, watchCancel: true });
     expect(body.builds).toEqual([]);
     await expectError(h.register({}, 'bfe_not-a-real-enrollment-token-000'), 401, 'TOKEN_INVALID');
     await expectError(h.req('POST', paths.register(), { json: { name: 'x', labels: [], maxConcurrentBuilds: 1, version: '1' } }), 401, 'TOKEN_INVALID');

@@ -49,6 +49,26 @@ export function heartbeat(ctx: SqlContext, input: HeartbeatInput): Promise<Heart
   });
 }
 
+/**
+ * Of `buildIds`, those this worker holds running with a cancel requested; see
+ * `Store.cancelsRequested`. One indexed read, no lock: the same rule as a
+ * heartbeat's `cancel`, for a poll that watches cancels (docs/protocol.md "poll").
+ */
+export async function cancelsRequested(ctx: SqlContext, workerId: string, buildIds: readonly string[]): Promise<string[]> {
+  const ids = uniq([...buildIds]);
+  if (ids.length === 0) return [];
+  const rows = await ctx.db
+    .selectFrom('builds')
+    .select('id')
+    .where('worker_id', '=', workerId)
+    .where('state', '=', 'running')
+    .where('cancel_requested', '=', 1)
+    .where('id', 'in', ids)
+    .orderBy('id')
+    .execute();
+  return rows.map((r) => r.id);
+}
+
 /** One reaper round at `options.now` (epoch ms); see `Store.reap`. */
 export function reap(ctx: SqlContext, options: ReapOptions): Promise<ReapResult> {
   const { now } = options;

@@ -44,6 +44,29 @@ export function leasesContract(f: StoreFixture): void {
       });
     });
 
+    describe('cancelsRequested', () => {
+      it('lists, of the given ids, the running builds this worker holds with a cancel requested', async () => {
+        const w = await worker();
+        const other = await worker();
+        const [canceled, plain, assigned, theirs] = [await build(), await build(), await build(), await build()];
+        await poll(w, 3, [], T0 + 1000);
+        await poll(other, 1, [], T0 + 1000);
+        for (const b of [canceled, plain]) await store.startBuild({ buildId: b.id, attempt: 1 }, T0 + 2000, LEASE);
+        await store.startBuild({ buildId: theirs.id, attempt: 1 }, T0 + 2000, LEASE);
+        for (const b of [canceled, theirs]) await store.cancelBuild(b.id, T0 + 2500);
+        // The assigned one is canceled at once (terminal), never "cancel requested".
+        await store.cancelBuild(assigned.id, T0 + 2500);
+        const all = [canceled.id, plain.id, assigned.id, theirs.id, 'unknown'];
+        expect(await store.cancelsRequested(w.id, all)).toEqual([canceled.id]);
+        expect(await store.cancelsRequested(w.id, [plain.id])).toEqual([]);
+        expect(await store.cancelsRequested(w.id, [])).toEqual([]);
+        expect(await store.cancelsRequested(other.id, all)).toEqual([theirs.id]);
+        // The heartbeat's rule: the same ids.
+        const hb = await store.heartbeat({ workerId: w.id, tokenHash: w.tokenHash, now: T0 + 3000, activeBuildIds: [], leaseMs: LEASE });
+        expect(hb.cancel).toEqual([canceled.id]);
+      });
+    });
+
     describe('reap', () => {
       it('requeues an expired assignment as a new attempt, then fails it worker_lost when attempts run out', async () => {
         const w = await worker();
