@@ -17,6 +17,10 @@ export class ActiveBuilds {
   get size(): number {
     return this.runs.size;
   }
+  /** Ids of builds not being stopped yet: those whose cancel a poll watches for (`watchCancel`). */
+  cancelable(): string[] {
+    return [...this.runs.values()].filter((r) => r.stopping === undefined && r.phase !== 'done').map((r) => r.id);
+  }
 
   /**
    * Starts a build unless one with this id already runs here (a poll may

@@ -58,7 +58,8 @@ export interface StartWorkerOptions {
  * `build:running`, `build:finish` (BuildResult), `build:dropped`,
  * `build:done` (id), `build:fenced` (id), `heartbeat` (HeartbeatResponse),
  * `heartbeat:error`, `draining` / `resumed` (the controller drained or resumed this worker), `poll:paused` / `poll:resumed` (around a
- * re-registration), `poll` (builds handed out), `draining`, `fatal`
+ * re-registration), `poll` (builds handed out), `poll:cancel` (ids a poll
+ * answer asked to cancel), `draining`, `fatal`
  * (SessionFatalError), `stopped`.
  */
 export interface RunningWorker {
@@ -277,7 +278,8 @@ class Agent {
     if (!o.drain) builds.stopAll('canceled', 'canceled: the worker is stopping');
     if (!this.draining) {
       this.draining = true;
-      void this.poll.stop();
+      // No new builds; cancels of the running ones still come on the poll.
+      this.poll.drain();
       logger.info({ drain: !!o.drain, running: builds.size }, o.drain ? 'draining' : 'stopping');
     }
     this.finishing ??= (async () => {

@@ -104,6 +104,10 @@ export class BuildRun {
   get phase(): BuildPhase {
     return this._phase;
   }
+  /** Why the build is being stopped, once `stop()` was called (it may still be ending). */
+  get stopping(): StopReason | undefined {
+    return this.stopReason;
+  }
   /** Monotonic ms when `start` was accepted (the lease began), if it was. */
   get leaseStartedMono(): number | undefined {
     return this.startedMono;

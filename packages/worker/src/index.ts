@@ -10,6 +10,7 @@ export {
   type BuildRef,
   type CallOptions,
   type LogChunkUpload,
+  type PollAnswer,
   type WorkerCredentials,
 } from './client/controller-client.js';
 export { HttpControllerClient, createHttpClient, type HttpClientOptions } from './client/http-controller-client.js';

@@ -29,6 +29,12 @@ import type {
 } from '@buildfleet/protocol';
 import type { RetryBudget } from './retry.js';
 
+/** What a poll brought: builds to run, and ids from `watchCancel` whose cancellation was requested. */
+export interface PollAnswer {
+  builds: AssignedBuild[];
+  cancel: string[];
+}
+
 /** Who calls: the worker's id and its current access token (`bfw_…`). */
 export interface WorkerCredentials {
   workerId: string;
@@ -92,11 +98,13 @@ export interface ControllerClient {
   /**
    * `POST /workers/{id}/poll?waitMs=`. Called by the poll loop (through the
    * session, which turns 401/404 into a re-registration) whenever it has a
-   * free slot; parks up to `waitMs` (ms) at the controller. Returns the
-   * builds handed out (none on 204). One attempt: the loop backs off and
-   * polls again.
+   * free slot, or builds whose cancel it watches (`watchCancel`, when the
+   * controller announced `settings.watchCancel`); parks up to `waitMs` (ms)
+   * at the controller. Returns the builds handed out and the watched builds
+   * to cancel (both empty on 204). One attempt: the loop backs off and polls
+   * again.
    */
-  poll(who: WorkerCredentials, body: PollRequest, waitMs: number, opts?: CallOptions): Promise<AssignedBuild[]>;
+  poll(who: WorkerCredentials, body: PollRequest, waitMs: number, opts?: CallOptions): Promise<PollAnswer>;
 
   /**
    * `POST /workers/{id}/heartbeat`. Called by the heartbeat loop every

@@ -9,7 +9,6 @@ import {
   CHECKSUM_HEADER,
   paths,
   type Clock,
-  type AssignedBuild,
   type FinishRequest,
   type HeartbeatRequest,
   type HeartbeatResponse,
@@ -29,6 +28,7 @@ import {
   type CallOptions,
   type ControllerClient,
   type LogChunkUpload,
+  type PollAnswer,
   type WorkerCredentials,
 } from './controller-client.js';
 import { withRetry, type Backoff, type RetryBudget, type RetryContext } from './retry.js';
@@ -50,7 +50,7 @@ export class HttpControllerClient implements ControllerClient {
     });
   }
 
-  async poll(who: WorkerCredentials, body: PollRequest, waitMs: number, opts: CallOptions = {}): Promise<AssignedBuild[]> {
+  async poll(who: WorkerCredentials, body: PollRequest, waitMs: number, opts: CallOptions = {}): Promise<PollAnswer> {
     const answer = await this.conn.json<PollResponse | undefined>({
       method: 'POST',
       path: paths.poll(who.workerId, waitMs),
@@ -59,7 +59,8 @@ export class HttpControllerClient implements ControllerClient {
       timeoutMs: waitMs + this.conn.requestTimeoutMs,
       signal: opts.signal,
     });
-    return answer.status === 200 && answer.body ? answer.body.builds : [];
+    if (answer.status !== 200 || !answer.body) return { builds: [], cancel: [] };
+    return { builds: answer.body.builds, cancel: answer.body.cancel ?? [] };
   }
 
   async heartbeat(who: WorkerCredentials, body: HeartbeatRequest, timeoutMs: number, opts: CallOptions = {}): Promise<HeartbeatResponse> {

@@ -106,8 +106,8 @@ describe('a registration answer', () => {
           ...hanging,
           poll: async (...args) => {
             if (++polls > 1) return hanging.poll(...args);
-            const builds = await c.poll(...args);
-            throw new Error(`answer lost (${builds.length} builds in it)`);
+            const answer = await c.poll(...args);
+            throw new Error(`answer lost (${answer.builds.length} builds in it)`);
           },
         };
       },

@@ -139,7 +139,7 @@ describe('worker against the real controller', () => {
     expect((await finished(build.id)).workerId).toBe(ev.workerId);
   });
 
-  it('cancel through the API reaches the build through a heartbeat; the build ends canceled', async () => {
+  it('cancel through the API reaches the running build; the build ends canceled', async () => {
     ctl = await startCtl();
     const w = await worker();
     const running = once(w.events, 'build:running', 10_000);
