@@ -32,13 +32,17 @@ export function poll(ctx: SqlContext, input: PollInput): Promise<HeldBuild[]> {
     const slots = Math.max(0, input.freeSlots);
     if (slots === 0) return [];
     const active = new Set(input.activeBuildIds);
+    const held = await heldBuilds(trx, w.id);
     // Re-deliveries first: an earlier answer may have been lost; the original ack deadline stays.
-    const out = (await heldBuilds(trx, w.id))
+    const out = held
       .filter((b) => b.state === 'assigned' && !active.has(b.id))
       .slice(0, slots)
       .map(toHeld);
-    if (w.status === 'active' && out.length < slots) {
-      out.push(...(await claim(ctx, trx, w, slots - out.length, input.now, input.ackTimeoutMs)));
+    // `freeSlots` is the worker's word; what it registered is the bound: it
+    // never holds more than `maxConcurrentBuilds` (docs/protocol.md "poll").
+    const room = Math.min(slots - out.length, w.max_concurrent_builds - held.length);
+    if (w.status === 'active' && room > 0) {
+      out.push(...(await claim(ctx, trx, w, room, input.now, input.ackTimeoutMs)));
     }
     return out;
   });

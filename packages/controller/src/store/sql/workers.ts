@@ -113,7 +113,9 @@ export function reregister(ctx: SqlContext, input: ReregisterInput): Promise<Reg
     const lost: string[] = [];
     if (restarted) {
       for (const row of await heldBuilds(trx, w.id)) {
-        if (active.has(row.id)) continue;
+        // Only running builds are lost: an assigned build never started, so
+        // it is delivered again in `builds` and keeps its attempt (docs/protocol.md "register").
+        if (row.state !== 'running' || active.has(row.id)) continue;
         if (await applyTransition(trx, row, { type: 'lose', reason: 'worker_restarted' }, input.now)) lost.push(row.id);
       }
     }

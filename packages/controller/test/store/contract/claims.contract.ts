@@ -52,6 +52,19 @@ export function claimsContract(f: StoreFixture): void {
         expect((await poll(w, 1, [a.id, b.id], T0 + 6000)).map((h) => h.id)).toEqual([c.id]);
       });
 
+      it('never holds more than the worker\'s maxConcurrentBuilds, whatever freeSlots says', async () => {
+        const w = await worker({ maxConcurrentBuilds: 2 });
+        const [a, b] = [await build(), await build(), await build(), await build()];
+        expect((await poll(w, 5, [], T0 + 1000)).map((h) => h.id)).toEqual([a!.id, b!.id]);
+        // Both answers lost: only the re-deliveries, nothing new.
+        expect((await poll(w, 5, [], T0 + 2000)).map((h) => h.id)).toEqual([a!.id, b!.id]);
+        await store.startBuild({ buildId: a!.id, attempt: 1 }, T0 + 3000, LEASE);
+        expect(await poll(w, 3, [a!.id, b!.id], T0 + 4000)).toEqual([]);
+        await store.finishBuild({ buildId: a!.id, attempt: 1, outcome: 'succeeded', exitCode: 0, message: null, now: T0 + 5000 });
+        expect(await poll(w, 3, [b!.id], T0 + 6000)).toHaveLength(1);
+        expect((await store.listWorkers(T0 + 6000, LEASE))[0]!.activeBuildCount).toBe(2);
+      });
+
       it('a draining worker gets only re-deliveries', async () => {
         const w = await worker();
         const a = await build();

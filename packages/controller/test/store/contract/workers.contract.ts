@@ -156,11 +156,12 @@ export function workersContract(f: StoreFixture): void {
         await store.authenticateWorker({ workerId: w.id, tokenHash: w.tokenHash, now: T0 });
       });
 
-      it('a restart (new bootId) hands unreported held builds to the lost-build policy; a refresh or a missing bootId never does', async () => {
+      it('a restart (new bootId) hands unreported running builds to the lost-build policy; a refresh or a missing bootId never does', async () => {
         const w = await worker({ bootId: 'boot-1' });
         const kept = await build();
         const dropped = await build();
-        const assigned = await build();
+        // Assigned, never started: a restart delivers it again and burns no attempt, even its only one.
+        const assigned = await build({ maxAttempts: 1 });
         await poll(w, 3);
         await store.startBuild({ buildId: kept.id, attempt: 1 }, T0 + 1500, LEASE);
         await store.startBuild({ buildId: dropped.id, attempt: 1 }, T0 + 1500, LEASE);
@@ -183,12 +184,19 @@ export function workersContract(f: StoreFixture): void {
         expect((await store.getBuild(dropped.id)).state).toBe('running');
         // Restart: only the reported build stays.
         const res = await re('boot-2', [kept.id], 't3');
-        expect(res.lost.sort()).toEqual([dropped.id, assigned.id].sort());
-        expect(res.builds.map((b) => b.id)).toEqual([kept.id]);
+        expect(res.lost).toEqual([dropped.id]);
+        expect(res.builds.map((b) => [b.id, b.state, b.attempt]).sort()).toEqual(
+          [
+            [kept.id, 'running', 1],
+            [assigned.id, 'assigned', 1],
+          ].sort(),
+        );
         const d = await store.getBuild(dropped.id);
         expect(d).toMatchObject({ state: 'queued', attempt: 2, workerId: null });
         expect(d.attempts).toMatchObject([{ attempt: 1, state: 'failed', reason: 'worker_restarted', workerId: w.id }]);
-        expect((await store.getBuild(assigned.id)).state).toBe('queued');
+        const a = await store.getBuild(assigned.id);
+        expect(a).toMatchObject({ state: 'assigned', attempt: 1, workerId: w.id });
+        expect(a.attempts).toMatchObject([{ attempt: 1, state: 'assigned' }]);
         // The superseded instance is refused; the newest keeps the identity.
         await expectCode(re('boot-1', [], 't4'), 'IDENTITY_CONFLICT');
         await re('boot-2', [kept.id], 't5');
