@@ -15,6 +15,8 @@
  * (`npm run build`).
  */
 import { existsSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -318,6 +320,67 @@ suite('dashboard in Chromium', () => {
     await page.close();
   });
 
+  it('adds a webhook, shows its secret once and its delivery log, and deletes it', async () => {
+    const received: string[] = [];
+    const receiver = http.createServer((req, res) => {
+      received.push(String(req.headers['x-buildfleet-event-id']));
+      req.resume().on('end', () => res.writeHead(200).end());
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+    const target = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`;
+    try {
+      const page = await openPage();
+      await signIn(page, '/webhooks');
+      await page.getByLabel('URL').fill(target);
+      await page.getByLabel('Description').fill('browser test receiver');
+      await page.getByRole('button', { name: 'Add webhook' }).click();
+      expect(await page.getByTestId('webhook-secret').textContent()).toMatch(/^bfh_/);
+      await expectAccessibleNames(page);
+      await shot(page, 'webhooks');
+      const build = await ctl.submit({ name: 'webhook build', script: 'true', labels: ['linux'] }, SOURCE);
+      await expect.poll(() => stateOf(build.id), { timeout: 20_000 }).toBe('succeeded');
+      await page.getByRole('link', { name: target }).click();
+      await page.getByRole('heading', { name: 'browser test receiver' }).waitFor();
+      // build.finished of that build, delivered (the page re-reads as builds change; Refresh forces it).
+      const row = page.locator('.deliveries-table tr', { hasText: 'build.finished' }).filter({ hasText: 'delivered' });
+      await expect.poll(async () => {
+        await page.getByRole('button', { name: 'Refresh' }).click();
+        return row.count();
+      }, { timeout: 20_000 }).toBe(1);
+      expect(await row.textContent()).toContain('HTTP 200');
+      expect(received.length).toBeGreaterThanOrEqual(1);
+      await expectAccessibleNames(page);
+      await shot(page, 'webhook-deliveries');
+      await page.getByRole('button', { name: /^Delete the webhook/ }).click();
+      await page.getByRole('dialog').getByRole('button', { name: 'Delete webhook' }).click();
+      await page.getByRole('heading', { name: 'Webhooks' }).waitFor();
+      expect(((await (await ctl.api('GET', '/api/v1/webhooks')).json()) as { webhooks: unknown[] }).webhooks).toEqual([]);
+      await page.close();
+    } finally {
+      await new Promise((resolve) => receiver.close(resolve));
+    }
+  });
+
+  it('opens a huge log at its end, and loads all of it on request', async () => {
+    // About 5.4 MB: past the dashboard's 4 MiB threshold.
+    const build = await ctl.submit({ name: 'huge log', script: 'seq 1 800000', labels: ['linux'] }, SOURCE);
+    await expect.poll(() => stateOf(build.id), { timeout: 60_000 }).toBe('succeeded');
+    const page = await openPage();
+    await signIn(page, `/builds/${build.id}`);
+    await page.locator('.log-tail', { hasText: /Showing the last 1\.0 MiB of a 5\.\d MiB log/ }).waitFor({ timeout: 30_000 });
+    // The last 1 MiB holds about 150,000 of the lines; the cut first line is dropped.
+    const meta = await page.locator('.log-meta').textContent();
+    const shown = Number(/([\d,]+) lines/.exec(meta ?? '')![1]!.replace(/,/g, ''));
+    expect(shown).toBeGreaterThan(100_000);
+    expect(shown).toBeLessThan(200_000);
+    await page.locator('.log-row', { hasText: /^\d+800000$/ }).waitFor();
+    await shot(page, 'build-huge-log-tail');
+    await page.getByRole('button', { name: 'Show the whole log' }).click();
+    await page.locator('.log-meta', { hasText: /^800,00\d lines/ }).waitFor({ timeout: 30_000 });
+    expect(await page.locator('.log-tail').count()).toBe(0);
+    await page.close();
+  });
+
   it('fits a 390×844 phone: no page scrolls sideways', async () => {
     const { build } = await gatedBuild({ name: 'a build with a rather long name to see how it wraps on a phone', metadata: { branch: 'feature/very-long-branch-name-for-wrapping' } });
     await expect.poll(() => stateOf(build.id), { timeout: 20_000 }).toBe('running');
@@ -333,6 +396,7 @@ suite('dashboard in Chromium', () => {
       ['workers', '/workers'],
       ['worker', `/workers/${workerId}`],
       ['queue', '/queue'],
+      ['webhooks', '/webhooks'],
       ['tokens', '/tokens'],
     ] as const) {
       await page.goto(`${ctl.url}${at}`);

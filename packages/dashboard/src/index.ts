@@ -18,7 +18,7 @@ import { brotliCompressSync, constants as zlib, gzipSync } from 'node:zlib';
  * The addresses the app routes itself (find-my-way syntax); the controller
  * answers each with `index.html`. The API stays under `/api/v1`.
  */
-export const DASHBOARD_ROUTES = ['/', '/builds', '/builds/:id', '/workers', '/workers/:id', '/queue', '/tokens'] as const;
+export const DASHBOARD_ROUTES = ['/', '/builds', '/builds/:id', '/workers', '/workers/:id', '/queue', '/tokens', '/webhooks', '/webhooks/:id'] as const;
 
 export interface DashboardFile {
   /** URL path, e.g. `/assets/index-Cpxl7Qwa.js`. */

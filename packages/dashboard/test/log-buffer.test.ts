@@ -43,4 +43,18 @@ describe('LogBuffer', () => {
     expect(b.length).toBe(200_000);
     expect(b.plainLine(199_999)).toBe('line 999');
   });
+
+  it('drops the cut first line of a log read from the middle, also when it spans several appends', () => {
+    const b = new LogBuffer();
+    b.append('old line\n');
+    b.clear(true);
+    expect(b.length).toBe(0);
+    b.append('…of a cut li');
+    expect(b.length).toBe(0);
+    b.append('ne\nwhole one\nand');
+    expect([0, 1].map((i) => b.plainLine(i))).toEqual(['whole one', 'and']);
+    b.clear();
+    b.append('from the start\n');
+    expect(b.plainLine(0)).toBe('from the start');
+  });
 });

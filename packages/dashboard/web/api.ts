@@ -10,7 +10,11 @@ import {
   type BuildList,
   type EnrollmentToken,
   type Stats,
+  type Webhook,
+  type WebhookCreate,
+  type WebhookDelivery,
   type Worker,
+  webhookPaths,
 } from '@buildfleet/protocol';
 import { clearToken, getToken } from './auth.js';
 
@@ -94,8 +98,9 @@ export const api = {
   /** The artifact's bytes (a bearer cannot ride on a plain link, so downloads go through fetch). */
   artifactBlob: async (id: string, name: string) => (await call(paths.artifact(id, name))).blob(),
   /** The whole log of one attempt as text. */
-  logText: async (id: string, attempt: number, signal?: AbortSignal) =>
-    (await call(`${paths.logs(id)}?attempt=${attempt}`, { signal })).text(),
+  /** The log of an attempt as text, from byte `offset` (default 0). */
+  logText: async (id: string, attempt: number, signal?: AbortSignal, offset = 0) =>
+    (await call(`${paths.logs(id)}?attempt=${attempt}${offset ? `&offset=${offset}` : ''}`, { signal })).text(),
   listWorkers: async (signal?: AbortSignal) => (await json<{ workers: Worker[] }>(paths.workers(), { signal })).workers,
   getWorker: async (id: string, signal?: AbortSignal) => (await json<{ worker: Worker }>(paths.worker(id), { signal })).worker,
   drainWorker: async (id: string) => (await json<{ worker: Worker }>(paths.drain(id), { method: 'POST' })).worker,
@@ -105,6 +110,15 @@ export const api = {
     (await json<{ enrollmentTokens: EnrollmentToken[] }>(paths.enrollmentTokens(), { signal })).enrollmentTokens,
   createToken: (body: { description?: string; expiresAt?: string; maxUses?: number }) =>
     json<EnrollmentToken>(paths.enrollmentTokens(), { method: 'POST', body }),
+  listWebhooks: async (signal?: AbortSignal) => (await json<{ webhooks: Webhook[] }>(webhookPaths.webhooks(), { signal })).webhooks,
+  /** The answer carries the signing secret; it is never shown again. */
+  createWebhook: (body: WebhookCreate) => json<{ webhook: Webhook; secret: string }>(webhookPaths.webhooks(), { method: 'POST', body }),
+  deleteWebhook: async (id: string) => {
+    await call(webhookPaths.webhook(id), { method: 'DELETE' });
+  },
+  /** The delivery log, newest first. */
+  listDeliveries: async (id: string, signal?: AbortSignal) =>
+    (await json<{ deliveries: WebhookDelivery[] }>(`${webhookPaths.deliveries(id)}?limit=100`, { signal })).deliveries,
   revokeToken: async (id: string) => {
     await call(paths.enrollmentToken(id), { method: 'DELETE' });
   },

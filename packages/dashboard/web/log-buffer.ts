@@ -16,6 +16,8 @@ export class LogBuffer {
   private partial = '';
   private carry = '';
   private plain: Array<string | undefined> = [];
+  /** Set when the text starts mid-log: everything up to the first newline is a cut line and dropped. */
+  private skipping = false;
   /** Bumped on every change; a view re-renders when it moves. */
   version = 0;
 
@@ -25,6 +27,12 @@ export class LogBuffer {
 
   /** Appends text (any split: a line may continue across calls). */
   append(text: string): void {
+    if (this.skipping) {
+      const nl = text.indexOf('\n');
+      if (nl < 0) return;
+      this.skipping = false;
+      text = text.slice(nl + 1);
+    }
     if (!text) return;
     const parts = (this.partial + text).split('\n');
     this.partial = parts.pop() ?? '';
@@ -37,7 +45,12 @@ export class LogBuffer {
     this.version += 1;
   }
 
-  clear(): void {
+  /**
+   * Empties the buffer. `midLine`: the next text starts inside a line (a
+   * log read from an offset), so its first, cut line is dropped.
+   */
+  clear(midLine = false): void {
+    this.skipping = midLine;
     this.lines.length = 0;
     this.carries.length = 0;
     this.plain = [];

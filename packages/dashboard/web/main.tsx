@@ -1,7 +1,8 @@
 /**
  * The dashboard's entry: sign-in gate, the top bar and the router. Every
  * view has an address (`/builds`, `/builds/{id}?attempt=N`, `/workers`,
- * `/workers/{id}`, `/queue`, `/tokens`); the controller answers each with
+ * `/workers/{id}`, `/queue`, `/tokens`, `/webhooks`,
+ * `/webhooks/{id}`); the controller answers each with
  * this page, so reload, back/forward and shared links work.
  */
 import { render } from 'preact';
@@ -18,6 +19,7 @@ import { WorkerPage, WorkersPage } from './pages/workers.js';
 // The queue page carries the charting library: loaded when first opened.
 const QueuePage = lazy(() => import('./pages/queue.js').then((m) => m.QueuePage));
 import { TokensPage } from './pages/tokens.js';
+import { WebhookPage, WebhooksPage } from './pages/webhooks.js';
 import './styles.css';
 
 function useSignedIn(): boolean {
@@ -91,6 +93,7 @@ const NAV = [
   ['/workers', 'Workers'],
   ['/queue', 'Queue'],
   ['/tokens', 'Tokens'],
+  ['/webhooks', 'Webhooks'],
 ] as const;
 
 function TopBar() {
@@ -154,6 +157,8 @@ function App() {
             </Suspense>
           </Route>
           <Route path="/tokens" component={TokensPage} />
+          <Route path="/webhooks" component={WebhooksPage} />
+          <Route path="/webhooks/:id" component={WebhookPage} />
           <Route component={NotFound} />
         </Switch>
       </main>

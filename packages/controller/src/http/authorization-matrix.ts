@@ -86,6 +86,8 @@ export const AUTHORIZATION_MATRIX: Readonly<Record<string, string>> = {
   'GET /workers/:id': PUBLIC,
   'GET /queue': PUBLIC,
   'GET /tokens': PUBLIC,
+  'GET /webhooks': PUBLIC,
+  'GET /webhooks/:id': PUBLIC,
   'GET {dashboard file}': PUBLIC,
 
   'POST /api/v1/workers/register': REGISTER,

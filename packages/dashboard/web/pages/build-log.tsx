@@ -1,9 +1,10 @@
 /**
  * The log of one attempt: followed live over the log's event stream while
- * the attempt runs (PROTOCOL.md `GET /builds/{id}/logs` with
+ * the attempt runs (docs/protocol.md `GET /builds/{id}/logs` with
  * `Accept: text/event-stream`), read once as text when it is over.
  * Rendering waits for the next animation frame, so a burst of chunks costs
- * one render.
+ * one render. A huge log (over `HUGE_LOG` bytes) opens at its last
+ * `TAIL_BYTES`, where the error usually is; the reader can load all of it.
  */
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { paths, type Build } from '@buildfleet/protocol';
@@ -12,17 +13,32 @@ import { LogBuffer } from '../log-buffer.js';
 import { readEvents } from '../sse.js';
 import { LogView } from '../components/log-view.js';
 import { ErrorNote } from '../components/ui.js';
-import { TERMINAL } from '../format.js';
+import { TERMINAL, bytes } from '../format.js';
+
+/** A log longer than this, bytes, opens at its end. */
+export const HUGE_LOG = 4 * 1024 * 1024;
+/** How much of a huge log's end is shown first, bytes. */
+export const TAIL_BYTES = 1024 * 1024;
+
+/** Where to start reading: 0, or `TAIL_BYTES` before the end of a huge log unless a line anchor asks for all of it. */
+function tailStart(logBytes: number, whole: boolean): number {
+  if (whole || logBytes <= HUGE_LOG || /^#L\d+$/.test(location.hash)) return 0;
+  return logBytes - TAIL_BYTES;
+}
 
 export function BuildLog({ build, attempt }: { build: Build; attempt: number }) {
   const buffer = useRef(new LogBuffer()).current;
   const [version, setVersion] = useState(0);
   const [error, setError] = useState<unknown>(null);
   const [live, setLive] = useState(false);
+  const [whole, setWhole] = useState(false);
+  const logBytes = build.attempts.find((a) => a.attempt === attempt)?.logBytes ?? 0;
+  // Decided when the attempt is opened, like `follow`: later growth does not move the start.
+  const start = useRef(0);
   // Follow only the current attempt of an unfinished build; anything else is
   // over. Decided when the attempt is opened: a followed stream ends by itself.
   const follow = attempt === build.attempt && !TERMINAL.has(build.state);
-  const streamKey = `${build.id}/${attempt}`;
+  const streamKey = `${build.id}/${attempt}/${whole}`;
 
   useEffect(() => {
     const ctl = new AbortController();
@@ -34,18 +50,19 @@ export function BuildLog({ build, attempt }: { build: Build; attempt: number }) 
     const changed = () => {
       if (!frame) frame = requestAnimationFrame(flush);
     };
-    buffer.clear();
+    start.current = tailStart(logBytes, whole);
+    buffer.clear(start.current > 0);
     setVersion(buffer.version);
     setError(null);
     setLive(follow);
     const run = async () => {
       if (!follow) {
-        buffer.append(await api.logText(build.id, attempt, ctl.signal));
+        buffer.append(await api.logText(build.id, attempt, ctl.signal, start.current));
         changed();
         return;
       }
       await readEvents(
-        `${paths.logs(build.id)}?attempt=${attempt}&follow=1`,
+        `${paths.logs(build.id)}?attempt=${attempt}&follow=1${start.current ? `&offset=${start.current}` : ''}`,
         {
           onEvent(type, data) {
             const d = data as { text?: string; code?: string; message?: string };
@@ -92,6 +109,14 @@ export function BuildLog({ build, attempt }: { build: Build; attempt: number }) 
   return (
     <>
       <ErrorNote error={error} />
+      {start.current > 0 ? (
+        <div class="note warn log-tail" role="status">
+          Showing the last {bytes(logBytes - start.current)} of a {bytes(logBytes)} log; line numbers count from the first line shown.{' '}
+          <button type="button" class="btn small" onClick={() => setWhole(true)}>
+            Show the whole log
+          </button>
+        </div>
+      ) : null}
       <LogView buffer={buffer} version={version} live={live} emptyText={empty} onDownload={download} />
     </>
   );
