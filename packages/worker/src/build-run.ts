@@ -26,6 +26,8 @@ import { sha256File } from './executor/artifacts.js';
 import type { Executor, RunningScript, Workspace } from './executor/types.js';
 import type { Logger } from './logger.js';
 import { LogStreamer } from './logs.js';
+import { MaskedLog } from './masked-log.js';
+import { removeSecretFiles, secretEnvironment, type HandedSecret } from './secrets.js';
 
 /** Why a build stops before its script ends by itself. */
 export type StopReason =
@@ -88,7 +90,10 @@ export class BuildRun {
   private stopMessage: string | undefined;
   private script: RunningScript | undefined;
   private ws: Workspace | undefined;
-  private logs: LogStreamer | undefined;
+  /** The build's log: masked (its secrets) before the streamer cuts and uploads it. */
+  private logs: MaskedLog | undefined;
+  /** Values handed out for this attempt (never logged; masked in the build's log). */
+  private handed: HandedSecret[] = [];
   private readonly abort = new AbortController();
   private startedMono: number | undefined;
 
@@ -206,21 +211,27 @@ export class BuildRun {
     } finally {
       this._phase = 'done';
       this.logs?.close();
-      if (this.ws) await this.deps.executor.cleanup(this.ws);
+      if (this.ws) {
+        await removeSecretFiles(this.deps.executor.secretFiles(this.ws));
+        await this.deps.executor.cleanup(this.ws);
+      }
     }
   }
 
   /** Runs the build after `start`; returns what `finish` reports. Throws Dropped. */
   private async execute(): Promise<Outcome> {
     this._phase = 'preparing';
-    this.logs = new LogStreamer({
-      clock: this.deps.clock,
-      ...(this.deps.logChunkBytes ? { minChunkBytes: this.deps.logChunkBytes } : {}),
-      ...(this.deps.logFlushMs ? { flushIntervalMs: this.deps.logFlushMs } : {}),
-      send: (chunk) => this.write((signal) => this.deps.client.appendLog(this.build, chunk, { signal })),
-      backpressure: (high) => (high ? this.script?.pauseOutput() : this.script?.resumeOutput()),
-    });
+    this.logs = new MaskedLog(
+      new LogStreamer({
+        clock: this.deps.clock,
+        ...(this.deps.logChunkBytes ? { minChunkBytes: this.deps.logChunkBytes } : {}),
+        ...(this.deps.logFlushMs ? { flushIntervalMs: this.deps.logFlushMs } : {}),
+        send: (chunk) => this.write((signal) => this.deps.client.appendLog(this.build, chunk, { signal })),
+        backpressure: (high) => (high ? this.script?.pauseOutput() : this.script?.resumeOutput()),
+      }),
+    );
 
+    await this.fetchSecrets();
     const failed = await this.prepare();
     if (failed) return failed;
     if (this.abort.signal.aborted) throw this.abort.signal.reason;
@@ -270,11 +281,33 @@ export class BuildRun {
     }
   }
 
+  /**
+   * The attempt's secret values, before anything of the build runs, so every
+   * log line from here on is masked. The controller answers 409 when it has
+   * just failed the build (a secret was deleted or narrowed since submit):
+   * the build is dropped, nothing runs and nothing is reported (it ended).
+   */
+  private async fetchSecrets(): Promise<void> {
+    if (!this.build.spec.secrets?.length) return;
+    try {
+      this.handed = await this.write((signal) => this.deps.client.secrets(this.build, { signal }));
+    } catch (err) {
+      if (err instanceof ApiError) {
+        this.stopMessage = `secrets refused: ${err.code}: ${err.message}`;
+        throw new Dropped(this.stopMessage);
+      }
+      throw err;
+    }
+    this.logs!.addSecrets(this.handed.map((s) => s.value));
+  }
+
   private async runScript(ws: Workspace) {
-    const { clock, config, events, workerId } = this.deps;
+    const { clock, config, events, workerId, executor } = this.deps;
     const spec = this.build.spec;
+    const secretEnv = spec.secrets?.length ? await secretEnvironment(spec.secrets, this.handed, executor.secretFiles(ws)) : {};
     const env: Record<string, string> = {
       ...spec.env,
+      ...secretEnv,
       BUILDFLEET_BUILD_ID: this.id,
       BUILDFLEET_BUILD_ATTEMPT: String(this.attempt),
       BUILDFLEET_WORKSPACE: ws.dir,
@@ -282,7 +315,7 @@ export class BuildRun {
       BUILDFLEET_WORKER_NAME: config.name,
     };
     this._phase = 'running';
-    const script = await this.deps.executor.run(ws, spec.script, env, (chunk) => this.logs!.write(chunk));
+    const script = await executor.run(ws, spec.script, env, (chunk) => this.logs!.write(chunk), { shell: spec.shell });
     this.script = script;
     if (this.currentStop() === 'lost') script.kill();
     else if (this.currentStop()) script.stop(config.cancelGraceMs);

@@ -12,6 +12,7 @@ import path from 'node:path';
 import type { Clock } from '@buildfleet/protocol';
 import { writeFileDurable } from '@buildfleet/protocol/node';
 import type { Logger } from './logger.js';
+import { scriptArgs } from './shell-command.js';
 
 /** Sends `signal` to every process in group `pgid`; false when the group is gone. */
 export function signalGroup(pgid: number, signal: NodeJS.Signals): boolean {
@@ -153,13 +154,21 @@ export interface SpawnedBuild {
   closed: Promise<void>;
 }
 
+/** Where and how a script starts. */
+export interface SpawnOptions {
+  cwd: string;
+  env: NodeJS.ProcessEnv;
+  /** Spec `shell` (see shell-command.ts); `sh` when absent. */
+  shell?: string | undefined;
+}
+
 /**
- * Runs `script` with `sh -c` in a new process group (detached: the child is
+ * Runs `script` with its shell (`sh -c` by default) in a new process group (detached: the child is
  * its group's leader), stdout and stderr merged into ONE pipe by the shell
  * itself (`exec 2>&1`), so the log keeps the order the script wrote in.
  */
-export function spawnScript(script: string, opts: { cwd: string; env: NodeJS.ProcessEnv }): SpawnedBuild {
-  const child = spawn('/bin/sh', ['-c', 'exec 2>&1; exec /bin/sh -c "$1"', 'buildfleet-build', script], {
+export function spawnScript(script: string, opts: SpawnOptions): SpawnedBuild {
+  const child = spawn('/bin/sh', scriptArgs(script, opts.shell), {
     cwd: opts.cwd,
     env: opts.env,
     detached: true,
@@ -211,7 +220,7 @@ export async function stopGroup(pgid: number, exited: Promise<unknown>, graceMs:
  * hands out that are not positive are never recorded in the pid directory.
  */
 export interface ScriptRunner {
-  spawnScript(script: string, opts: { cwd: string; env: NodeJS.ProcessEnv }): SpawnedBuild;
+  spawnScript(script: string, opts: SpawnOptions): SpawnedBuild;
   signalGroup(pgid: number, signal: NodeJS.Signals): boolean;
   stopGroup(pgid: number, exited: Promise<unknown>, graceMs: number, clock: Clock): Promise<void>;
 }

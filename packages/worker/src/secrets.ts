@@ -8,18 +8,12 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { SecretRef } from '@buildfleet/protocol';
+import type { HandedSecret } from './client/controller-client.js';
+import type { SecretFilesLocation } from './executor/types.js';
 
-/** A value the controller handed out. */
-export interface HandedSecret {
-  name: string;
-  value: string;
-}
+export type { HandedSecret };
 
-export interface SecretFilesDir {
-  /** Where the worker writes the files (created, mode 0700). */
-  host: string;
-  /** The same directory as the build sees it (the sandbox binds it elsewhere). */
-  build: string;
+export interface SecretFilesDir extends SecretFilesLocation {
   /** Gives a written file to the build's user (a root worker runs builds as another user). */
   chown?: (file: string) => Promise<void>;
 }
@@ -53,4 +47,9 @@ export async function secretEnvironment(
   }
   if (Object.keys(env).length > 0 && refs.some((r) => r.as === 'file') && dir.chown) await dir.chown(dir.host);
   return env;
+}
+
+/** Removes an attempt's secret files (never throws). */
+export async function removeSecretFiles(dir: SecretFilesLocation): Promise<void> {
+  await fs.rm(dir.host, { recursive: true, force: true }).catch(() => undefined);
 }

@@ -20,6 +20,7 @@
  */
 import type {
   AssignedBuild,
+  CacheHit,
   FinishRequest,
   HeartbeatRequest,
   HeartbeatResponse,
@@ -49,6 +50,20 @@ export interface LogChunkUpload {
   seq: number;
   offset: number;
   data: Buffer;
+}
+
+/** A secret value handed to one attempt (`GET /builds/{id}/secrets`). */
+export interface HandedSecret {
+  name: string;
+  value: string;
+}
+
+/** A cache archive to save: the file, its SHA-256 (lowercase hex) and size in bytes. */
+export interface CacheUpload {
+  key: string;
+  file: string;
+  sha256: string;
+  size: number;
 }
 
 /** A file to upload as an artifact: its workspace-relative name, where it is, its size and SHA-256. */
@@ -81,6 +96,12 @@ export const BUDGETS = {
   artifact: { attempts: 10, withinMs: 10 * 60_000 },
   /** 12 attempts over at most 10 minutes (Buildkite's `FinishJob`: 12 attempts, ~10 minutes). */
   finish: { attempts: 12, withinMs: 10 * 60_000 },
+  /** 8 attempts over at most 1 minute: the script waits for its secrets. */
+  secrets: { attempts: 8, withinMs: 60_000 },
+  /** 3 attempts over at most 30 s per lookup, archive or save: a cache is an optimisation, never worth stalling a build for. */
+  cache: { attempts: 3, withinMs: 30_000 },
+  /** 5 attempts over at most 30 s: a worker that leaves should not hang on its way out. */
+  deregister: { attempts: 5, withinMs: 30_000 },
 } as const satisfies Record<string, RetryBudget>;
 
 export interface ControllerClient {
@@ -155,4 +176,38 @@ export interface ControllerClient {
    * dropped and its lease lapses (the controller requeues it).
    */
   finish(build: BuildRef, body: FinishRequest, opts?: CallOptions): Promise<void>;
+
+  /**
+   * `GET /builds/{id}/secrets` with the build token: the values of the
+   * secrets the spec asks for (issue 13). Called once, after `start`, before
+   * the script, only when the spec names secrets. Retries: `BUDGETS.secrets`.
+   * `409 INVALID_TRANSITION` (the controller failed the build: a secret
+   * became unavailable) and `LEASE_LOST` are thrown.
+   */
+  secrets(build: BuildRef, opts?: CallOptions): Promise<HandedSecret[]>;
+
+  /**
+   * `GET /builds/{id}/cache?key=&restoreKeys=` with the build token: the
+   * newest entry of the build's scope for `key`, else for the first restore
+   * prefix that has one; null on a miss. Retries: `BUDGETS.cache`.
+   */
+  cacheLookup(build: BuildRef, key: string, restoreKeys: readonly string[], opts?: CallOptions): Promise<CacheHit | null>;
+
+  /** `GET /builds/{id}/cache/{sha256}` streamed into `file`; returns its size in bytes. Retries: `BUDGETS.cache`. */
+  cacheDownload(build: BuildRef, sha256: string, file: string, opts?: CallOptions): Promise<number>;
+
+  /**
+   * `PUT /builds/{id}/cache?key=` with `X-Checksum-SHA256`, the archive
+   * streamed. `created` is false when the key already had an entry (kept).
+   * Retries: `BUDGETS.cache`; its timeout grows by a second per MiB.
+   */
+  cacheUpload(build: BuildRef, upload: CacheUpload, opts?: CallOptions): Promise<{ created: boolean }>;
+
+  /**
+   * `POST /workers/{id}/deregister` with the access token: a worker that
+   * leaves on purpose (`--once`, `--idle-timeout`) removes itself, so it is
+   * not listed as lost. `409 INVALID_TRANSITION` (it still holds builds) is
+   * thrown for the caller to run them first. Retries: `BUDGETS.deregister`.
+   */
+  deregister(who: WorkerCredentials, opts?: CallOptions): Promise<void>;
 }

@@ -8,6 +8,9 @@ import { Readable } from 'node:stream';
 import {
   CHECKSUM_HEADER,
   paths,
+  type BuildSecretsResponse,
+  type CacheHit,
+  type CacheLookupResponse,
   type Clock,
   type FinishRequest,
   type HeartbeatRequest,
@@ -25,7 +28,9 @@ import {
   BUDGETS,
   type ArtifactUpload,
   type BuildRef,
+  type CacheUpload,
   type CallOptions,
+  type HandedSecret,
   type ControllerClient,
   type LogChunkUpload,
   type PollAnswer,
@@ -82,16 +87,33 @@ export class HttpControllerClient implements ControllerClient {
   }
 
   downloadSource(build: BuildRef, file: string, opts: CallOptions = {}): Promise<number> {
-    const { clock } = this.retry;
-    return this.retried('GET /builds/{id}/source', BUDGETS.source, opts, fieldsOf(build), async () => {
-      const res = await this.conn.send({ method: 'GET', path: build.sourceUrl, token: build.buildToken, signal: opts.signal });
-      try {
-        return await saveBody(res.body, file, { clock, ms: this.conn.requestTimeoutMs }, opts.signal);
-      } catch (err) {
-        // A body cut off or stalled mid-way is a transport failure (retried); a local file error is not.
-        if (opts.signal?.aborted || err instanceof TransportError || (err as NodeJS.ErrnoException).syscall) throw err;
-        throw new TransportError('network', `source download failed: ${(err as Error).message}`, res.url, undefined, undefined, { cause: err });
-      }
+    return this.retried('GET /builds/{id}/source', BUDGETS.source, opts, fieldsOf(build), () => this.download(build, build.sourceUrl, file, 'source', opts));
+  }
+
+  /** One streamed GET into `file` with the build token. */
+  private async download(build: BuildRef, path: string, file: string, what: string, opts: CallOptions): Promise<number> {
+    const res = await this.conn.send({ method: 'GET', path, token: build.buildToken, signal: opts.signal });
+    try {
+      return await saveBody(res.body, file, { clock: this.retry.clock, ms: this.conn.requestTimeoutMs }, opts.signal);
+    } catch (err) {
+      // A body cut off or stalled mid-way is a transport failure (retried); a local file error is not.
+      if (opts.signal?.aborted || err instanceof TransportError || (err as NodeJS.ErrnoException).syscall) throw err;
+      throw new TransportError('network', `${what} download failed: ${(err as Error).message}`, res.url, undefined, undefined, { cause: err });
+    }
+  }
+
+  /** One streamed PUT of `file` with the build token and its checksum; its timeout grows by a second per MiB. */
+  private upload(build: BuildRef, path: string, file: { path: string; size: number; sha256: string }, opts: CallOptions): Promise<Response> {
+    const body = Readable.toWeb(createReadStream(file.path)) as unknown as ReadableStream<Uint8Array>;
+    return this.conn.send({
+      method: 'PUT',
+      path,
+      token: build.buildToken,
+      body,
+      headers: { [CHECKSUM_HEADER]: file.sha256, 'content-length': String(file.size), 'content-type': 'application/octet-stream' },
+      signal: opts.signal,
+      // Until the answer arrives: the base timeout plus one second per MiB (a floor of 1 MiB/s).
+      timeoutMs: this.conn.requestTimeoutMs + Math.ceil(file.size / (1024 * 1024)) * 1000,
     });
   }
 
@@ -105,23 +127,50 @@ export class HttpControllerClient implements ControllerClient {
 
   uploadArtifact(build: BuildRef, artifact: ArtifactUpload, opts: CallOptions = {}): Promise<void> {
     return this.retried('PUT /builds/{id}/artifacts/{name}', BUDGETS.artifact, opts, { ...fieldsOf(build), artifact: artifact.name }, async () => {
-      const body = Readable.toWeb(createReadStream(artifact.path)) as unknown as ReadableStream<Uint8Array>;
-      await this.conn.send({
-        method: 'PUT',
-        path: paths.artifact(build.id, artifact.name),
-        token: build.buildToken,
-        body,
-        headers: { [CHECKSUM_HEADER]: artifact.sha256, 'content-length': String(artifact.size) },
-        signal: opts.signal,
-        // Until the answer arrives: the base timeout plus one second per MiB (a floor of 1 MiB/s).
-        timeoutMs: this.conn.requestTimeoutMs + Math.ceil(artifact.size / (1024 * 1024)) * 1000,
-      });
+      await this.upload(build, paths.artifact(build.id, artifact.name), artifact, opts);
     });
   }
 
   finish(build: BuildRef, body: FinishRequest, opts: CallOptions = {}): Promise<void> {
     return this.retried('POST /builds/{id}/finish', BUDGETS.finish, opts, { ...fieldsOf(build), outcome: body.outcome }, async () => {
       await this.conn.json({ method: 'POST', path: paths.finish(build.id), token: build.buildToken, json: body, signal: opts.signal });
+    });
+  }
+
+  secrets(build: BuildRef, opts: CallOptions = {}): Promise<HandedSecret[]> {
+    return this.retried('GET /builds/{id}/secrets', BUDGETS.secrets, opts, fieldsOf(build), async () => {
+      const answer = await this.conn.json<BuildSecretsResponse>({ method: 'GET', path: paths.buildSecrets(build.id), token: build.buildToken, signal: opts.signal });
+      return answer.body.secrets;
+    });
+  }
+
+  cacheLookup(build: BuildRef, key: string, restoreKeys: readonly string[], opts: CallOptions = {}): Promise<CacheHit | null> {
+    const q = new URLSearchParams({ key });
+    for (const k of restoreKeys) q.append('restoreKeys', k);
+    return this.retried('GET /builds/{id}/cache', BUDGETS.cache, opts, fieldsOf(build), async () => {
+      const answer = await this.conn.json<CacheLookupResponse>({ method: 'GET', path: `${paths.buildCache(build.id)}?${q}`, token: build.buildToken, signal: opts.signal });
+      return answer.body.entry;
+    });
+  }
+
+  cacheDownload(build: BuildRef, sha256: string, file: string, opts: CallOptions = {}): Promise<number> {
+    return this.retried('GET /builds/{id}/cache/{sha256}', BUDGETS.cache, opts, fieldsOf(build), () =>
+      this.download(build, paths.buildCacheArchive(build.id, sha256), file, 'cache archive', opts),
+    );
+  }
+
+  cacheUpload(build: BuildRef, upload: CacheUpload, opts: CallOptions = {}): Promise<{ created: boolean }> {
+    const path = `${paths.buildCache(build.id)}?${new URLSearchParams({ key: upload.key })}`;
+    return this.retried('PUT /builds/{id}/cache', BUDGETS.cache, opts, fieldsOf(build), async () => {
+      const res = await this.upload(build, path, { path: upload.file, size: upload.size, sha256: upload.sha256 }, opts);
+      const answer = (await res.json()) as { created: boolean };
+      return { created: answer.created };
+    });
+  }
+
+  deregister(who: WorkerCredentials, opts: CallOptions = {}): Promise<void> {
+    return this.retried('POST /workers/{id}/deregister', BUDGETS.deregister, opts, { workerId: who.workerId }, async () => {
+      await this.conn.send({ method: 'POST', path: paths.deregister(who.workerId), token: who.accessToken, signal: opts.signal });
     });
   }
 }

@@ -12,7 +12,7 @@ import type { Logger } from '../logger.js';
 import { PidDir, systemRunner, type ScriptRunner } from '../process.js';
 import { unpackSource, type SourceLimits } from '../source.js';
 import { findArtifacts } from './artifacts.js';
-import type { CollectedArtifacts, Executor, RunningScript, ScriptExit, Workspace } from './types.js';
+import type { CollectedArtifacts, Executor, RunOptions, RunningScript, ScriptExit, SecretFilesLocation, Workspace } from './types.js';
 
 export interface ShellExecutorOptions {
   /** `<dataDir>/worker`: workspaces/ and pids/ live here. */
@@ -64,10 +64,10 @@ export class ShellExecutor implements Executor {
     return { buildId: build.id, attempt: build.attempt, dir };
   }
 
-  async run(ws: Workspace, script: string, env: Readonly<Record<string, string>>, onOutput: (chunk: Buffer) => void): Promise<RunningScript> {
+  async run(ws: Workspace, script: string, env: Readonly<Record<string, string>>, onOutput: (chunk: Buffer) => void, opts: RunOptions = {}): Promise<RunningScript> {
     const { clock } = this.opts;
     const runner = this.runner;
-    const proc = runner.spawnScript(script, { cwd: ws.dir, env: { ...inheritedEnv(), ...env } });
+    const proc = runner.spawnScript(script, { cwd: ws.dir, env: { ...inheritedEnv(), ...env }, shell: opts.shell });
     // Attach before any await: Node discards output of a child that exits while nobody listens.
     const out = proc.child.stdout;
     out?.on('data', onOutput);
@@ -95,6 +95,12 @@ export class ShellExecutor implements Executor {
     };
   }
 
+  secretFiles(ws: Workspace): SecretFilesLocation {
+    // The script runs as the worker's user and sees the host as it is.
+    const dir = path.join(this.opts.stateDir, 'secrets', path.basename(ws.dir));
+    return { host: dir, build: dir };
+  }
+
   collectArtifacts(ws: Workspace, patterns: readonly string[]): Promise<CollectedArtifacts> {
     return findArtifacts(ws.dir, patterns);
   }
@@ -107,6 +113,8 @@ export class ShellExecutor implements Executor {
   async cleanupLeftovers(): Promise<number[]> {
     const killed = await this.pids.killLeftovers(this.opts.logger, this.opts.clock);
     await fs.rm(this.workspaces, { recursive: true, force: true }).catch(() => undefined);
+    // Secret files of builds a previous run left behind.
+    await fs.rm(path.join(this.opts.stateDir, 'secrets'), { recursive: true, force: true }).catch(() => undefined);
     await fs.mkdir(this.workspaces, { recursive: true });
     return killed;
   }

@@ -39,6 +39,20 @@ export interface RunningScript {
   resumeOutput(): void;
 }
 
+/** How to start a script (spec fields beyond the script itself). */
+export interface RunOptions {
+  /** Spec `shell`: `sh` (default), `bash`, or an interpreter's absolute path (see shell-command.ts). */
+  shell?: string | undefined;
+}
+
+/** Where a build's secret files go (spec secrets `as: "file"`), on this machine and as the script sees it. */
+export interface SecretFilesLocation {
+  /** Directory the worker writes (created mode 0700, removed after the build). */
+  host: string;
+  /** The same directory as the script sees it (a sandbox binds it elsewhere). */
+  build: string;
+}
+
 /** A file to upload as an artifact (its name is workspace-relative, `/`-separated). */
 export interface ArtifactFile {
   name: string;
@@ -62,10 +76,18 @@ export interface Executor {
    */
   prepare(build: { id: string; attempt: number }, sourceFile: string): Promise<Workspace>;
   /**
-   * Starts `script` (`sh -c`) in the workspace with `env` (the build's
-   * variables; the executor decides what else the environment holds).
+   * Starts `script` with `opts.shell` (default `sh -c`; `scriptArgs` of
+   * shell-command.ts) in the workspace with `env` (the build's variables,
+   * secrets included; the executor decides what else the environment holds).
    */
-  run(ws: Workspace, script: string, env: Readonly<Record<string, string>>, onOutput: (chunk: Buffer) => void): Promise<RunningScript>;
+  run(ws: Workspace, script: string, env: Readonly<Record<string, string>>, onOutput: (chunk: Buffer) => void, opts?: RunOptions): Promise<RunningScript>;
+  /**
+   * Where this attempt's secret files go, outside the workspace (so neither
+   * artifacts nor caches can pick them up). The build run writes and removes
+   * them; an executor that hides the host must make `host` visible at
+   * `build` to the script (read-only).
+   */
+  secretFiles(ws: Workspace): SecretFilesLocation;
   /** The regular files inside the workspace that match `patterns` (globs). */
   collectArtifacts(ws: Workspace, patterns: readonly string[]): Promise<CollectedArtifacts>;
   /** Removes the workspace. Never throws. */

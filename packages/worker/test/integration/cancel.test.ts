@@ -23,7 +23,7 @@ import { startWorker, type RunningWorker } from '../../src/agent.js';
 import type { BuildResult } from '../../src/build-run.js';
 import { silentLogger } from '../../src/logger.js';
 import { Faults } from '../support/faults.js';
-import { tempDir, testConfig } from '../support/harness.js';
+import { bindClient, tempDir, testConfig } from '../support/harness.js';
 import { tarGz } from '../support/tarball.js';
 import { once, waitFor } from '../support/wait.js';
 
@@ -144,18 +144,12 @@ describe('a controller that does not park watch-only polls', () => {
       // Fault the real controller cannot make: a watch-only poll answered at once with nothing,
       // as an older controller (behind the same address during an upgrade) would.
       wrapClient: (c) => ({
-        register: c.register.bind(c),
+        ...bindClient(c),
         poll: async (who, body, waitMs, opts) => {
           if (body.freeSlots > 0) return c.poll(who, body, waitMs, opts);
           watchOnly++;
           return { builds: [], cancel: [] };
         },
-        heartbeat: c.heartbeat.bind(c),
-        start: c.start.bind(c),
-        downloadSource: c.downloadSource.bind(c),
-        appendLog: c.appendLog.bind(c),
-        uploadArtifact: c.uploadArtifact.bind(c),
-        finish: c.finish.bind(c),
       }),
     });
     workers.push(w);

@@ -22,7 +22,7 @@ import type { ControllerClient } from '../../src/client/controller-client.js';
 import { IdentityLockedError } from '../../src/identity.js';
 import type { Logger } from '../../src/logger.js';
 import { silentLogger } from '../../src/logger.js';
-import { tempDir, testConfig } from '../support/harness.js';
+import { bindClient, tempDir, testConfig } from '../support/harness.js';
 import { tarGz } from '../support/tarball.js';
 import { once, waitFor } from '../support/wait.js';
 
@@ -69,7 +69,7 @@ function recorder(): Logger & { lines: Array<{ level: string; msg: string; obj: 
 /** Polls that never answer (until the worker stops): only a registration answer can hand out builds. */
 function hangingPolls(client: ControllerClient, delivered: AssignedBuild[][]): ControllerClient {
   return {
-    ...bind(client),
+    ...bindClient(client),
     poll: async (who, body, waitMs, opts) => {
       await new Promise<void>((resolve) => opts?.signal?.addEventListener('abort', () => resolve(), { once: true }));
       delivered.push([]);
@@ -78,19 +78,6 @@ function hangingPolls(client: ControllerClient, delivered: AssignedBuild[][]): C
   };
 }
 
-/** The client's methods bound to it, to spread into a wrapper. */
-function bind(c: ControllerClient): ControllerClient {
-  return {
-    register: c.register.bind(c),
-    poll: c.poll.bind(c),
-    heartbeat: c.heartbeat.bind(c),
-    start: c.start.bind(c),
-    downloadSource: c.downloadSource.bind(c),
-    appendLog: c.appendLog.bind(c),
-    uploadArtifact: c.uploadArtifact.bind(c),
-    finish: c.finish.bind(c),
-  };
-}
 
 describe('a registration answer', () => {
   it('starts the assigned builds it lists that do not run here (their poll answer was lost)', async () => {
@@ -134,7 +121,7 @@ describe('a registration answer', () => {
     ctl = await startTestController({ clock, config: { leaseMs: 60_000, ackTimeoutMs: 60_000, heartbeatIntervalMs: 200 } });
     const w = await worker({
       wrapClient: (c) => ({
-        ...bind(c),
+        ...bindClient(c),
         heartbeat: async () => {
           throw new Error('heartbeat cut (injected)');
         },

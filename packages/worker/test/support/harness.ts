@@ -60,3 +60,22 @@ export function makeSession(
 export function heartbeat(rig: SessionRig, activeBuildIds: string[] = []): Promise<HeartbeatResponse> {
   return rig.session.call((accessToken, workerId) => rig.client.heartbeat({ workerId, accessToken }, { activeBuildIds }, rig.config.requestTimeoutMs));
 }
+
+/** The client's methods bound to it, to spread into a wrapper that changes a few (faults the real controller cannot make). */
+export function bindClient(c: ControllerClient): ControllerClient {
+  return {
+    register: c.register.bind(c),
+    poll: c.poll.bind(c),
+    heartbeat: c.heartbeat.bind(c),
+    start: c.start.bind(c),
+    downloadSource: c.downloadSource.bind(c),
+    appendLog: c.appendLog.bind(c),
+    uploadArtifact: c.uploadArtifact.bind(c),
+    finish: c.finish.bind(c),
+    secrets: c.secrets.bind(c),
+    cacheLookup: c.cacheLookup.bind(c),
+    cacheDownload: c.cacheDownload.bind(c),
+    cacheUpload: c.cacheUpload.bind(c),
+    deregister: c.deregister.bind(c),
+  };
+}
