@@ -7,9 +7,11 @@
  * says about builds (`builds`, `abandon`).
  */
 import { EventEmitter } from 'node:events';
+import path from 'node:path';
 import { systemClock, type Clock } from '@buildfleet/protocol';
 import { controllerFetch } from '@buildfleet/protocol/node';
 import { ActiveBuilds } from './active-builds.js';
+import { LocalCache } from './cache/local.js';
 import { Connection, type Transport } from './client/connection.js';
 import type { ControllerClient } from './client/controller-client.js';
 import { HttpControllerClient } from './client/http-controller-client.js';
@@ -115,7 +117,9 @@ export async function startWorker(config: WorkerConfig, opts: StartWorkerOptions
       opts.executor ??
       new ShellExecutor({ stateDir: config.stateDir, clock, logger, sourceLimits: config.sourceLimits, ...(opts.runner ? { runner: opts.runner } : {}) });
     let session!: Session;
+    const localCache = new LocalCache(path.join(config.stateDir, 'caches'), config.cacheMaxBytes, () => clock.now());
     const builds = new ActiveBuilds({
+      localCache,
       client,
       executor,
       clock,

@@ -25,6 +25,9 @@ import type { WorkerConfig } from './config.js';
 import { sha256File } from './executor/artifacts.js';
 import type { Executor, RunningScript, Workspace } from './executor/types.js';
 import type { Logger } from './logger.js';
+import { restoreCaches, saveCaches, type CachePlan, type CacheStepDeps } from './cache/steps.js';
+import { keyContext } from './cache/key.js';
+import type { LocalCache } from './cache/local.js';
 import { LogStreamer } from './logs.js';
 import { MaskedLog } from './masked-log.js';
 import { removeSecretFiles, secretEnvironment, type HandedSecret } from './secrets.js';
@@ -66,6 +69,8 @@ export interface BuildRunDeps {
   events: EventEmitter;
   /** Worker id for the build's environment (may change on re-registration as new). */
   workerId: () => string | undefined;
+  /** The worker's own copies of recent cache archives (shared by its builds). */
+  localCache: LocalCache;
   /** Log chunk cut size (bytes) and interval (ms); defaults 64 KiB, 250 ms. */
   logChunkBytes?: number | undefined;
   logFlushMs?: number | undefined;
@@ -213,6 +218,7 @@ export class BuildRun {
       this.logs?.close();
       if (this.ws) {
         await removeSecretFiles(this.deps.executor.secretFiles(this.ws));
+        await fs.rm(path.join(this.deps.config.stateDir, 'tmp', path.basename(this.ws.dir)), { recursive: true, force: true }).catch(() => undefined);
         await this.deps.executor.cleanup(this.ws);
       }
     }
@@ -240,11 +246,16 @@ export class BuildRun {
       return { outcome: 'canceled', exitCode: null, message: this.stopMessage ?? 'canceled before the script started' };
     }
 
+    const caches = await this.restoreCaches(this.ws!);
     const exit = await this.runScript(this.ws!);
     if (this.abort.signal.aborted) throw this.abort.signal.reason;
     let { outcome, message } = this.judge(exit);
     const exitCode = exit.code ?? (exit.signal ? 128 + (SIGNAL_NUMBERS[exit.signal] ?? 0) : null);
     this.note(`${outcome}${message ? `: ${message}` : ''}`);
+    if (outcome === 'succeeded' && caches.some((c) => !c.exactHit)) {
+      await saveCaches(caches, this.ws!.dir, this.cacheSteps(this.ws!));
+      if (this.abort.signal.aborted) throw this.abort.signal.reason;
+    }
 
     // Logs first: after finish the controller refuses them.
     this._phase = 'reporting';
@@ -299,6 +310,44 @@ export class BuildRun {
       throw err;
     }
     this.logs!.addSecrets(this.handed.map((s) => s.value));
+  }
+
+  /**
+   * The spec's caches restored into the workspace before the script (a
+   * cache problem is a warning in the log, never a failed build). Returns
+   * what `saveCaches` needs after a successful script.
+   */
+  private async restoreCaches(ws: Workspace): Promise<CachePlan[]> {
+    const spec = this.build.spec;
+    if (!spec.cache?.length) return [];
+    const plans = await restoreCaches(spec.cache, keyContext(ws.dir, spec), this.cacheSteps(ws));
+    if (this.abort.signal.aborted) throw this.abort.signal.reason;
+    return plans;
+  }
+
+  /** The cache steps' calls with this attempt's build token; a lost lease drops the build, anything else is the steps' warning. */
+  private cacheSteps(ws: Workspace): CacheStepDeps {
+    const { client, clock, config, localCache } = this.deps;
+    const call = async <T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> => {
+      try {
+        return await fn(this.abort.signal);
+      } catch (err) {
+        if (err instanceof ApiError && err.code === 'LEASE_LOST') this.stop('lost', `lease lost: ${err.message}`);
+        throw err;
+      }
+    };
+    return {
+      api: {
+        lookup: (key, restoreKeys) => call((signal) => client.cacheLookup(this.build, key, restoreKeys, { signal })),
+        download: async (sha256, file) => void (await call((signal) => client.cacheDownload(this.build, sha256, file, { signal }))),
+        upload: (key, file, sha256, size) => call((signal) => client.cacheUpload(this.build, { key, file, sha256, size }, { signal })),
+      },
+      local: localCache,
+      clock,
+      note: (line) => this.note(line),
+      scratchDir: path.join(config.stateDir, 'tmp', path.basename(ws.dir)),
+      limits: config.sourceLimits,
+    };
   }
 
   private async runScript(ws: Workspace) {

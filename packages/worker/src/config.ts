@@ -38,6 +38,12 @@ export interface WorkerConfig {
   readonly caFile: string | undefined;
   /** What a build's source may unpack to (BUILDFLEET_MAX_SOURCE_UNPACKED_MB, BUILDFLEET_MAX_SOURCE_FILES). */
   readonly sourceLimits: SourceLimits;
+  /**
+   * Bytes of recent cache archives the worker keeps in `<stateDir>/caches`,
+   * so a repeat build here downloads nothing (BUILDFLEET_WORKER_CACHE_MAX_MB,
+   * default 2048; 0 keeps none).
+   */
+  readonly cacheMaxBytes: number;
   readonly version: string;
 }
 
@@ -74,6 +80,13 @@ function positiveInt(name: string, value: unknown, fallback: number): number {
   if (value === undefined || value === '') return fallback;
   const n = typeof value === 'number' ? value : Number(value);
   if (!Number.isInteger(n) || n < 1) throw new ConfigError(`${name} must be a positive integer, got ${String(value)}`);
+  return n;
+}
+
+function nonNegativeInt(name: string, value: unknown, fallback: number): number {
+  if (value === undefined || value === '') return fallback;
+  const n = typeof value === 'number' ? value : Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${name} must be a whole number (0 or more), got ${String(value)}`);
   return n;
 }
 
@@ -142,6 +155,7 @@ export function loadWorkerConfig(
         maxEntries: positiveInt(ENV.maxSourceFiles, env[ENV.maxSourceFiles], DEFAULT_SOURCE_LIMITS.maxEntries),
       },
     ),
+    cacheMaxBytes: overrides.cacheMaxBytes ?? nonNegativeInt(ENV.workerCacheMaxMb, env[ENV.workerCacheMaxMb], DEFAULTS.workerCacheMaxMb) * MiB,
     version: overrides.version ?? WORKER_VERSION,
   };
   return Object.freeze(config);

@@ -34,6 +34,9 @@ describe('loadWorkerConfig', () => {
     expect(c.maxConcurrentBuilds).toBe(1);
     expect(c.dataDir).toBe(path.resolve('.buildfleet'));
     expect(c.enrollmentToken).toBeUndefined();
+    expect(c.cacheMaxBytes).toBe(2048 * 1024 * 1024);
+    expect(loadWorkerConfig({ BUILDFLEET_WORKER_CACHE_MAX_MB: '0' }).cacheMaxBytes).toBe(0);
+    expect(loadWorkerConfig({ BUILDFLEET_WORKER_CACHE_MAX_MB: '5' }).cacheMaxBytes).toBe(5 * 1024 * 1024);
   });
 
   it('overrides win over the environment', () => {
@@ -49,6 +52,7 @@ describe('loadWorkerConfig', () => {
     [{ BUILDFLEET_CONTROLLER_URL: 'not a url' }, /BUILDFLEET_CONTROLLER_URL/],
     [{ BUILDFLEET_CONTROLLER_URL: 'ftp://x' }, /http/],
     [{ BUILDFLEET_CONTROLLER_URL: ' , ' }, /empty/],
+    [{ BUILDFLEET_WORKER_CACHE_MAX_MB: '-1' }, /BUILDFLEET_WORKER_CACHE_MAX_MB/],
   ])('rejects %o naming the option', (env, msg) => {
     expect(() => loadWorkerConfig(env)).toThrow(ConfigError);
     expect(() => loadWorkerConfig(env)).toThrow(msg);

@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FakeClock, systemClock, type BuildSpecInput, type Clock } from '@buildfleet/protocol';
 import { ActiveBuilds } from '../src/active-builds.js';
+import { LocalCache } from '../src/cache/local.js';
 import type { BuildResult } from '../src/build-run.js';
 import { createHttpClient } from '../src/client/http-controller-client.js';
 import { ShellExecutor } from '../src/executor/shell.js';
@@ -47,6 +48,7 @@ function makeExecutor(opts: { clock?: Clock; cancelGraceMs?: number; logChunkByt
     logger: silentLogger,
     events,
     workerId: () => 'w-test',
+    localCache: new LocalCache(path.join(config.stateDir, 'caches'), config.cacheMaxBytes),
     logChunkBytes: opts.logChunkBytes,
   });
   executors.push(ex);

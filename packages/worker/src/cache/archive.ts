@@ -12,7 +12,7 @@ import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar';
-import { unpackSource } from '../source.js';
+import { unpackSource, type SourceLimits } from '../source.js';
 
 /** What `packCache` wrote. */
 export interface PackedCache {
@@ -74,10 +74,11 @@ export async function packCache(workspace: string, paths: readonly string[], fil
 }
 
 /**
- * Unpacks a cache archive into `workspace`, over what is there. Throws
+ * Unpacks a cache archive into `workspace`, over what is there, within the
+ * same limits as a source (`limits`: unpacked bytes and entries). Throws
  * UnsafeArchiveError (from source.ts) for an entry that would land outside
- * it, or tar's error for a damaged archive.
+ * it or past the limits, or tar's error for a damaged archive.
  */
-export async function restoreCache(file: string, workspace: string): Promise<void> {
-  await unpackSource(file, workspace);
+export async function restoreCache(file: string, workspace: string, limits?: SourceLimits): Promise<void> {
+  await unpackSource(file, workspace, limits);
 }

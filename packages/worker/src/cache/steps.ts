@@ -16,6 +16,7 @@ import type { CacheHit, Clock, SpecCache } from '@buildfleet/protocol';
 import { packCache, restoreCache } from './archive.js';
 import { renderKey, type KeyContext } from './key.js';
 import type { LocalCache } from './local.js';
+import type { SourceLimits } from '../source.js';
 
 /** The controller's cache calls of one build (with its build token). */
 export interface CacheApi {
@@ -35,6 +36,8 @@ export interface CacheStepDeps {
   note: (line: string) => void;
   /** A scratch directory of this build (archives being packed). */
   scratchDir: string;
+  /** What a restored archive may unpack to (the worker's source limits). */
+  limits?: SourceLimits | undefined;
 }
 
 /** One `cache` entry of the spec after restore: what `saveCaches` needs. */
@@ -110,7 +113,7 @@ export async function restoreCaches(specs: readonly SpecCache[], ctx: KeyContext
         from = `the controller (downloaded in ${seconds(clock.monotonic() - d0)})`;
       }
       try {
-        await restoreCache(file, ctx.workspace);
+        await restoreCache(file, ctx.workspace, deps.limits);
       } finally {
         if (temporary) await local.discard(file);
       }

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import * as tar from 'tar';
 import { packCache, restoreCache } from '../../src/cache/archive.js';
-import { UnsafeArchiveError } from '../../src/source.js';
+import { ArchiveTooLargeError, UnsafeArchiveError } from '../../src/source.js';
 
 describe('cache archives', () => {
   let dir: string;
@@ -64,5 +64,19 @@ describe('cache archives', () => {
     await mkdir(ws);
     await expect(restoreCache(file, ws)).rejects.toBeInstanceOf(UnsafeArchiveError);
     await expect(readFile(path.join(dir, 'evil'))).rejects.toThrow();
+  });
+
+  it('restores within the source limits: an archive that would unpack to more is refused before a byte lands', async () => {
+    const a = path.join(dir, 'a');
+    await mkdir(path.join(a, 'node_modules'), { recursive: true });
+    for (let i = 0; i < 5; i++) await writeFile(path.join(a, 'node_modules', `f${i}.js`), 'x'.repeat(1000));
+    const packed = await packCache(a, ['node_modules'], path.join(dir, 'c.tar.gz'));
+    const ws = path.join(dir, 'ws');
+    await mkdir(ws);
+    await expect(restoreCache(packed.file, ws, { maxBytes: 4_000, maxEntries: 100 })).rejects.toBeInstanceOf(ArchiveTooLargeError);
+    await expect(restoreCache(packed.file, ws, { maxBytes: 1_000_000, maxEntries: 3 })).rejects.toBeInstanceOf(ArchiveTooLargeError);
+    expect(await readdir(ws)).toEqual([]);
+    await restoreCache(packed.file, ws, { maxBytes: 5_000, maxEntries: 6 });
+    expect((await readdir(path.join(ws, 'node_modules'))).sort()).toEqual(['f0.js', 'f1.js', 'f2.js', 'f3.js', 'f4.js']);
   });
 });

@@ -1,0 +1,138 @@
+/**
+ * Caches end to end (issue 13; docs/protocol.md "Caches"): a real npm
+ * project (two dependencies in its `package-lock.json`, installed by
+ * `npm ci --offline` from tarballs in the source, so no registry is needed)
+ * built three times against a real controller in this process (SQLite,
+ * then PostgreSQL) by real workers:
+ *
+ * 1. worker A: the key misses, `npm ci` installs, `node_modules` is saved;
+ * 2. worker A again: `node_modules` comes from A's own copy (no archive
+ *    download at all: the worker's requests are recorded), `npm ci` is
+ *    skipped, and nothing is saved (the key hit);
+ * 3. worker B (its own data directory): the same entry is downloaded from
+ *    the controller.
+ *
+ * The build's log says what was restored and saved, with sizes and times.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { paths } from '@buildfleet/protocol';
+import { ENROLLMENT_TOKEN, startTestController, type TestController } from '../../../../test/support/controller.js';
+import { describePg } from '../../../controller/test/support/pg.js';
+import { startWorker, type RunningWorker } from '../../src/agent.js';
+import { silentLogger } from '../../src/logger.js';
+import { tempDir, testConfig } from '../support/harness.js';
+import { tarGz } from '../support/tarball.js';
+
+let ctl: TestController | undefined;
+const workers: RunningWorker[] = [];
+const dirs: string[] = [];
+
+afterEach(async () => {
+  for (const w of workers.splice(0)) await w.stop().catch(() => undefined);
+  await ctl?.close();
+  ctl = undefined;
+  for (const d of dirs.splice(0)) await fs.rm(d, { recursive: true, force: true });
+});
+
+/** An npm package tarball as `npm pack` makes it (`package/…`). */
+function npmPackage(name: string, body: string): Buffer {
+  return tarGz([
+    { path: 'package/package.json', data: JSON.stringify({ name, version: '1.0.0', main: 'index.js' }) },
+    { path: 'package/index.js', data: body },
+  ]);
+}
+
+/** The project: package.json, a package-lock.json in sync with it, and its dependencies' tarballs. */
+function npmProject(): { source: Buffer; lock: string } {
+  const deps = {
+    greet: npmPackage('greet', 'module.exports = (n) => `hello ${n}`;\n'),
+    shout: npmPackage('shout', 'module.exports = (s) => s.toUpperCase();\n'),
+  };
+  const dependencies: Record<string, string> = {};
+  const packages: Record<string, unknown> = {};
+  for (const [name, tgz] of Object.entries(deps)) {
+    const resolved = `file:vendor/${name}-1.0.0.tgz`;
+    dependencies[name] = resolved;
+    packages[`node_modules/${name}`] = { version: '1.0.0', resolved, integrity: `sha512-${createHash('sha512').update(tgz).digest('base64')}` };
+  }
+  const pkg = { name: 'app', version: '1.0.0', private: true, dependencies };
+  const lock = JSON.stringify({ name: 'app', version: '1.0.0', lockfileVersion: 3, requires: true, packages: { '': { name: 'app', version: '1.0.0', dependencies }, ...packages } }, null, 2);
+  const source = tarGz([
+    { path: 'package.json', data: JSON.stringify(pkg, null, 2) },
+    { path: 'package-lock.json', data: lock },
+    { path: 'vendor/', type: 'Directory' },
+    ...Object.entries(deps).map(([name, tgz]) => ({ path: `vendor/${name}-1.0.0.tgz`, data: tgz })),
+  ]);
+  return { source, lock };
+}
+
+const SPEC = {
+  // The usual CI pattern: install only when the cache did not bring node_modules.
+  script: [
+    'if [ -d node_modules/greet ]; then echo "node_modules already there"; else npm ci --offline --no-audit --no-fund; fi',
+    `node -e "console.log(require('shout')(require('greet')('fleet')))"`,
+  ].join('\n'),
+  metadata: { repo: 'acme/app' },
+  cache: [{ key: "npm-{{ hashFiles('package-lock.json') }}", paths: ['node_modules'], restoreKeys: ['npm-'] }],
+};
+
+async function worker(labels: string[], requests: string[]): Promise<RunningWorker> {
+  const dir = await tempDir();
+  dirs.push(dir);
+  const w = await startWorker(testConfig({ url: ctl!.url, enrollmentToken: ENROLLMENT_TOKEN }, dir, { labels }), {
+    logger: silentLogger,
+    transport: (url, init) => {
+      requests.push(`${init.method ?? 'GET'} ${new URL(url).pathname}`);
+      return fetch(url, init);
+    },
+  });
+  workers.push(w);
+  return w;
+}
+
+function cacheSuite(store: 'sqlite' | 'postgres'): void {
+  it('an npm project: the second build restores node_modules from the worker, a third on another worker from the controller', { timeout: 120_000 }, async () => {
+    ctl = await startTestController({ store, config: { heartbeatIntervalMs: 200, leaseMs: 10_000 } });
+    const { source, lock } = npmProject();
+    const key = `npm-${createHash('sha256').update(createHash('sha256').update(lock).digest()).digest('hex')}`;
+    const reqA: string[] = [];
+    const reqB: string[] = [];
+    await worker([], reqA);
+
+    const run = async (labels: string[]) => {
+      const b = await ctl!.api.submit({ ...SPEC, labels }, source);
+      const done = await ctl!.api.finished(b.id, 60_000);
+      const log = await ctl!.api.log(b.id);
+      expect(done.state, log).toBe('succeeded');
+      expect(log).toContain('HELLO FLEET\n');
+      return { id: b.id, log };
+    };
+
+    const first = await run([]);
+    expect(first.log).toContain(`cache miss: no entry for key "${key}" or restore keys "npm-"`);
+    expect(first.log).toMatch(/added 2 packages/);
+    expect(first.log).toMatch(new RegExp(`cache saved: key "${key}", node_modules, [\\d.]+ (B|kB|MB), packed in \\d+\\.\\d\\d s, uploaded in \\d+\\.\\d\\d s`));
+    const listed = await ctl.api.ok<{ caches: { key: string; sha256: string; size: number; buildId: string }[] }>('GET', paths.caches());
+    expect(listed.caches).toEqual([expect.objectContaining({ key, buildId: first.id })]);
+    const { sha256 } = listed.caches[0]!;
+
+    reqA.length = 0;
+    const second = await run([]);
+    expect(second.log).toMatch(new RegExp(`cache restored: node_modules from key "${key}", [\\d.]+ (B|kB|MB) from the worker's local copy, \\d+\\.\\d\\d s in all`));
+    expect(second.log).toContain('node_modules already there\n');
+    expect(second.log).not.toMatch(/added \d+ packages|cache saved/);
+    expect(reqA.filter((r) => r.includes('/cache'))).toEqual([`GET ${paths.buildCache(second.id)}`]);
+
+    await worker(['b'], reqB);
+    const third = await run(['b']);
+    expect(third.log).toMatch(new RegExp(`cache restored: node_modules from key "${key}", [\\d.]+ (B|kB|MB) from the controller \\(downloaded in \\d+\\.\\d\\d s\\)`));
+    expect(third.log).toContain('node_modules already there\n');
+    expect(reqB).toContain(`GET ${paths.buildCacheArchive(third.id, sha256)}`);
+    expect((await ctl.api.ok<{ caches: unknown[] }>('GET', paths.caches())).caches).toHaveLength(1);
+  });
+}
+
+describe('caches on the worker (SQLite)', () => cacheSuite('sqlite'));
+describePg('caches on the worker (PostgreSQL)', () => cacheSuite('postgres'));
