@@ -13,6 +13,7 @@ import { createTestDatabase, describePg, type TestDatabase } from '../support/pg
 import { waitFor } from '../support/wait.js';
 import { resetPostgres } from '../support/reset-db.js';
 import { describeStoreContract } from './store.contract.js';
+import { openInstrumentedStore } from './contract/fixture.js';
 
 describePg('postgres store', () => {
   let db: TestDatabase;
@@ -27,7 +28,7 @@ describePg('postgres store', () => {
     await db?.drop();
   });
 
-  describeStoreContract('postgres', (decorateWorkerLock) => openStore({ databaseUrl: db.url, decorateWorkerLock }), {
+  describeStoreContract('postgres', (instrumentation) => openInstrumentedStore({ databaseUrl: db.url }, instrumentation), {
     reset: () => resetPostgres(admin),
     waitForLockWaiter: () =>
       waitFor(

@@ -9,12 +9,13 @@ import { openStore } from '../../src/store/index.js';
 import { cachingDatabase } from '../../src/store/sqlite-driver.js';
 import { resetSqlite } from '../support/reset-db.js';
 import { describeStoreContract } from './store.contract.js';
+import { openInstrumentedStore } from './contract/fixture.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'bf-store-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const contractDb = join(dir, 'controller.db');
-describeStoreContract('sqlite', (decorateWorkerLock) => openStore({ sqlitePath: contractDb, decorateWorkerLock }), {
+describeStoreContract('sqlite', (instrumentation) => openInstrumentedStore({ sqlitePath: contractDb }, instrumentation), {
   reset: async () => resetSqlite(contractDb),
 });
 

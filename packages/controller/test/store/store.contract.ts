@@ -15,6 +15,7 @@ import { logsContract } from './contract/logs.contract.js';
 import { tokensContract } from './contract/tokens.contract.js';
 import { workersContract } from './contract/workers.contract.js';
 import { featuresContract } from './contract/features.contract.js';
+import { batchContract } from './contract/batch.contract.js';
 
 export type { ContractOptions, OpenStore } from './contract/fixture.js';
 
@@ -30,5 +31,6 @@ export function describeStoreContract(name: string, open: OpenStore, options: Co
     logsContract(f);
     artifactsContract(f);
     featuresContract(f);
+    batchContract(f);
   });
 }

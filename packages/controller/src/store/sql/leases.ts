@@ -10,8 +10,8 @@ import { sql } from 'kysely';
 import type { LostReason } from '../../domain/transition.js';
 import type { HeartbeatInput, HeartbeatResult, ReapOptions, ReapResult } from '../types.js';
 import { forUpdateSkipLocked, tx, type SqlContext } from './context.js';
-import { uniq } from './rows.js';
-import { applyTransition } from './transitions.js';
+import { uniq, type BuildRow } from './rows.js';
+import { applyTransitions } from './batch-transitions.js';
 import { checkAccessToken, heldBuilds, touchWorker } from './worker-auth.js';
 
 /** Most builds one reaper round changes per kind; the next round takes the rest. */
@@ -69,7 +69,16 @@ export async function cancelsRequested(ctx: SqlContext, workerId: string, buildI
   return rows.map((r) => r.id);
 }
 
-/** One reaper round at `options.now` (epoch ms); see `Store.reap`. */
+/** Why the reaper loses a build: its ack deadline or its lease ran out. */
+function lostReason(row: BuildRow): LostReason {
+  return row.state === 'assigned' ? 'ack_timeout' : 'lease_expired';
+}
+
+/**
+ * One reaper round at `options.now` (epoch ms); see `Store.reap`. Set-based
+ * (`batch-transitions.ts`): two reads and a bounded number of UPDATEs
+ * whatever the number of builds (at most `REAP_BATCH` of each kind).
+ */
 export function reap(ctx: SqlContext, options: ReapOptions): Promise<ReapResult> {
   const { now } = options;
   return tx(ctx, async (trx) => {
@@ -89,10 +98,8 @@ export function reap(ctx: SqlContext, options: ReapOptions): Promise<ReapResult>
           .orderBy('id')
           .limit(REAP_BATCH),
       ).execute();
-      for (const row of expired) {
-        const reason: LostReason = row.state === 'assigned' ? 'ack_timeout' : 'lease_expired';
-        const t = await applyTransition(trx, row, { type: 'lose', reason }, now);
-        if (!t) continue;
+      const lost = await applyTransitions(trx, expired, (row) => ({ type: 'lose', reason: lostReason(row) }), now);
+      for (const { row, t } of lost) {
         if (t.to === 'queued') result.requeued.push(row.id);
         else if (t.to === 'canceled') result.canceled.push(row.id);
         else result.failed.push(row.id);
@@ -108,9 +115,7 @@ export function reap(ctx: SqlContext, options: ReapOptions): Promise<ReapResult>
         .orderBy('id')
         .limit(REAP_BATCH),
     ).execute();
-    for (const row of overdue) {
-      if (await applyTransition(trx, row, { type: 'timeout' }, now)) result.timedOut.push(row.id);
-    }
+    result.timedOut = (await applyTransitions(trx, overdue, () => ({ type: 'timeout' }), now)).map((a) => a.row.id);
     if (result.requeued.length + result.failed.length + result.canceled.length + result.timedOut.length > 0) {
       ctx.logger?.warn({ ...result }, 'reaped builds');
     }

@@ -37,6 +37,13 @@ export function uniq(ids: readonly string[]): string[] {
   return [...new Set(ids)];
 }
 
+/** `items` in slices of at most `size` (multi-row statements under the bound-parameter limits). */
+export function chunks<T>(items: readonly T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
 /** A label set as stored: JSON of the sorted distinct labels (the claim compares these). */
 export function labelsJson(labels: readonly string[]): string {
   return JSON.stringify(uniq(labels).sort());

@@ -8,7 +8,7 @@ import type { Transaction } from 'kysely';
 import { transition, type BuildEvent, type TransitionResult } from '../../domain/transition.js';
 import type { DB } from '../schema.js';
 import { transitionInput, type BuildRow } from './rows.js';
-import { isTerminal } from '@buildfleet/protocol';
+import { isTerminal, type WebhookEventType } from '@buildfleet/protocol';
 import { recordBuildEvent } from './webhooks.js';
 
 /**
@@ -37,7 +37,12 @@ export async function applyTransition(trx: Transaction<DB>, row: BuildRow, event
       .execute();
   }
   // The webhook event commits (or rolls back) with the state change: a transactional outbox.
-  const type = isTerminal(t.to) ? 'build.finished' : t.to === 'running' && t.from !== 'running' ? 'build.started' : undefined;
+  const type = webhookEventOf(t);
   if (type) await recordBuildEvent(trx, type, row.id, now);
   return t;
+}
+
+/** The webhook event a state change reports, if any (issue 14: started and finished builds). */
+export function webhookEventOf(t: TransitionResult): WebhookEventType | undefined {
+  return isTerminal(t.to) ? 'build.finished' : t.to === 'running' && t.from !== 'running' ? 'build.started' : undefined;
 }

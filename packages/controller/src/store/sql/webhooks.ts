@@ -14,20 +14,13 @@
  * time forward by a lease; `recordDelivery` is conditional on the try's
  * number, so the late outcome of a try whose lease ran out changes nothing.
  */
-import { sql, type Kysely, type Selectable, type Transaction } from 'kysely';
+import { sql, type Insertable, type Kysely, type Selectable, type Transaction } from 'kysely';
 import { v7 as uuidv7 } from 'uuid';
-import { ApiError, type Build, type Webhook, type WebhookDelivery, type WebhookEventBody, type WebhookEventType } from '@buildfleet/protocol';
+import { ApiError, type Webhook, type WebhookDelivery, type WebhookEventBody, type WebhookEventType } from '@buildfleet/protocol';
 import type { DB, Dialect } from '../schema.js';
 import type { WebhookDeliveriesTable } from '../schema-ops.js';
 import type { ClaimedDelivery, DeliveryOutcome } from '../../webhooks/types.js';
-import { rowToBuild } from './rows.js';
-
-/** The build as this transaction sees it (for the event body). */
-async function committedBuild(trx: Transaction<DB>, id: string): Promise<Build | undefined> {
-  const row = await trx.selectFrom('builds').selectAll().where('id', '=', id).executeTakeFirst();
-  if (!row) return undefined;
-  return rowToBuild(row, await trx.selectFrom('build_attempts').selectAll().where('build_id', '=', id).execute());
-}
+import { chunks, rowToBuild } from './rows.js';
 
 export interface WebhookContext {
   readonly db: Kysely<DB>;
@@ -42,29 +35,60 @@ function toWebhook(r: Selectable<DB['webhooks']>): Webhook {
   return { id: r.id, url: r.url, events: JSON.parse(r.events) as string[], description: r.description, createdAt: iso(r.created_at)! };
 }
 
+/** One outbox event to write: what happened to which build. */
+export interface BuildEventRef {
+  type: WebhookEventType;
+  buildId: string;
+}
+
+/**
+ * Rows per multi-row INSERT: keeps every statement under SQLite's 32,766
+ * bound parameters (12 columns a delivery row) whatever the batch.
+ */
+const ROWS_PER_INSERT = 2_000;
+
 /**
  * Writes the outbox rows for `type` about `buildId` inside `trx`: the event
  * (its body holds the build as this transaction leaves it) and a
  * delivery per webhook subscribed to `type`. Resolves the deliveries written.
  */
-export async function recordBuildEvent(trx: Transaction<DB>, type: WebhookEventType, buildId: string, now: number): Promise<number> {
-  const hooks = (await trx.selectFrom('webhooks').select(['id', 'events']).execute()).filter((h) =>
-    (JSON.parse(h.events) as string[]).includes(type),
-  );
-  if (hooks.length === 0) return 0;
-  const build = await committedBuild(trx, buildId);
-  if (!build) return 0;
-  const id = uuidv7({ msecs: now });
-  const body: WebhookEventBody = { id, type, createdAt: new Date(now).toISOString(), build };
-  await trx.insertInto('webhook_events').values({ id, type, build_id: buildId, body: JSON.stringify(body), created_at: now }).execute();
-  await trx
-    .insertInto('webhook_deliveries')
-    .values(
-      hooks.map((h) => ({
+export function recordBuildEvent(trx: Transaction<DB>, type: WebhookEventType, buildId: string, now: number): Promise<number> {
+  return recordBuildEvents(trx, [{ type, buildId }], now);
+}
+
+/**
+ * `recordBuildEvent` for many events at once (a batch state change, see
+ * `batch-transitions.ts`), in a bounded number of statements: one read of
+ * the webhooks and, when one is subscribed, one read of the builds, one of
+ * their attempts, and multi-row inserts of the events and deliveries
+ * (`ROWS_PER_INSERT` rows each). Resolves the deliveries written.
+ */
+export async function recordBuildEvents(trx: Transaction<DB>, events: readonly BuildEventRef[], now: number): Promise<number> {
+  if (events.length === 0) return 0;
+  const hooks = (await trx.selectFrom('webhooks').select(['id', 'events']).execute()).map((h) => ({ id: h.id, events: JSON.parse(h.events) as string[] }));
+  const wanted = events.filter((e) => hooks.some((h) => h.events.includes(e.type)));
+  if (wanted.length === 0) return 0;
+  const ids = [...new Set(wanted.map((e) => e.buildId))];
+  const rows = new Map((await trx.selectFrom('builds').selectAll().where('id', 'in', ids).execute()).map((r) => [r.id, r]));
+  const attempts = new Map<string, Selectable<DB['build_attempts']>[]>();
+  for (const a of await trx.selectFrom('build_attempts').selectAll().where('build_id', 'in', ids).execute()) {
+    attempts.set(a.build_id, [...(attempts.get(a.build_id) ?? []), a]);
+  }
+  const eventRows: Insertable<DB['webhook_events']>[] = [];
+  const deliveryRows: Insertable<DB['webhook_deliveries']>[] = [];
+  for (const e of wanted) {
+    const row = rows.get(e.buildId);
+    if (!row) continue;
+    const id = uuidv7({ msecs: now });
+    const body: WebhookEventBody = { id, type: e.type, createdAt: new Date(now).toISOString(), build: rowToBuild(row, attempts.get(row.id) ?? []) };
+    eventRows.push({ id, type: e.type, build_id: e.buildId, body: JSON.stringify(body), created_at: now });
+    for (const h of hooks) {
+      if (!h.events.includes(e.type)) continue;
+      deliveryRows.push({
         id: uuidv7({ msecs: now }),
         webhook_id: h.id,
         event_id: id,
-        state: 'pending' as const,
+        state: 'pending',
         attempts: 0,
         next_attempt_at: now,
         last_attempt_at: null,
@@ -73,10 +97,12 @@ export async function recordBuildEvent(trx: Transaction<DB>, type: WebhookEventT
         last_duration_ms: null,
         delivered_at: null,
         created_at: now,
-      })),
-    )
-    .execute();
-  return hooks.length;
+      });
+    }
+  }
+  for (const part of chunks(eventRows, ROWS_PER_INSERT)) await trx.insertInto('webhook_events').values(part).execute();
+  for (const part of chunks(deliveryRows, ROWS_PER_INSERT)) await trx.insertInto('webhook_deliveries').values(part).execute();
+  return deliveryRows.length;
 }
 
 export async function createWebhook(

@@ -1,7 +1,7 @@
 /**
  * Workers: registration, re-registration, authentication and the admin
  * calls (PROTOCOL.md "Workers"). A restart or a deletion hands builds to the
- * lost-build policy through `transitions.ts`. Dialect differences: only the
+ * lost-build policy set-based, through `batch-transitions.ts`. Dialect differences: only the
  * row locks of `context.ts`.
  */
 import { ApiError, type Worker } from '@buildfleet/protocol';
@@ -9,7 +9,7 @@ import type { RegisterNewInput, RegisterResult, ReregisterInput, WorkerAuth } fr
 import { forUpdate, run, tx, type SqlContext } from './context.js';
 import { labelsJson, parseJson, safeEqual, toHeld, toIso, uniq, workerNotFound, HELD_STATES, type WorkerRow } from './rows.js';
 import { useEnrollmentToken } from './tokens.js';
-import { applyTransition } from './transitions.js';
+import { applyTransitions } from './batch-transitions.js';
 import { checkAccessToken, heldBuilds, touchWorker } from './worker-auth.js';
 
 /** How many superseded boot ids a worker row remembers (IDENTITY_CONFLICT). */
@@ -112,12 +112,10 @@ export function reregister(ctx: SqlContext, input: ReregisterInput): Promise<Reg
     const active = new Set(input.activeBuildIds ?? []);
     const lost: string[] = [];
     if (restarted) {
-      for (const row of await heldBuilds(trx, w.id)) {
-        // Only running builds are lost: an assigned build never started, so
-        // it is delivered again in `builds` and keeps its attempt (docs/protocol.md "register").
-        if (row.state !== 'running' || active.has(row.id)) continue;
-        if (await applyTransition(trx, row, { type: 'lose', reason: 'worker_restarted' }, input.now)) lost.push(row.id);
-      }
+      // Only running builds are lost: an assigned build never started, so
+      // it is delivered again in `builds` and keeps its attempt (docs/protocol.md "register").
+      const gone = (await heldBuilds(trx, w.id)).filter((row) => row.state === 'running' && !active.has(row.id));
+      for (const a of await applyTransitions(trx, gone, () => ({ type: 'lose', reason: 'worker_restarted' }), input.now)) lost.push(a.row.id);
     }
     await trx
       .updateTable('workers')
@@ -262,11 +260,8 @@ export function deleteWorker(ctx: SqlContext, id: string, now: number): Promise<
   return tx(ctx, async (trx) => {
     const w = await ctx.lockWorker(trx, id, 'deleteWorker');
     if (!w) throw workerNotFound(id);
-    const lost: string[] = [];
-    for (const row of await heldBuilds(trx, id)) {
-      if (await applyTransition(trx, row, { type: 'lose', reason: 'worker_deleted' }, now)) lost.push(row.id);
-    }
+    const lost = await applyTransitions(trx, await heldBuilds(trx, id), () => ({ type: 'lose', reason: 'worker_deleted' }), now);
     await trx.deleteFrom('workers').where('id', '=', id).execute();
-    return { lost };
+    return { lost: lost.map((a) => a.row.id) };
   });
 }

@@ -8,12 +8,48 @@ import { createHash, randomUUID } from 'node:crypto';
 import { v7 as uuidv7 } from 'uuid';
 import { afterAll, beforeAll, beforeEach, expect } from 'vitest';
 import { ApiError, normalizeSpec, type BuildSpecInput, type ErrorCode } from '@buildfleet/protocol';
-import type { WorkerLockDecorator } from '../../../src/store/index.js';
+import type { KyselyPlugin, PluginTransformQueryArgs, PluginTransformResultArgs, QueryResult, RootOperationNode, UnknownRow } from 'kysely';
+import { openDatabase, SqlStore, type OpenStoreOptions, type WorkerLockDecorator } from '../../../src/store/index.js';
 import type { Store } from '../../../src/store/types.js';
 import { afterWorkerLock, type AfterWorkerLock } from '../../support/store-hooks.js';
 
-/** Opens a store on the suite's (already created) database with the given worker-lock decorator. */
-export type OpenStore = (decorateWorkerLock: WorkerLockDecorator) => Promise<Store>;
+/** What the suite puts into the store it opens: a barrier hook and statement counting. */
+export interface StoreInstrumentation {
+  decorateWorkerLock: WorkerLockDecorator;
+  /** Kysely plugins on the store's database (`openInstrumentedStore`). */
+  plugins: KyselyPlugin[];
+}
+
+/** Opens a store on the suite's (already created) database with the given instrumentation. */
+export type OpenStore = (instrumentation: StoreInstrumentation) => Promise<Store>;
+
+/**
+ * `openStore` with instrumentation: the same database configuration
+ * (`openDatabase`), with `plugins` on the store's Kysely instance.
+ */
+export function openInstrumentedStore(options: OpenStoreOptions, i: StoreInstrumentation): Promise<Store> {
+  const opened = openDatabase(options);
+  const db = i.plugins.reduce((d, p) => d.withPlugin(p), opened.db);
+  return Promise.resolve(new SqlStore({ db, dialect: opened.dialect, decorateWorkerLock: i.decorateWorkerLock }));
+}
+
+/** Counts the statements the store sends (every compiled query; BEGIN and COMMIT are not queries). */
+export class StatementCounter implements KyselyPlugin {
+  count = 0;
+  transformQuery(args: PluginTransformQueryArgs): RootOperationNode {
+    this.count++;
+    return args.node;
+  }
+  transformResult(args: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> {
+    return Promise.resolve(args.result);
+  }
+  /** Statements sent while `fn` runs. */
+  async during(fn: () => Promise<unknown>): Promise<number> {
+    const before = this.count;
+    await fn();
+    return this.count - before;
+  }
+}
 
 export interface ContractOptions {
   /** Deletes every row of the suite's database (keeps the schema); runs before each test. */
@@ -58,6 +94,8 @@ export interface StoreFixture {
   /** Set by a test to stop inside the worker row lock; cleared before each test. */
   hooks: { afterWorkerLock?: AfterWorkerLock };
   readonly options: ContractOptions;
+  /** Counts every statement the suite's store sends. */
+  readonly statements: StatementCounter;
   /** A monotonically increasing time for build ids (UUIDv7 sorts by it). */
   tick(): number;
   /** Registers a worker with the default enrollment token (`maxConcurrentBuilds` 4 unless given). */
@@ -85,6 +123,7 @@ export function useStoreFixture(open: OpenStore, options: ContractOptions): Stor
     },
     hooks: {},
     options,
+    statements: new StatementCounter(),
     tick: () => (clockMs += 1),
     async worker(opts = {}) {
       const token = `bfw_${randomUUID()}`;
@@ -125,7 +164,7 @@ export function useStoreFixture(open: OpenStore, options: ContractOptions): Stor
     },
   };
   beforeAll(async () => {
-    store = await open(afterWorkerLock((op, workerId) => f.hooks.afterWorkerLock?.(op, workerId)));
+    store = await open({ decorateWorkerLock: afterWorkerLock((op, workerId) => f.hooks.afterWorkerLock?.(op, workerId)), plugins: [f.statements] });
     await store.migrate();
   });
   afterAll(async () => {
