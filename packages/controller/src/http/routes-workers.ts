@@ -351,9 +351,11 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
  * Runs `store.poll` (and, for a poll that watches cancels, `cancelsRequested`
  * on its `watchCancel` ids) and, while it finds nothing, parks until a
  * wake-up, the end of `waitMs`, the client going away, or the controller
- * closing. Every re-check is a full `store.poll`, which re-authenticates the
- * worker under its row lock, so a parked poll answers with the error a fresh
- * request would get (PROTOCOL.md "poll"). A poll with free slots parks on
+ * closing. Every re-check after a wake-up is a full `store.poll`, which
+ * re-authenticates the worker under its row lock, so a parked poll answers
+ * with the error a fresh request would get (PROTOCOL.md "poll"); the end of
+ * the wait costs no statement unless wake-ups may have been lost (STYLE.md
+ * "An idle fleet costs the database nothing per worker"). A poll with free slots parks on
  * `pollWake` (the dispatcher wakes it for claims); one without parks on
  * `cancelWake`, which only the worker's own 'workers' hints reach (a cancel,
  * a token rotation, a drain, a deletion), so it never costs a claim query.
@@ -407,10 +409,13 @@ async function longPoll(
       const why = await pollWake.waitForChange(generation, left, abort.signal);
       woken = why === 'woken';
       if (why === 'aborted' || why === 'closed') return { held: [], cancel: [] };
-      if (why === 'timeout') {
-        // One last look: a hint may have been lost.
-        continue;
-      }
+      // A wait that ran out with every hint delivered has nothing to look at:
+      // the queue did not change for this worker (the dispatcher's periodic
+      // re-check covers hints lost in a silent connection), and the worker's
+      // next poll, sent as soon as this answer arrives, authenticates and
+      // claims afresh. Only while wake-ups may be lost (the LISTEN connection
+      // is down) is one last look worth a transaction per worker.
+      if (why === 'timeout' && ctx.notifier.delivering) return { held: [], cancel: [] };
     }
   } catch (err) {
     result = 'error';

@@ -29,6 +29,14 @@ export interface Notifier {
   notify(topic: WakeTopic, key?: string): Promise<void>;
   /** Adds a listener; returns the function that removes it. Listener errors are contained. */
   subscribe(listener: WakeListener): () => void;
+  /**
+   * Whether every controller's wake-ups reach this one's listeners right now
+   * (PostgreSQL: the LISTEN connection is up). While it is false a waiter
+   * cannot tell "nothing changed" from "the hint was lost" and must look
+   * at the database itself; when it comes back, a keyless wake-up per topic
+   * tells everyone to look.
+   */
+  readonly delivering: boolean;
   /** Stops delivering and releases connections it opened (not a pool passed in). */
   close(): Promise<void>;
 }
@@ -78,6 +86,10 @@ export class InProcessNotifier implements Notifier {
 
   subscribe(listener: WakeListener): () => void {
     return this.listeners.add(listener);
+  }
+
+  get delivering(): boolean {
+    return !this.closed;
   }
 
   async close(): Promise<void> {
@@ -179,6 +191,10 @@ export class PgNotifier implements Notifier {
 
   /** Whether the LISTEN connection is up right now. */
   get listening(): boolean {
+    return this.client !== undefined;
+  }
+
+  get delivering(): boolean {
     return this.client !== undefined;
   }
 

@@ -170,6 +170,38 @@ describe('wake-up gate', () => {
   });
 });
 
+describe('the end of a wait', () => {
+  it('costs no statement when every wake-up was delivered; one more look while wake-ups may be lost', async () => {
+    const own = await startHarness({ pollWaitMs: 30_000, pollRecheckMs: 60_000 });
+    try {
+      const store = own.ctl.store;
+      const notifier = own.ctl.app.buildfleet.notifier;
+      let polls = 0;
+      const poll0 = store.poll.bind(store);
+      store.poll = (input) => {
+        polls++;
+        return poll0(input);
+      };
+      const reg = await own.registerOk({ labels: ['quiet'] });
+      const wait = (ms: number) =>
+        own.req('POST', paths.poll(reg.workerId, ms), { token: reg.accessToken, json: { freeSlots: 1, activeBuildIds: [] } });
+      expect((await wait(300)).status).toBe(204);
+      expect(polls).toBe(1); // the arrival's claim round only
+      // The in-process notifier cannot lose a hint; a LISTEN connection that is down can.
+      Object.defineProperty(notifier, 'delivering', { get: () => false, configurable: true });
+      try {
+        expect((await wait(300)).status).toBe(204);
+        expect(polls).toBe(3); // the arrival, and the last look at the end of the wait
+      } finally {
+        delete (notifier as { delivering?: boolean }).delivering;
+      }
+      expect(notifier.delivering).toBe(true);
+    } finally {
+      await own.close();
+    }
+  });
+});
+
 describe('poll dispatch', () => {
   it('wakes parked polls one at a time until one can run the build; a build nobody can run is not retried by every re-check', async () => {
     const own = await startHarness({ pollWaitMs: 30_000, pollRecheckMs: 50 });
