@@ -24,6 +24,7 @@ import {
   loadWorkerModule,
   type ControllerConfig,
   type RunningController,
+  type BuildResult,
   type RunningWorker,
   type WorkerConfigOverrides,
   type WorkerModule,
@@ -56,6 +57,8 @@ interface ServiceFlags {
   name?: string;
   enrollmentToken?: string;
   example?: boolean;
+  once?: boolean;
+  idleTimeout?: number;
   tlsCert?: string;
   tlsKey?: string;
 }
@@ -81,7 +84,22 @@ function workerOverrides(o: ServiceFlags, extra: WorkerConfigOverrides = {}): Wo
   if (o.dataDir !== undefined) r.dataDir = o.dataDir;
   if (o.name !== undefined) r.name = o.name;
   if (o.enrollmentToken !== undefined) r.enrollmentToken = o.enrollmentToken;
+  if (o.once) r.once = true;
+  if (o.idleTimeout !== undefined) r.idleTimeoutMs = o.idleTimeout * 1000;
   return r;
+}
+
+/**
+ * The worker's one line per build, on stdout (for people and for an
+ * autoscaler's log): id, attempt, outcome or why it was dropped, exit code,
+ * duration, and the spec's name when it has one.
+ */
+export function buildSummaryLine(r: BuildResult): string {
+  const took = `${(r.durationMs / 1000).toFixed(1)}s`;
+  const name = r.name ? ` ${JSON.stringify(r.name)}` : '';
+  if (!r.reported) return `build ${r.buildId} attempt ${r.attempt}: dropped (${r.dropReason ?? 'unknown'}) after ${took}${name}`;
+  const exit = r.exitCode === null ? '' : ` (exit ${r.exitCode})`;
+  return `build ${r.buildId} attempt ${r.attempt}: ${r.outcome}${exit} in ${took}${name}${r.message && r.outcome !== 'succeeded' ? `: ${r.message}` : ''}`;
 }
 
 /**
@@ -92,6 +110,11 @@ function workerOverrides(o: ServiceFlags, extra: WorkerConfigOverrides = {}): Wo
  */
 async function runWorkerUntilStopped(worker: RunningWorker, label: string, onStopSignals: WorkerModule['onStopSignals']): Promise<void> {
   let stopping: Promise<void> | undefined;
+  const summary = (r: BuildResult) => process.stdout.write(`${buildSummaryLine(r)}\n`);
+  worker.events.on('build:finish', summary);
+  worker.events.on('build:dropped', summary);
+  worker.events.on('idle-timeout', () => say(`${label}: idle timeout reached; leaving`));
+  worker.events.on('deregistered', () => say(`${label} deregistered`));
   const remove = onStopSignals((n, signal) => {
     if (n >= 3) {
       say(`${signal} again: exiting now`);
@@ -317,6 +340,8 @@ export function addServiceCommands(program: Command): void {
     .option('--concurrency <n>', 'builds run at once (env BUILDFLEET_CONCURRENCY, default 1)', positive)
     .option('--data-dir <dir>', 'identity and workspaces (env BUILDFLEET_DATA_DIR, default ./.buildfleet)')
     .option('--name <name>', 'worker name (env BUILDFLEET_WORKER_NAME; default: the host name and 4 hex digits of the data directory)')
+    .option('--once', 'take one build, report it, deregister and exit 0 (for autoscalers)')
+    .option('--idle-timeout <seconds>', 'deregister and exit 0 after this many seconds without a build', positive)
     .action(async (o: ServiceFlags) => {
       const mod = await loadWorkerModule();
       const config = mod.loadWorkerConfig(process.env, workerOverrides(o));

@@ -5,7 +5,7 @@
  * HTTP server.
  */
 export type { ControllerConfig, RunningController } from '@buildfleet/controller';
-export type { RunningWorker, WorkerConfigOverrides } from '@buildfleet/worker';
+export type { BuildResult, RunningWorker, WorkerConfigOverrides } from '@buildfleet/worker';
 
 export type ControllerModule = typeof import('@buildfleet/controller');
 export type WorkerModule = typeof import('@buildfleet/worker');

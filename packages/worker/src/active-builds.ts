@@ -7,6 +7,7 @@ import { BuildRun, type BuildRunDeps, type StopReason } from './build-run.js';
 
 export class ActiveBuilds {
   readonly runs = new Map<string, BuildRun>();
+  private _launched = 0;
 
   constructor(private readonly deps: BuildRunDeps) {}
 
@@ -17,6 +18,10 @@ export class ActiveBuilds {
   get size(): number {
     return this.runs.size;
   }
+  /** Builds launched since the worker started (`--once` takes one). */
+  get launched(): number {
+    return this._launched;
+  }
   /** Ids of builds not being stopped yet: those whose cancel a poll watches for (`watchCancel`). */
   cancelable(): string[] {
     return [...this.runs.values()].filter((r) => r.stopping === undefined && r.phase !== 'done').map((r) => r.id);
@@ -25,7 +30,8 @@ export class ActiveBuilds {
   /**
    * Starts a build unless one with this id already runs here (a poll may
    * re-deliver it; an older attempt of it is stopped as lost); returns the
-   * run, or undefined when ignored. Emits `build:done` (id) when a run ends.
+   * run, or undefined when ignored. Emits `build:launched` (id) at once and
+   * `build:done` (id) when the run ends.
    */
   launch(build: AssignedBuild): BuildRun | undefined {
     const existing = this.runs.get(build.id);
@@ -38,6 +44,8 @@ export class ActiveBuilds {
     }
     const run = new BuildRun(build, this.deps);
     this.runs.set(build.id, run);
+    this._launched++;
+    this.deps.events.emit('build:launched', build.id);
     void run.done.finally(() => {
       if (this.runs.get(build.id) === run) this.runs.delete(build.id);
       this.deps.events.emit('build:done', build.id);

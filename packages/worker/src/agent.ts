@@ -8,14 +8,14 @@
  */
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
-import { systemClock, type Clock } from '@buildfleet/protocol';
+import { ApiError, systemClock, type Clock, type TimerHandle } from '@buildfleet/protocol';
 import { controllerFetch } from '@buildfleet/protocol/node';
 import { ActiveBuilds } from './active-builds.js';
 import { LocalCache } from './cache/local.js';
 import { Connection, type Transport } from './client/connection.js';
 import type { ControllerClient } from './client/controller-client.js';
 import { HttpControllerClient } from './client/http-controller-client.js';
-import type { Backoff } from './client/retry.js';
+import { describeError, type Backoff } from './client/retry.js';
 import type { WorkerConfig } from './config.js';
 import { ShellExecutor } from './executor/shell.js';
 import type { Executor } from './executor/types.js';
@@ -71,9 +71,11 @@ export interface RunningWorker {
    * `drain: true`: stop polling, keep heartbeating, let running builds
    * finish, then stop. Otherwise running builds are canceled (SIGTERM, grace,
    * SIGKILL, reported `canceled`) and the worker stops. A second stop without
-   * drain during a drain cancels the running builds.
+   * drain during a drain cancels the running builds. `deregister: true`:
+   * once no build runs, the worker removes itself from the controller
+   * (`POST /workers/{id}/deregister`) so it is not listed as lost.
    */
-  stop(opts?: { drain?: boolean }): Promise<void>;
+  stop(opts?: { drain?: boolean; deregister?: boolean }): Promise<void>;
   /** Settles when the worker has stopped; rejects with SessionFatalError when it had to. */
   readonly done: Promise<void>;
   readonly events: EventEmitter;
@@ -175,6 +177,9 @@ class Agent {
   private rejectDone!: (err: unknown) => void;
   private readonly done: Promise<void>;
   private finishing: Promise<void> | undefined;
+  /** Deregister before stopping (`--once`, `--idle-timeout`, `stop({deregister})`). */
+  private leaving = false;
+  private idleTimer: TimerHandle | undefined;
 
   constructor(private readonly d: AgentDeps) {
     this.done = new Promise<void>((resolve, reject) => {
@@ -196,12 +201,17 @@ class Agent {
     session.on('reregistering', () => events.emit('reregistering'));
     session.on('fatal', (err: SessionFatalError) => void this.fatal(err));
     events.on('build:done', (id: string) => this.leases.forget(id));
+    events.on('build:launched', () => this.onLaunched());
+    events.on('build:done', () => {
+      if (this.d.builds.size === 0) this.armIdleTimer();
+    });
     try {
       await session.start();
     } catch (err) {
       session.close();
       throw err;
     }
+    this.armIdleTimer();
     void this.poll.start();
     void this.heartbeat.start();
     void this.fence.start();
@@ -277,8 +287,73 @@ class Agent {
     await this.shutdown(err);
   }
 
-  async stop(o: { drain?: boolean } = {}): Promise<void> {
+  /** `--once`: the first build launched is the last; the worker leaves when it ends. */
+  private onLaunched(): void {
+    this.d.clock.clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    if (this.d.config.once) {
+      this.d.logger.info({}, '--once: this build is the last; the worker leaves when it ends');
+      void this.stop({ drain: true, deregister: true }).catch(() => undefined);
+    }
+  }
+
+  /** `--idle-timeout`: (re)starts the wait on the clock while no build runs. */
+  private armIdleTimer(): void {
+    const ms = this.d.config.idleTimeoutMs;
+    if (ms === undefined || this.draining) return;
+    const { clock, logger, events, builds } = this.d;
+    clock.clearTimeout(this.idleTimer);
+    this.idleTimer = clock.setTimeout(() => {
+      this.idleTimer = undefined;
+      if (builds.size > 0 || this.draining) return;
+      logger.info({ idleTimeoutMs: ms }, `no build for ${ms / 1000} s (--idle-timeout): the worker leaves`);
+      events.emit('idle-timeout');
+      void this.stop({ drain: true, deregister: true }).catch(() => undefined);
+    }, ms);
+  }
+
+  /**
+   * `POST /workers/{id}/deregister` once no build runs. `409
+   * INVALID_TRANSITION` means a poll claimed builds for this worker just as
+   * it stopped taking them: they are taken (a poll re-delivers them), run,
+   * and the worker asks again, three rounds at most. Any other failure is
+   * logged: the worker stops anyway and the controller will show it offline.
+   */
+  private async deregister(): Promise<void> {
+    const { session, client, builds, config, logger, events } = this.d;
+    session.retire();
+    for (let round = 1; ; round++) {
+      try {
+        await session.call((accessToken, workerId) => client.deregister({ workerId, accessToken }));
+        await session.forget().catch((err: unknown) => logger.warn({ err: describeError(err) }, 'could not clear the identity file'));
+        logger.info({ workerId: session.workerId }, 'deregistered: this worker left the fleet');
+        events.emit('deregistered');
+        return;
+      } catch (err) {
+        if (err instanceof ApiError && err.code === 'INVALID_TRANSITION' && round < 3) {
+          logger.warn({ err: err.message }, 'the controller still holds builds for this worker; running them before leaving');
+          try {
+            const answer = await session.call((accessToken, workerId) =>
+              client.poll({ workerId, accessToken }, { freeSlots: config.maxConcurrentBuilds, activeBuildIds: builds.ids() }, 0),
+            );
+            for (const b of answer.builds) builds.launch(b);
+            await builds.idle();
+            continue;
+          } catch (pollErr) {
+            err = pollErr;
+          }
+        }
+        logger.error({ err: describeError(err) }, 'could not deregister; the controller will show this worker offline');
+        return;
+      }
+    }
+  }
+
+  async stop(o: { drain?: boolean; deregister?: boolean } = {}): Promise<void> {
     const { logger, builds } = this.d;
+    if (o.deregister) this.leaving = true;
+    this.d.clock.clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
     if (!o.drain) builds.stopAll('canceled', 'canceled: the worker is stopping');
     if (!this.draining) {
       this.draining = true;
@@ -288,6 +363,7 @@ class Agent {
     }
     this.finishing ??= (async () => {
       await builds.idle();
+      if (this.leaving && !this.d.session.fatal) await this.deregister();
       await this.shutdown();
     })();
     await this.finishing;

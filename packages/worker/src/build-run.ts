@@ -51,6 +51,10 @@ export interface BuildResult {
   message: string | null;
   /** Why it was dropped, when not reported. */
   dropReason?: string;
+  /** Spec `name`, when it has one (for the worker's one-line summary). */
+  name?: string | undefined;
+  /** Monotonic ms from `start` accepted to the end (0 when it never started). */
+  durationMs: number;
 }
 
 /**
@@ -187,6 +191,10 @@ export class BuildRun {
   private async run(): Promise<BuildResult> {
     const { client, events, logger } = this.deps;
     const base = { buildId: this.id, attempt: this.attempt };
+    const summary = () => ({
+      name: this.build.spec.name,
+      durationMs: this.startedMono === undefined ? 0 : Math.round(this.deps.clock.monotonic() - this.startedMono),
+    });
     try {
       await this.write((signal) => client.start(this.build, { signal }));
       this.startedMono = this.deps.clock.monotonic();
@@ -195,7 +203,7 @@ export class BuildRun {
       this._phase = 'reporting';
       const finish = { attempt: this.attempt, ...result };
       await this.write((signal) => client.finish(this.build, finish, { signal }));
-      const out: BuildResult = { ...base, reported: true, ...result };
+      const out: BuildResult = { ...base, reported: true, ...result, ...summary() };
       events.emit('build:finish', out);
       logger.info({ ...base, outcome: result.outcome, exitCode: result.exitCode }, 'build finished');
       return out;
@@ -209,7 +217,7 @@ export class BuildRun {
               ? (this.stopMessage ?? 'stopped')
               : `worker error: ${describeError(err)}`;
       this.script?.kill();
-      const out: BuildResult = { ...base, reported: false, exitCode: null, message: null, dropReason: reason };
+      const out: BuildResult = { ...base, reported: false, exitCode: null, message: null, dropReason: reason, ...summary() };
       logger.warn({ ...base, reason }, 'build dropped');
       events.emit('build:dropped', out);
       return out;

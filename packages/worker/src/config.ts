@@ -44,6 +44,17 @@ export interface WorkerConfig {
    * default 2048; 0 keeps none).
    */
   readonly cacheMaxBytes: number;
+  /**
+   * `buildfleet worker --once` (for autoscalers): take one build, report it,
+   * deregister and stop. Polls ask for one build at most.
+   */
+  readonly once: boolean;
+  /**
+   * `--idle-timeout SECONDS`, in ms: deregister and stop after this long on
+   * the clock with no build running (from the start, or from the last
+   * build's end). Undefined: never.
+   */
+  readonly idleTimeoutMs: number | undefined;
   readonly version: string;
 }
 
@@ -156,6 +167,8 @@ export function loadWorkerConfig(
       },
     ),
     cacheMaxBytes: overrides.cacheMaxBytes ?? nonNegativeInt(ENV.workerCacheMaxMb, env[ENV.workerCacheMaxMb], DEFAULTS.workerCacheMaxMb) * MiB,
+    once: overrides.once ?? false,
+    idleTimeoutMs: overrides.idleTimeoutMs === undefined ? undefined : positiveInt('--idle-timeout', overrides.idleTimeoutMs, 1),
     version: overrides.version ?? WORKER_VERSION,
   };
   return Object.freeze(config);

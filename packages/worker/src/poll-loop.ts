@@ -118,7 +118,9 @@ export class PollLoop extends Loop {
         events.emit('poll:resumed');
         if (this.stopped) return;
       }
-      const free = this.takingBuilds ? Math.max(0, config.maxConcurrentBuilds - builds.size) : 0;
+      // `--once`: one build in the worker's life, so never ask for more.
+      const slots = config.once ? Math.min(config.maxConcurrentBuilds, 1 - builds.launched) : config.maxConcurrentBuilds;
+      const free = this.takingBuilds ? Math.max(0, slots - builds.size) : 0;
       const watchCancel = session.settings.watchCancel === true ? builds.cancelable() : undefined;
       if (free === 0 && !watchCancel?.length) {
         this.state = 'waiting';

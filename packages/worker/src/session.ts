@@ -85,6 +85,8 @@ export class Session extends EventEmitter {
   private readonly abort = new AbortController();
   private _settings: WorkerSettings | undefined;
   private _tokenExpiresAtMono = 0;
+  /** Leaving on purpose (deregistering): a 404 means "gone", never "register as new". */
+  private retired = false;
 
   constructor(private readonly opts: SessionOptions) {
     super();
@@ -131,6 +133,22 @@ export class Session extends EventEmitter {
     if (this.fatalError) throw this.fatalError;
   }
 
+  /**
+   * The worker is leaving on purpose (`--once`, `--idle-timeout`): from now
+   * on `404 WORKER_NOT_FOUND` is thrown to the caller instead of starting a
+   * registration as a new worker (a heartbeat racing the deregistration
+   * must not bring the worker back).
+   */
+  retire(): void {
+    this.retired = true;
+  }
+
+  /** After a deregistration: the identity file keeps no worker id, so the next start registers as new. */
+  async forget(): Promise<void> {
+    this.retired = true;
+    await this.opts.identityStore.save({});
+  }
+
   /** Stops the refresh timer and any registration retry loop. */
   close(): void {
     this.opts.clock.clearTimeout(this.refreshTimer);
@@ -155,7 +173,7 @@ export class Session extends EventEmitter {
         return await fn(token, workerId);
       } catch (err) {
         if (!(err instanceof ApiError)) throw err;
-        const credential = err.status === 401 || err.code === 'WORKER_NOT_FOUND';
+        const credential = err.status === 401 || (err.code === 'WORKER_NOT_FOUND' && !this.retired);
         if (!credential) throw err;
         if (gen !== this.generation) continue; // our token was already replaced: retry at once
         if (round >= 5) throw err;
@@ -228,6 +246,7 @@ export class Session extends EventEmitter {
           return;
         } catch (err) {
           if (err instanceof ApiError) {
+            if (err.code === 'WORKER_NOT_FOUND' && this.retired) throw err;
             if (err.code === 'WORKER_NOT_FOUND') {
               logger.warn({ workerId: this.identity.workerId }, 'controller does not know this worker any more; registering as new');
               await this.saveIdentity({});

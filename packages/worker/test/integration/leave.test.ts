@@ -1,0 +1,66 @@
+/**
+ * A worker that leaves on purpose (issue 13): `idleTimeoutMs` counts on the
+ * worker's injected clock from the start and again from the end of the last
+ * build (a build in between restarts the wait), and a worker that leaves
+ * deregisters: the controller forgets it instead of showing it lost.
+ * The real controller runs in this process on real time; only the worker's
+ * clock is fake, so the test decides exactly when "two seconds" have passed.
+ */
+import fs from 'node:fs/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FakeClock } from '@buildfleet/protocol';
+import { ENROLLMENT_TOKEN, startTestController, type TestController } from '../../../../test/support/controller.js';
+import { startWorker, type RunningWorker } from '../../src/agent.js';
+import { silentLogger } from '../../src/logger.js';
+import { tempDir, testConfig } from '../support/harness.js';
+import { tarGz } from '../support/tarball.js';
+import { once, waitFor } from '../support/wait.js';
+
+let ctl: TestController | undefined;
+let w: RunningWorker | undefined;
+let dir: string | undefined;
+
+afterEach(async () => {
+  await w?.stop().catch(() => undefined);
+  await ctl?.close();
+  if (dir) await fs.rm(dir, { recursive: true, force: true });
+  w = ctl = dir = undefined;
+});
+
+describe('leaving workers', () => {
+  it('idle timeout: counted on the clock, restarted by a build, then deregistered', async () => {
+    ctl = await startTestController({ config: { heartbeatIntervalMs: 60_000, leaseMs: 120_000 } });
+    dir = await tempDir();
+    const clock = new FakeClock(Date.now());
+    w = await startWorker(testConfig({ url: ctl.url, enrollmentToken: ENROLLMENT_TOKEN }, dir, { idleTimeoutMs: 2_000 }), { logger: silentLogger, clock });
+    let stopped = false;
+    void w.done.then(() => (stopped = true));
+    const deregistered = once(w.events, 'deregistered', 20_000);
+
+    await clock.advance(1_999);
+    expect(stopped).toBe(false);
+    const build = await ctl.api.submit({ script: 'echo hello' }, tarGz([]));
+    expect((await ctl.api.finished(build.id)).state).toBe('succeeded');
+    await waitFor(() => w!.builds.size === 0, { what: 'the build to end on the worker' });
+
+    // 1999 + 1999 ms since the start: the first wait would have ended; the build restarted it.
+    await clock.advance(1_999);
+    expect(stopped).toBe(false);
+    expect((await ctl.api.workers()).map((x) => x.id)).toEqual([w.workerId]);
+    await clock.advance(1);
+    await deregistered;
+    await w.done;
+    expect(await ctl.api.workers()).toEqual([]);
+  });
+
+  it('stop({ deregister: true }) removes the worker; a plain stop leaves it listed (offline later)', async () => {
+    ctl = await startTestController();
+    dir = await tempDir();
+    w = await startWorker(testConfig({ url: ctl.url, enrollmentToken: ENROLLMENT_TOKEN }, dir), { logger: silentLogger });
+    await w.stop();
+    expect((await ctl.api.workers()).map((x) => x.id)).toEqual([w.workerId]);
+    w = await startWorker(testConfig({ url: ctl.url, enrollmentToken: ENROLLMENT_TOKEN }, dir), { logger: silentLogger });
+    await w.stop({ drain: true, deregister: true });
+    expect(await ctl.api.workers()).toEqual([]);
+  });
+});
