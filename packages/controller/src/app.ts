@@ -39,6 +39,7 @@ import type { AppContext, Notifier, WakeTopic } from './http/context.js';
 import { RETRY_AFTER_SECONDS, toApiError } from './http/errors.js';
 import { createMetrics, type ControllerMetrics } from './http/metrics.js';
 import { buildRoutes } from './http/routes-builds.js';
+import { buildRunRoutes } from './http/routes-build-run.js';
 import { workerRoutes } from './http/routes-workers.js';
 import { opsRoutes } from './http/routes-ops.js';
 import { countWorkerStates } from './ops/metrics.js';
@@ -364,6 +365,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     async (api) => {
       workerRoutes(api, ctx);
       buildRoutes(api, ctx);
+      buildRunRoutes(api, ctx);
       opsRoutes(api, ctx);
       dashboardApiRoutes(api, ctx);
       secretRoutes(api, ctx);

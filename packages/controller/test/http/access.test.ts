@@ -11,6 +11,7 @@ import { UndeclaredRouteError, checkRouteAuth, installAccessCheck, schemeName } 
 import type { AppContext } from '../../src/http/context.js';
 import { workerRoutes } from '../../src/http/routes-workers.js';
 import { buildRoutes } from '../../src/http/routes-builds.js';
+import { buildRunRoutes } from '../../src/http/routes-build-run.js';
 import { opsRoutes } from '../../src/http/routes-ops.js';
 import { dashboardApiRoutes } from '../../src/http/routes-dashboard.js';
 import { loadControllerConfig } from '../../src/config.js';
@@ -62,6 +63,7 @@ describe('route declarations', () => {
   for (const [name, routes] of [
     ['worker routes', workerRoutes],
     ['build routes', buildRoutes],
+    ['build-token routes', buildRunRoutes],
     ['webhook and keep routes', opsRoutes],
     ["dashboard's API routes", dashboardApiRoutes],
   ] as const) {

@@ -32,8 +32,9 @@ function poller(h: Harness) {
 }
 
 /** A worker (labels `[label]`) running `n` builds: registered, polled, started. */
-async function running(h: Harness, label: string, n = 1): Promise<{ reg: RegisterResponse; builds: AssignedBuild[] }> {
-  const reg = await h.registerOk({ labels: [label], maxConcurrentBuilds: n });
+/** A worker (`max` slots) with `n` builds running on it. */
+async function running(h: Harness, label: string, n = 1, max = n): Promise<{ reg: RegisterResponse; builds: AssignedBuild[] }> {
+  const reg = await h.registerOk({ labels: [label], maxConcurrentBuilds: max });
   for (let i = 0; i < n; i++) await h.submitOk({ script: 'x', labels: [label] });
   const res = await poller(h)(reg, { freeSlots: n, activeBuildIds: [] }, 0);
   const builds = ((await res.json()) as PollResponse).builds;
@@ -102,7 +103,8 @@ describe('cancels on the poll (one controller)', () => {
   });
 
   it('a poll without watchCancel answers as before: no cancel field, and 204 at once with no free slot', async () => {
-    const { reg, builds } = await running(h, 'older-worker');
+    // Two slots, so the second poll can be given a build while the first is running.
+    const { reg, builds } = await running(h, 'older-worker', 1, 2);
     const id = builds[0]!.id;
     await cancel(h, id);
     const zero = await poller(h)(reg, { freeSlots: 0, activeBuildIds: [id] });
