@@ -100,9 +100,10 @@ export type Concurrency = Static<typeof ConcurrencyNormalSchema>;
 
 /**
  * Spec `shell` (issue 13): what runs the script. `sh` (default) and `bash`
- * run it with `-c`; an absolute path names any other interpreter, which reads
- * the script as its program from standard input (`/usr/bin/python3
- * /dev/stdin`; packages/worker/src/shell-command.ts).
+ * run it with `-c`; an absolute path names any other interpreter, started
+ * with no argument so it reads its program from standard input, as
+ * python3, node, perl, ruby and the shells do (`… | /usr/bin/python3`;
+ * packages/worker/src/shell-command.ts).
  */
 export const ShellSchema = Type.String({ minLength: 1, maxLength: 500, pattern: '^(sh|bash|/[^\\s\\0]+)$' });
 

@@ -23,6 +23,7 @@ describe('spec shell', () => {
     const py = run('import sys\nprint("from python", file=sys.stderr)\nsys.exit(7)', '/usr/bin/python3');
     expect(py).toEqual({ out: 'from python\n', code: 7 });
     expect(run('print "perl $]\\n"; exit 0', '/usr/bin/perl').out).toMatch(/^perl 5\./);
+    expect(run('console.log("from node"); process.exit(3)', process.execPath)).toEqual({ out: 'from node\n', code: 3 });
   });
 
   it('passes the script as an argument, never as command text', () => {
