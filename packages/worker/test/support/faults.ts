@@ -17,6 +17,8 @@ export interface Recorded {
   route: Route;
   method: string;
   path: string;
+  /** Path and query (`/api/v1/workers/…/poll?waitMs=…`). */
+  url: string;
   token: string | undefined;
   body: unknown;
   /** The answer's status once answered; 0 when the answer was lost. */
@@ -71,11 +73,44 @@ function routeOf(method: string, path: string): Route {
   return 'other';
 }
 
+/** `p`, or a rejection with the abort reason once `signal` aborts. */
+function abortable(p: Promise<void> | undefined, signal: AbortSignal | undefined): Promise<void> | undefined {
+  if (!p || !signal) return p;
+  signal.throwIfAborted();
+  return new Promise<void>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      },
+      reject,
+    );
+  });
+}
+
+/** `res` with half its body, then silence until `signal` aborts. */
+async function stalled(res: Response, signal: AbortSignal | undefined): Promise<Response> {
+  const whole = new Uint8Array(await res.arrayBuffer());
+  const half = whole.subarray(0, Math.floor(whole.length / 2));
+  const body = new ReadableStream<Uint8Array>({
+    start(c) {
+      c.enqueue(half);
+      const stop = () => c.error(signal?.reason ?? new Error('aborted'));
+      if (signal?.aborted) stop();
+      else signal?.addEventListener('abort', stop, { once: true });
+    },
+  });
+  return new Response(body, { status: res.status, headers: res.headers });
+}
+
 export class Faults {
   readonly requests: Recorded[] = [];
   readonly events = new EventEmitter();
   private readonly canned = new Map<Route, Canned[]>();
   private readonly drops = new Map<Route, number>();
+  private readonly stalls = new Map<Route, number>();
   private readonly barriers = new Map<Route, Barrier>();
   private readonly answerBarriers = new Map<Route, Barrier>();
 
@@ -86,7 +121,8 @@ export class Faults {
   /** The worker's transport. */
   readonly transport: Transport = async (url, init) => {
     const method = (init.method ?? 'GET').toUpperCase();
-    const path = new URL(url).pathname;
+    const parsed = new URL(url);
+    const path = parsed.pathname;
     const route = routeOf(method, path);
     const headers = new Headers(init.headers);
     let body: unknown;
@@ -97,10 +133,11 @@ export class Faults {
         body = init.body;
       }
     }
-    const rec: Recorded = { n: this.requests.length, route, method, path, token: headers.get('authorization')?.replace(/^Bearer /, ''), body };
+    const rec: Recorded = { n: this.requests.length, route, method, path, url: path + parsed.search, token: headers.get('authorization')?.replace(/^Bearer /, ''), body };
     this.requests.push(rec);
     this.events.emit('request', rec);
-    await this.barriers.get(route)?.pass();
+    // A held request still gives way to its caller's abort, as a real connection would.
+    await abortable(this.barriers.get(route)?.pass(), init.signal ?? undefined);
     const canned = this.canned.get(route)?.shift();
     if (canned) {
       rec.status = canned.status;
@@ -122,6 +159,11 @@ export class Faults {
     }
     rec.status = res.status;
     this.events.emit('answered', rec);
+    const stall = this.stalls.get(route) ?? 0;
+    if (stall > 0 && res.body) {
+      this.stalls.set(route, stall - 1);
+      return stalled(res, init.signal ?? undefined);
+    }
     return res;
   };
 
@@ -141,6 +183,14 @@ export class Faults {
   /** The next `times` requests to `route` reach the controller, but their answers are lost. */
   dropNextAnswer(route: Route, times = 1): void {
     this.drops.set(route, (this.drops.get(route) ?? 0) + times);
+  }
+  /**
+   * The next `times` answers to `route` deliver their headers and half the
+   * body, then nothing more until the request is aborted (a connection that
+   * stalls mid-body; the controller sends whole bodies).
+   */
+  stallNextAnswer(route: Route, times = 1): void {
+    this.stalls.set(route, (this.stalls.get(route) ?? 0) + times);
   }
   /** Requests to `route` wait at the returned barrier (before reaching the controller) until `unhold`. */
   hold(route: Route): Barrier {
