@@ -12,7 +12,7 @@ import { FakeClock } from '@buildfleet/protocol';
 import { ENROLLMENT_TOKEN, startTestController, type TestController } from '../../../../test/support/controller.js';
 import { startWorker, type RunningWorker } from '../../src/agent.js';
 import { silentLogger } from '../../src/logger.js';
-import { tempDir, testConfig } from '../support/harness.js';
+import { bindClient, tempDir, testConfig } from '../support/harness.js';
 import { tarGz } from '../support/tarball.js';
 import { once, waitFor } from '../support/wait.js';
 
@@ -61,6 +61,36 @@ describe('leaving workers', () => {
     expect((await ctl.api.workers()).map((x) => x.id)).toEqual([w.workerId]);
     w = await startWorker(testConfig({ url: ctl.url, enrollmentToken: ENROLLMENT_TOKEN }, dir), { logger: silentLogger });
     await w.stop({ drain: true, deregister: true });
+    expect(await ctl.api.workers()).toEqual([]);
+  });
+
+  it('a build claimed as the worker stopped taking builds is run before the worker deregisters', async () => {
+    ctl = await startTestController();
+    dir = await tempDir();
+    let worker: RunningWorker | undefined;
+    let lost: string[] = [];
+    // Fault the real controller cannot make: the poll answer that assigned a build is lost,
+    // and the worker begins to leave at that moment; the controller still holds the build for it.
+    w = worker = await startWorker(testConfig({ url: ctl.url, enrollmentToken: ENROLLMENT_TOKEN }, dir), {
+      logger: silentLogger,
+      wrapClient: (c) => ({
+        ...bindClient(c),
+        poll: async (who, body, waitMs, opts) => {
+          const answer = await c.poll(who, body, waitMs, opts);
+          if (answer.builds.length === 0 || lost.length > 0) return answer;
+          lost = answer.builds.map((b) => b.id);
+          void worker!.stop({ drain: true, deregister: true });
+          return { builds: [], cancel: answer.cancel };
+        },
+      }),
+    });
+    const finished: string[] = [];
+    w.events.on('build:finish', (r: { buildId: string }) => finished.push(r.buildId));
+    const build = await ctl.api.submit({ script: 'echo ran before leaving' }, tarGz([]));
+    await w.done;
+    expect(lost).toEqual([build.id]);
+    expect(finished).toEqual([build.id]);
+    expect((await ctl.api.build(build.id)).state).toBe('succeeded');
     expect(await ctl.api.workers()).toEqual([]);
   });
 });
