@@ -15,26 +15,13 @@
  * The build's log says what was restored and saved, with sizes and times.
  */
 import { createHash } from 'node:crypto';
-import fs from 'node:fs/promises';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { paths } from '@buildfleet/protocol';
-import { ENROLLMENT_TOKEN, startTestController, type TestController } from '../../../../test/support/controller.js';
 import { describePg } from '../../../controller/test/support/pg.js';
-import { startWorker, type RunningWorker } from '../../src/agent.js';
-import { silentLogger } from '../../src/logger.js';
-import { tempDir, testConfig } from '../support/harness.js';
 import { tarGz } from '../support/tarball.js';
+import { fleet } from './harness.js';
 
-let ctl: TestController | undefined;
-const workers: RunningWorker[] = [];
-const dirs: string[] = [];
-
-afterEach(async () => {
-  for (const w of workers.splice(0)) await w.stop().catch(() => undefined);
-  await ctl?.close();
-  ctl = undefined;
-  for (const d of dirs.splice(0)) await fs.rm(d, { recursive: true, force: true });
-});
+const f = fleet();
 
 /** An npm package tarball as `npm pack` makes it (`package/…`). */
 function npmPackage(name: string, body: string): Buffer {
@@ -78,23 +65,22 @@ const SPEC = {
   cache: [{ key: "npm-{{ hashFiles('package-lock.json') }}", paths: ['node_modules'], restoreKeys: ['npm-'] }],
 };
 
-async function worker(labels: string[], requests: string[]): Promise<RunningWorker> {
-  const dir = await tempDir();
-  dirs.push(dir);
-  const w = await startWorker(testConfig({ url: ctl!.url, enrollmentToken: ENROLLMENT_TOKEN }, dir, { labels }), {
-    logger: silentLogger,
-    transport: (url, init) => {
-      requests.push(`${init.method ?? 'GET'} ${new URL(url).pathname}`);
-      return fetch(url, init);
+/** A worker that records the method and path of every request it makes. */
+function worker(labels: string[], requests: string[]) {
+  return f.worker(
+    { labels },
+    {
+      transport: (url, init) => {
+        requests.push(`${init.method ?? 'GET'} ${new URL(url).pathname}`);
+        return fetch(url, init);
+      },
     },
-  });
-  workers.push(w);
-  return w;
+  );
 }
 
 function cacheSuite(store: 'sqlite' | 'postgres'): void {
   it('an npm project: the second build restores node_modules from the worker, a third on another worker from the controller', { timeout: 120_000 }, async () => {
-    ctl = await startTestController({ store, config: { heartbeatIntervalMs: 200, leaseMs: 10_000 } });
+    const ctl = await f.controller({ store, config: { heartbeatIntervalMs: 200, leaseMs: 10_000 } });
     const { source, lock } = npmProject();
     const key = `npm-${createHash('sha256').update(createHash('sha256').update(lock).digest()).digest('hex')}`;
     const reqA: string[] = [];
@@ -102,9 +88,9 @@ function cacheSuite(store: 'sqlite' | 'postgres'): void {
     await worker([], reqA);
 
     const run = async (labels: string[]) => {
-      const b = await ctl!.api.submit({ ...SPEC, labels }, source);
-      const done = await ctl!.api.finished(b.id, 60_000);
-      const log = await ctl!.api.log(b.id);
+      const b = await ctl.api.submit({ ...SPEC, labels }, source);
+      const done = await ctl.api.finished(b.id, 60_000);
+      const log = await ctl.api.log(b.id);
       expect(done.state, log).toBe('succeeded');
       expect(log).toContain('HELLO FLEET\n');
       return { id: b.id, log };

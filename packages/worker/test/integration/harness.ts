@@ -3,9 +3,15 @@
  * (test/support/controller.ts) on SQLite in a temp dir, with the few
  * user-side calls these tests make and timings short enough for them.
  */
+import fs from 'node:fs/promises';
+import { afterEach } from 'vitest';
 import type { ControllerConfigOverrides, RunningController } from '@buildfleet/controller';
 import type { Build, Clock } from '@buildfleet/protocol';
-import { ENROLLMENT_TOKEN, startTestController, type TestController } from '../../../../test/support/controller.js';
+import { ENROLLMENT_TOKEN, startTestController, type TestController, type TestControllerOptions } from '../../../../test/support/controller.js';
+import { startWorker, type RunningWorker, type StartWorkerOptions } from '../../src/agent.js';
+import type { WorkerConfigOverrides } from '../../src/config.js';
+import { silentLogger } from '../../src/logger.js';
+import { tempDir, testConfig } from '../support/harness.js';
 
 export interface Ctl {
   url: string;
@@ -34,5 +40,45 @@ export async function startCtl(over: ControllerConfigOverrides = {}, clock?: Clo
     submit: (spec, source) => api.submit(spec, source),
     build: (id) => api.build(id),
     close: () => fixture.close(),
+  };
+}
+
+/**
+ * A controller and real workers for the tests of one file, torn down after
+ * each test (call once at the top level of the file): `controller()` starts
+ * the shared fixture, `worker()` a worker with a data directory of its own,
+ * `dir()` a temp directory removed afterwards.
+ */
+export function fleet() {
+  let current: TestController | undefined;
+  const workers: RunningWorker[] = [];
+  const dirs: string[] = [];
+  afterEach(async () => {
+    for (const w of workers.splice(0)) await w.stop().catch(() => undefined);
+    await current?.close();
+    current = undefined;
+    for (const d of dirs.splice(0)) await fs.rm(d, { recursive: true, force: true });
+  });
+  const dir = async (prefix?: string) => {
+    const d = await tempDir(prefix);
+    dirs.push(d);
+    return d;
+  };
+  return {
+    /** The controller of the running test (after `controller()`). */
+    get ctl(): TestController {
+      if (!current) throw new Error('no controller started');
+      return current;
+    },
+    async controller(opts: TestControllerOptions = {}): Promise<TestController> {
+      current = await startTestController(opts);
+      return current;
+    },
+    async worker(over: WorkerConfigOverrides = {}, opts: StartWorkerOptions = {}): Promise<RunningWorker> {
+      const w = await startWorker(testConfig({ url: this.ctl.url, enrollmentToken: ENROLLMENT_TOKEN }, await dir(), over), { logger: silentLogger, ...opts });
+      workers.push(w);
+      return w;
+    },
+    dir,
   };
 }

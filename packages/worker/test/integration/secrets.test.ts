@@ -20,17 +20,15 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import pg from 'pg';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createLogger } from '@buildfleet/controller';
 import { paths, type Build } from '@buildfleet/protocol';
-import { ENROLLMENT_TOKEN, startTestController, type TestController } from '../../../../test/support/controller.js';
+import type { TestController } from '../../../../test/support/controller.js';
 import { describePg } from '../../../controller/test/support/pg.js';
-import { startWorker, type RunningWorker } from '../../src/agent.js';
 import type { BuildResult } from '../../src/build-run.js';
-import { silentLogger } from '../../src/logger.js';
-import { tempDir, testConfig } from '../support/harness.js';
 import { tarGz } from '../support/tarball.js';
 import { once } from '../support/wait.js';
+import { fleet } from './harness.js';
 
 const VALUE = 'npm_S3cr3t-tok3n-4f9a2c71e8';
 const FILE_VALUE = 'file-secret-77d1c0b9aa\n';
@@ -38,41 +36,21 @@ const KEY = 'ab'.repeat(32);
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 
-let ctl: TestController | undefined;
-const workers: RunningWorker[] = [];
-const dirs: string[] = [];
+const f = fleet();
 let ctlLog: string[] = [];
 
-afterEach(async () => {
-  for (const w of workers.splice(0)) await w.stop().catch(() => undefined);
-  await ctl?.close();
-  ctl = undefined;
-  for (const d of dirs.splice(0)) await fs.rm(d, { recursive: true, force: true });
-});
-
-async function start(store: 'sqlite' | 'postgres'): Promise<TestController> {
+function start(store: 'sqlite' | 'postgres'): Promise<TestController> {
   ctlLog = [];
   const logger = createLogger('debug', { write: (line: string) => void ctlLog.push(line) });
-  ctl = await startTestController({ store, logger, config: { secretsKey: KEY, heartbeatIntervalMs: 200, leaseMs: 5_000 } });
-  return ctl;
+  return f.controller({ store, logger, config: { secretsKey: KEY, heartbeatIntervalMs: 200, leaseMs: 5_000 } });
 }
 
-async function worker(labels: string[] = []): Promise<RunningWorker> {
-  const dir = await tempDir();
-  dirs.push(dir);
-  // Chunks of 16 bytes, flushed every 50 ms: a value printed in two halves
-  // with a pause between is cut across two chunks unless the worker holds it back.
-  const w = await startWorker(testConfig({ url: ctl!.url, enrollmentToken: ENROLLMENT_TOKEN }, dir, { labels }), {
-    logger: silentLogger,
-    logChunkBytes: 16,
-    logFlushMs: 50,
-  });
-  workers.push(w);
-  return w;
-}
+// Chunks of 16 bytes, flushed every 50 ms: a value printed in two halves
+// with a pause between is cut across two chunks unless the worker holds it back.
+const worker = (labels: string[] = []) => f.worker({ labels }, { logChunkBytes: 16, logFlushMs: 50 });
 
 async function putSecret(name: string, value: string, scope?: unknown): Promise<void> {
-  const res = await ctl!.api.req('PUT', paths.secret(name), { json: { value, ...(scope ? { scope } : {}) } });
+  const res = await f.ctl.api.req('PUT', paths.secret(name), { json: { value, ...(scope ? { scope } : {}) } });
   expect(res.status, await res.clone().text()).toBeLessThan(300);
 }
 
@@ -91,7 +69,7 @@ async function apiAnswers(build: Build): Promise<string> {
     paths.stats(),
     '/metrics',
   ]) {
-    const res = await ctl!.api.req('GET', p);
+    const res = await f.ctl.api.req('GET', p);
     expect(res.status, p).toBe(200);
     out.push(await res.text());
   }
@@ -178,8 +156,7 @@ function secretSuite(store: 'sqlite' | 'postgres'): void {
   it('a build asking for a secret out of its scope fails before its script runs, at submit and at hand-out', async () => {
     const c = await start(store);
     await putSecret('NPM_TOKEN', VALUE, { metadata: { repo: 'acme/app' } });
-    const marker = path.join(await tempDir('bf-marker-'), 'ran');
-    dirs.push(path.dirname(marker));
+    const marker = path.join(await f.dir('bf-marker-'), 'ran');
     const script = `touch ${marker}; echo "$NPM_TOKEN"`;
 
     // At submit: another repository's build.

@@ -7,42 +7,20 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { paths, type Build } from '@buildfleet/protocol';
-import { ENROLLMENT_TOKEN, startTestController, type TestController } from '../../../../test/support/controller.js';
 import { describePg } from '../../../controller/test/support/pg.js';
-import { startWorker, type RunningWorker } from '../../src/agent.js';
-import { silentLogger } from '../../src/logger.js';
-import { tempDir, testConfig } from '../support/harness.js';
 import { tarGz } from '../support/tarball.js';
 import { waitFor } from '../support/wait.js';
+import { fleet } from './harness.js';
 
-let ctl: TestController | undefined;
-const workers: RunningWorker[] = [];
-const dirs: string[] = [];
-
-afterEach(async () => {
-  for (const w of workers.splice(0)) await w.stop().catch(() => undefined);
-  await ctl?.close();
-  ctl = undefined;
-  for (const d of dirs.splice(0)) await fs.rm(d, { recursive: true, force: true });
-});
-
-async function worker(concurrency: number): Promise<RunningWorker> {
-  const dir = await tempDir();
-  dirs.push(dir);
-  const w = await startWorker(testConfig({ url: ctl!.url, enrollmentToken: ENROLLMENT_TOKEN }, dir, { maxConcurrentBuilds: concurrency }), {
-    logger: silentLogger,
-  });
-  workers.push(w);
-  return w;
-}
+const f = fleet();
+const worker = (concurrency: number) => f.worker({ maxConcurrentBuilds: concurrency });
 
 function groupSuite(store: 'sqlite' | 'postgres'): void {
   it('five builds of one group run one at a time, in order, on two workers with four free slots', { timeout: 120_000 }, async () => {
-    ctl = await startTestController({ store, config: { heartbeatIntervalMs: 300, leaseMs: 10_000 } });
-    const shared = await tempDir('bf-group-');
-    dirs.push(shared);
+    const ctl = await f.controller({ store, config: { heartbeatIntervalMs: 300, leaseMs: 10_000 } });
+    const shared = await f.dir('bf-group-');
     const trace = path.join(shared, 'trace');
     const builds: Build[] = [];
     for (let i = 1; i <= 5; i++) {
@@ -62,9 +40,9 @@ function groupSuite(store: 'sqlite' | 'postgres'): void {
     await worker(2);
     await worker(2);
     // The last one cannot start before the four ahead of it ended: while it waits, the group is why.
-    await waitFor(async () => (await ctl!.api.build(builds[0]!.id)).state !== 'queued', { what: 'the first build to be taken' });
+    await waitFor(async () => (await ctl.api.build(builds[0]!.id)).state !== 'queued', { what: 'the first build to be taken' });
     expect((await ctl.api.build(builds[4]!.id)).waiting).toMatchObject({ reason: 'concurrency_group' });
-    const done = await Promise.all(builds.map((b) => ctl!.api.finished(b.id, 60_000)));
+    const done = await Promise.all(builds.map((b) => ctl.api.finished(b.id, 60_000)));
     expect(done.map((b) => b.state)).toEqual(Array(5).fill('succeeded'));
     const expected = [1, 2, 3, 4, 5].flatMap((i) => [`start ${i}`, `end ${i}`]);
     expect((await fs.readFile(trace, 'utf8')).trim().split('\n')).toEqual(expected);
@@ -77,7 +55,7 @@ describePg('concurrency groups with real workers (PostgreSQL)', () => groupSuite
 
 describe('spec shell and name', () => {
   it('bash with set -o pipefail fails on a failed pipeline stage; sh by default does not; an interpreter by path reads the script; name is what lists show', { timeout: 60_000 }, async () => {
-    ctl = await startTestController();
+    const ctl = await f.controller();
     await worker(3);
     const [bash, sh, node] = await Promise.all([
       ctl.api.submit({ script: 'set -eo pipefail; false | cat; echo "not reached"', shell: 'bash', name: 'strict pipeline' }, tarGz([])),
