@@ -115,9 +115,11 @@ function protocolClientError(err: Error & { code?: string }, socket: import('nod
       ? [431, 'Request Header Fields Too Large', 'PAYLOAD_TOO_LARGE']
       : [400, 'Bad Request', 'VALIDATION_FAILED'];
   const body = JSON.stringify({ error: { code, message: `malformed HTTP request (${err.code ?? 'parse error'})` } });
+  // An answer to HEAD has no body (RFC 9110 9.3.2): a client would read one as the start of another answer.
+  const head = (err as { rawPacket?: Buffer }).rawPacket?.subarray(0, 5).toString('latin1') === 'HEAD ';
   if (socket.writable) {
     socket.write(
-      `HTTP/1.1 ${status} ${text}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${body}`,
+      `HTTP/1.1 ${status} ${text}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${head ? '' : body}`,
     );
   }
   socket.destroy();

@@ -1,120 +1,201 @@
 /**
- * Throws random methods, paths, headers and bodies at a real controller and
- * checks the protocol's promises: no answer is 5xx, and every error answer
- * is `{"error": {"code", "message"}}` with a known code.
+ * The fuzz suite (issue 9): arbitrary and malformed requests (fuzz-requests.ts)
+ * at every route a running controller registered, with every credential
+ * kind, over real HTTP on SQLite and on PostgreSQL. Each answer must be:
+ * - never 5xx, and every error a JSON `{"error": {"code", "message"}}` whose
+ *   code is one of PROTOCOL.md's, with the status the protocol gives it;
+ * - 4xx for every request that could write (each carries a defect that must
+ *   refuse it), and nothing stored changed: every table and blob is compared
+ *   after each batch of requests with before it;
+ * - free of every token the controller handed out (errors and reads alike).
+ * The controller must still answer `/readyz` afterwards.
+ *
+ * Requests: `BUILDFLEET_FUZZ_REQUESTS` (default 10,000 with CI=true, 2,000
+ * otherwise; PostgreSQL runs a quarter of them). Replay a failure with the
+ * seed it prints: `BUILDFLEET_FUZZ_SEED=<seed> npx vitest run <this file>`.
  */
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { Agent, request as httpRequest } from 'node:http';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { ERROR_CODES, paths, type PollResponse } from '@buildfleet/protocol';
-import { API_TOKEN, ENROLLMENT_TOKEN, rawRequest, startHarness, type Harness } from './harness.js';
+import { BuildSpecInputSchema, ERROR_CODES, ERROR_STATUS, type ErrorCode } from '@buildfleet/protocol';
+import type { CredentialCase } from '../../src/http/authorization-matrix.js';
+import { describePg } from '../support/pg.js';
+import { fuzzRequest, type FuzzRequest, type FuzzTargets } from './fuzz-requests.js';
+import { startWorld, type World } from './world.js';
 
-let h: Harness;
-let tokens: string[];
-let ids: string[];
-beforeAll(async () => {
-  h = await startHarness({ pollWaitMs: 50, maxArtifactBytes: 10_000, maxSourceBytes: 10_000 });
-  const reg = await h.registerOk({ labels: ['fz'] });
-  await h.submitOk({ script: 'x', labels: ['fz'] });
-  await h.submitOk({ script: 'y', labels: ['fz'] });
-  const poll = (await (await h.req('POST', paths.poll(reg.workerId, 0), { token: reg.accessToken, json: { freeSlots: 1, activeBuildIds: [] } })).json()) as PollResponse;
-  const a = poll.builds[0]!;
-  await h.req('POST', paths.start(a.id), { token: a.buildToken, json: { attempt: 1 } });
-  tokens = [API_TOKEN, ENROLLMENT_TOKEN, reg.accessToken, a.buildToken, reg.workerSecret!, 'bfb_x.1.y', 'garbage'];
-  ids = [reg.workerId, a.id, 'nope', '', '%00', '..', 'a'.repeat(300)];
-});
-afterAll(async () => {
-  await h?.close();
-});
+const CI = process.env.CI === 'true';
+const TOTAL = Number(process.env.BUILDFLEET_FUZZ_REQUESTS ?? (CI ? 10_000 : 2_000));
+const SEED = process.env.BUILDFLEET_FUZZ_SEED ? Number(process.env.BUILDFLEET_FUZZ_SEED) : Date.now() ^ (process.pid << 8);
+/** Requests per property run; stored data is compared after each batch. */
+const BATCH = 50;
+/** Requests in flight at once (keep-alive connections). */
+const PARALLEL = 5;
 
-const known = new Set<string>(ERROR_CODES);
+/** Limits small enough that "over the limit" costs little to send. */
+const LIMITS = { maxJsonBytes: 16 * 1024, maxSpecBytes: 16 * 1024, maxLogChunkBytes: 1024, maxSourceBytes: 64 * 1024, maxArtifactBytes: 64 * 1024, maxJsonDepth: 32 };
+const LOG_BODY_LIMIT = Math.ceil((LIMITS.maxLogChunkBytes * 4) / 3) + 64 * 1024;
 
-it('answers every random request without a 5xx and with a known error code', async () => {
-  const id = fc.constantFrom(...ids);
-  const segment = fc.oneof(id, fc.string({ maxLength: 12 }).map(encodeURIComponent), fc.constantFrom('..', '%2e%2e', '%2F', 'a%2Fb'));
-  const pathArb = fc.oneof(
-    fc.tuple(id).map(([i]) => `/api/v1/workers/${i}/poll?waitMs=${Math.floor(Math.random() * 100)}`),
-    fc.tuple(id).map(([i]) => `/api/v1/workers/${i}/heartbeat`),
-    fc.constant('/api/v1/workers/register'),
-    fc.constant('/api/v1/workers'),
-    fc.tuple(id).map(([i]) => `/api/v1/workers/${i}`),
-    fc.tuple(id).map(([i]) => `/api/v1/workers/${i}/drain`),
-    fc.constant('/api/v1/builds'),
-    fc.tuple(fc.constantFrom('state=queued', 'state=x', 'limit=0', 'limit=abc', 'cursor=%%%', 'label=fz', 'limit=2&cursor=zz')).map(([q]) => `/api/v1/builds?${q}`),
-    fc.tuple(id, fc.constantFrom('', '/source', '/start', '/logs', '/logs?offset=-1', '/logs?attempt=0', '/logs?offset=abc', '/finish', '/cancel', '/retry', '/artifacts')).map(
-      ([i, s]) => `/api/v1/builds/${i}${s}`,
-    ),
-    fc.tuple(id, segment, segment).map(([i, a, b]) => `/api/v1/builds/${i}/artifacts/${a}/${b}`),
-    fc.tuple(id).map(([i]) => `/api/v1/enrollment-tokens/${i}`),
-    fc.constant('/api/v1/enrollment-tokens'),
-    fc.constantFrom('/healthz', '/readyz', '/metrics', '/openapi.json', '/', '/api/v1', '/api/v2/builds', '//', '/api/v1/builds/%E0%A4%A'),
-  );
-  const json = fc.oneof(
-    fc.jsonValue({ maxDepth: 3 }),
-    fc.record({
-      freeSlots: fc.oneof(fc.integer({ min: -2, max: 3 }), fc.string()),
-      activeBuildIds: fc.array(fc.oneof(fc.constantFrom(...ids), fc.string()), { maxLength: 3 }),
-    }),
-    fc.record(
-      {
-        attempt: fc.oneof(fc.integer({ min: -1, max: 3 }), fc.constant('1')),
-        seq: fc.integer({ min: -1, max: 3 }),
-        offset: fc.integer({ min: -1, max: 10 }),
-        data: fc.string(),
-        encoding: fc.constantFrom('utf8', 'base64', 'hex'),
-        outcome: fc.constantFrom('succeeded', 'failed', 'canceled', 'timed_out', 'queued', 'x'),
-        exitCode: fc.oneof(fc.integer(), fc.constant(null), fc.string()),
-      },
-      { requiredKeys: [] },
-    ),
-    fc.record(
-      {
-        name: fc.string(),
-        labels: fc.array(fc.string(), { maxLength: 3 }),
-        maxConcurrentBuilds: fc.integer({ min: -1, max: 3 }),
-        version: fc.string(),
-        bootId: fc.string(),
-        workerId: fc.constantFrom(...ids),
-        workerSecret: fc.constantFrom(...tokens),
-        registrationId: fc.string(),
-        activeBuildCount: fc.integer({ min: -1, max: 3 }),
-      },
-      { requiredKeys: [] },
-    ),
-  );
-  const bodyArb = fc.oneof(
-    fc.constant(undefined),
-    json.map((v) => ({ type: 'application/json', data: JSON.stringify(v) as string | Uint8Array })),
-    fc.string().map((s) => ({ type: 'application/json', data: s as string | Uint8Array })),
-    fc.uint8Array({ maxLength: 3000 }).map((b) => ({ type: 'application/octet-stream', data: b as string | Uint8Array })),
-    fc.string().map((s) => ({ type: 'text/plain', data: s as string | Uint8Array })),
-    fc.string().map((s) => ({ type: 'multipart/form-data; boundary=xyz', data: `--xyz\r\n${s}` as string | Uint8Array })),
-    fc.string().map((s) => ({ type: 'application/x-www-form-urlencoded', data: s as string | Uint8Array })),
-  );
-  const headersArb = fc.record(
-    {
-      authorization: fc.oneof(fc.constantFrom(...tokens).map((t) => `Bearer ${t}`), fc.string().map((s) => s.replace(/[^\x20-\x7e]/g, ''))),
-      'x-checksum-sha256': fc.oneof(fc.uint8Array({ minLength: 32, maxLength: 32 }).map((b) => Buffer.from(b).toString('hex')), fc.string().map((s) => s.replace(/[^\x20-\x7e]/g, ''))),
-      range: fc.constantFrom('bytes=0-0', 'bytes=-1', 'bytes=5-2', 'bytes=x', 'bytes=0-999999999'),
-      accept: fc.constantFrom('text/event-stream', '*/*', 'application/json'),
-    },
-    { requiredKeys: [] },
-  );
-  await fc.assert(
-    fc.asyncProperty(fc.constantFrom('GET', 'POST', 'PUT', 'DELETE', 'PATCH'), pathArb, headersArb, bodyArb, async (method, p, headers, body) => {
-      const hdrs: Record<string, string> = { ...headers };
-      if (body) hdrs['content-type'] = body.type;
-      // A live log stream of a running build would not end by itself.
-      if (hdrs.accept === 'text/event-stream') delete hdrs.accept;
-      const res = await rawRequest(h.url, method, p.replace(/follow=1/g, ''), hdrs, method === 'GET' ? undefined : body?.data);
-      expect(res.status, `${method} ${p}`).toBeLessThan(500);
-      if (res.status >= 400) {
-        const parsed = JSON.parse(res.body.toString('utf8')) as { error?: { code?: string; message?: unknown } };
-        expect(known.has(parsed.error?.code ?? ''), `${method} ${p} → ${res.status} ${res.body.toString('utf8').slice(0, 200)}`).toBe(true);
-        expect(typeof parsed.error?.message).toBe('string');
+/** Cases whose bearer is a real credential the controller issued (its text must never come back). */
+const ISSUED: CredentialCase[] = [
+  'api',
+  'apiRevoked',
+  'enrollment',
+  'enrollmentExpired',
+  'enrollmentUsedUp',
+  'enrollmentRevoked',
+  'accessThis',
+  'accessOther',
+  'accessExpired',
+  'accessRotated',
+  'secretRight',
+  'buildThis',
+  'buildOther',
+  'buildOldAttempt',
+];
+
+interface Answer {
+  status: number;
+  type: string;
+  body: Buffer;
+}
+
+/** One request over a keep-alive agent; a live stream (text/event-stream) is cut after its headers. */
+function send(agent: Agent, base: URL, r: FuzzRequest): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const headers = { ...r.headers };
+    // Node's client frames a GET/DELETE body only when told to: unframed, its bytes would be a second (garbage) request.
+    if (r.body !== undefined) Object.assign(headers, r.chunked ? { 'transfer-encoding': 'chunked' } : { 'content-length': String(r.body.length) });
+    let done = false;
+    const req = httpRequest({ host: base.hostname, port: Number(base.port), method: r.method, path: r.path, headers, agent }, (res) => {
+      const type = String(res.headers['content-type'] ?? '');
+      if (res.statusCode! < 300 && type.includes('text/event-stream')) {
+        done = true;
+        res.destroy();
+        resolve({ status: res.statusCode!, type, body: Buffer.alloc(0) });
+        return;
       }
-    }),
-    { numRuns: 400 },
-  );
-  // Still healthy afterwards.
-  expect((await h.req('GET', '/readyz')).status).toBe(200);
-});
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        done = true;
+        resolve({ status: res.statusCode!, type, body: Buffer.concat(chunks) });
+      });
+      res.on('error', (err) => done || reject(err));
+    });
+    // An error after the whole answer arrived (the server closed while the client still wrote) is not a failure.
+    req.on('error', (err) => done || reject(new Error(`${r.method} ${r.path.slice(0, 120)}: ${err.message} before a whole answer`)));
+    req.setTimeout(15_000, () => req.destroy(new Error('no answer within 15 s')));
+    if (r.body !== undefined) req.end(r.body);
+    else req.end();
+  });
+}
+
+/** What is wrong with an answer, or undefined. */
+function problem(r: FuzzRequest, a: Answer, secrets: readonly string[]): string | undefined {
+  if (a.status >= 500) return `answered ${a.status}`;
+  if (r.defect && r.defect !== 'no-route' && a.status < 400) return `a request with a ${r.defect} defect answered ${a.status}`;
+  if (r.defect === 'no-route' && r.method !== 'GET' && r.method !== 'HEAD' && a.status < 400) return `a request without a route answered ${a.status}`;
+  const text = a.body.toString('utf8');
+  for (const s of secrets) if (text.includes(s)) return `the answer contains an issued token (${s.slice(0, 6)}…)`;
+  if (a.status < 400 || r.method === 'HEAD') return undefined;
+  let code: unknown;
+  try {
+    const e = (JSON.parse(text) as { error?: { code?: unknown; message?: unknown } }).error;
+    if (typeof e?.message !== 'string') return `error body without a message: ${text.slice(0, 200)}`;
+    code = e.code;
+  } catch {
+    return `error body is not JSON (${a.type}): ${text.slice(0, 200)}`;
+  }
+  if (!(ERROR_CODES as readonly unknown[]).includes(code)) return `unknown error code ${String(code)}`;
+  // docs/protocol.md "Limits and input rules": headers over the limit are 431 with PAYLOAD_TOO_LARGE.
+  const headerLimit = code === 'PAYLOAD_TOO_LARGE' && a.status === 431;
+  if (ERROR_STATUS[code as ErrorCode] !== a.status && !headerLimit) return `${String(code)} answered with ${a.status}, PROTOCOL.md says ${ERROR_STATUS[code as ErrorCode]}`;
+  return undefined;
+}
+
+function describeFuzz(store: 'sqlite' | 'postgres', total: number): void {
+  let w: World;
+  let targets: FuzzTargets;
+  let agent: Agent;
+  beforeAll(async () => {
+    w = await startWorld(LIMITS, { store });
+    // noDelay: a request written in two parts (headers, body) must not wait for a delayed ACK.
+    agent = new Agent({ keepAlive: true, maxSockets: PARALLEL, noDelay: true } as ConstructorParameters<typeof Agent>[0]);
+    const doc = (await (await fetch(`${w.h.url}/openapi.json`)).json()) as {
+      paths: Record<string, Record<string, { requestBody?: { content?: Record<string, { schema?: { properties?: Record<string, unknown> } }> } }>>;
+    };
+    const jsonFields = new Map<string, string[]>();
+    for (const [p, ops] of Object.entries(doc.paths)) {
+      for (const [method, op] of Object.entries(ops)) {
+        const props = op.requestBody?.content?.['application/json']?.schema?.properties;
+        if (props) jsonFields.set(`${method.toUpperCase()} ${p.replace(/\{([^}*]+)\}/g, ':$1').replace('{*}', '*')}`, Object.keys(props));
+      }
+    }
+    targets = {
+      routes: w.h.ctl.app.buildfleet.routes,
+      jsonFields,
+      specFields: Object.keys(BuildSpecInputSchema.properties),
+      workerIds: [w.workerA.workerId, w.workerB.workerId],
+      buildIds: [w.buildP.id, w.buildQ.id],
+      artifactName: 'out.txt',
+      bearer: w.bearer,
+      maxJsonDepth: LIMITS.maxJsonDepth,
+      oversizeBytes: Math.max(LIMITS.maxJsonBytes, LIMITS.maxSpecBytes, LOG_BODY_LIMIT) + 1,
+    };
+  });
+  afterAll(async () => {
+    agent?.destroy();
+    await w?.close();
+  });
+
+  it(`${total} arbitrary requests at every route with every credential: no 5xx, known error codes, nothing stored changed, no token in an answer`, { timeout: 600_000 }, async () => {
+    expect(targets.jsonFields.size, 'JSON routes found in the OpenAPI description').toBeGreaterThan(5);
+    const secrets = ISSUED.map((c) => w.bearer[c]!);
+    const base = new URL(w.h.url);
+    const statuses = new Map<number, number>();
+    let sent = 0;
+    let fiveXx = 0;
+    let snapshotMs = 0;
+    const started = performance.now();
+    const cpuBefore = process.cpuUsage();
+    const initial = await w.snapshot();
+    console.log(`fuzz (${store}): ${targets.routes.length} routes, seed ${SEED} (replay: BUILDFLEET_FUZZ_SEED=${SEED})`);
+    await fc.assert(
+      fc.asyncProperty(fc.array(fuzzRequest(targets), { minLength: BATCH, maxLength: BATCH }), async (batch) => {
+        let t0 = performance.now();
+        const before = await w.snapshot();
+        snapshotMs += performance.now() - t0;
+        const failures: string[] = [];
+        for (let i = 0; i < batch.length; i += PARALLEL) {
+          await Promise.all(
+            batch.slice(i, i + PARALLEL).map(async (r) => {
+              sent++;
+              const a = await send(agent, base, r);
+              statuses.set(a.status, (statuses.get(a.status) ?? 0) + 1);
+              if (a.status >= 500) fiveXx++;
+              const p = problem(r, a, secrets);
+              if (p) failures.push(`${r.route}: ${r.method} ${r.path.slice(0, 200)} [${r.defect ?? 'read'}] → ${p}`);
+            }),
+          );
+        }
+        t0 = performance.now();
+        const after = await w.snapshot();
+        snapshotMs += performance.now() - t0;
+        if (after !== before) failures.push('stored data changed during this batch');
+        if (failures.length > 0) throw new Error(failures.join('\n'));
+      }),
+      { numRuns: Math.ceil(total / BATCH), seed: SEED, verbose: 0 },
+    );
+    const seconds = (performance.now() - started) / 1000;
+    const cpu = process.cpuUsage(cpuBefore);
+    expect(await w.snapshot()).toBe(initial);
+    expect((await fetch(`${w.h.url}/readyz`)).status).toBe(200);
+    const byStatus = [...statuses.entries()].sort(([a], [b]) => a - b).map(([s, n]) => `${s}×${n}`).join(' ');
+    console.log(`fuzz (${store}): ${sent} requests in ${seconds.toFixed(1)} s (CPU ${((cpu.user + cpu.system) / 1e6).toFixed(1)} s for client and controller; ${(snapshotMs / 1000).toFixed(1)} s comparing stored data), ${fiveXx} answered 5xx; statuses ${byStatus}`);
+    expect(fiveXx).toBe(0);
+    expect(sent).toBeGreaterThanOrEqual(total);
+  });
+}
+
+describe('fuzz: SQLite', () => describeFuzz('sqlite', TOTAL));
+describePg('fuzz: PostgreSQL', () => describeFuzz('postgres', Math.ceil(TOTAL / 4)));

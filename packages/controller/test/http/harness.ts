@@ -18,6 +18,8 @@ export interface Harness {
   ctl: RunningController;
   url: string;
   dataDir: string;
+  /** Set when the controller runs on PostgreSQL (`store: 'postgres'`). */
+  databaseUrl: string | undefined;
   close(): Promise<void>;
   /** fetch against the controller; `token` becomes a bearer (none without it). */
   req(method: string, p: string, opts?: { token?: string; json?: unknown; body?: RequestInit['body']; headers?: Record<string, string>; signal?: AbortSignal }): Promise<Response>;
@@ -29,9 +31,10 @@ export interface Harness {
 
 export async function startHarness(
   overrides: ControllerConfigOverrides = {},
-  opts: { clock?: Clock; logger?: FastifyBaseLogger } = {},
+  opts: { clock?: Clock; logger?: FastifyBaseLogger; store?: 'sqlite' | 'postgres' } = {},
 ): Promise<Harness> {
   const t = await startTestController({
+    ...(opts.store ? { store: opts.store } : {}),
     // Tests make many registrations and failed authentications from one address; rate-limit.test.ts sets its own limits.
     config: { pollWaitMs: 5_000, maxAuthFailuresPerMinute: 0, maxRegistrationsPerMinute: 0, ...overrides },
     ...(opts.clock ? { clock: opts.clock } : {}),
@@ -42,6 +45,7 @@ export async function startHarness(
     ctl: t.ctl!,
     url: t.url,
     dataDir: t.dataDir,
+    databaseUrl: t.databaseUrl,
     req: (method, p, o = {}) => api.req(method, p, { ...o, token: o.token ?? null }),
     submit: (spec, source) => api.submitRaw(spec, source),
     submitOk: (spec, source) => api.submit(spec, source),

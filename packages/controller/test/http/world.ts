@@ -1,5 +1,5 @@
 /**
- * A controller (SQLite, fake clock) holding one of every credential of the
+ * A controller (SQLite, or PostgreSQL with `store: 'postgres'`; fake clock) holding one of every credential of the
  * authorization matrix (src/http/authorization-matrix.ts), for the matrix
  * and fuzz tests, plus a snapshot of everything stored (every table, every
  * blob) to prove that a refused request changed nothing.
@@ -14,12 +14,10 @@
  *   and revoked (written straight into the database: no route revokes one).
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { readdir, stat } from 'node:fs/promises';
-import path from 'node:path';
-import Database from 'better-sqlite3';
 import { FakeClock, paths, type AssignedBuild, type PollResponse, type RegisterResponse } from '@buildfleet/protocol';
 import type { CredentialCase } from '../../src/http/authorization-matrix.js';
 import { API_TOKEN, ENROLLMENT_TOKEN, sha256, startHarness, type Harness } from './harness.js';
+import { openStoredData } from './stored-data.js';
 
 export interface World {
   h: Harness;
@@ -38,9 +36,9 @@ export interface World {
 
 const TTL = 60_000;
 
-export async function startWorld(overrides: Parameters<typeof startHarness>[0] = {}): Promise<World> {
+export async function startWorld(overrides: Parameters<typeof startHarness>[0] = {}, opts: { store?: 'sqlite' | 'postgres' } = {}): Promise<World> {
   const clock = new FakeClock();
-  const h = await startHarness({ accessTokenTtlMs: TTL, pollWaitMs: 0, ...overrides }, { clock });
+  const h = await startHarness({ accessTokenTtlMs: TTL, pollWaitMs: 0, ...overrides }, { clock, ...opts });
   const json = async <T>(res: Promise<Response>, want: number): Promise<T> => {
     const r = await res;
     const text = await r.text();
@@ -89,17 +87,13 @@ export async function startWorld(overrides: Parameters<typeof startHarness>[0] =
   await start(buildQ);
 
   const apiRevoked = `bfa_revoked-${randomUUID()}`;
-  const db = new Database(path.join(h.dataDir, 'buildfleet.db'));
-  try {
-    db.prepare('INSERT INTO api_tokens (hash, description, created_at, revoked_at) VALUES (?, ?, ?, ?)').run(
-      createHash('sha256').update(apiRevoked).digest('hex'),
-      'revoked for the matrix',
-      clock.now(),
-      clock.now(),
-    );
-  } finally {
-    db.close();
-  }
+  const stored = await openStoredData(h.dataDir, h.databaseUrl);
+  await stored.run('INSERT INTO api_tokens (hash, description, created_at, revoked_at) VALUES (?, ?, ?, ?)', [
+    createHash('sha256').update(apiRevoked).digest('hex'),
+    'revoked for the matrix',
+    clock.now(),
+    clock.now(),
+  ]);
 
   const forgedMac = buildP.buildToken.slice(0, buildP.buildToken.lastIndexOf('.') + 1) + 'A'.repeat(43);
   const bearer: Record<CredentialCase, string | undefined> = {
@@ -123,29 +117,18 @@ export async function startWorld(overrides: Parameters<typeof startHarness>[0] =
     buildForged: forgedMac,
   };
 
-  const snapshot = async (): Promise<string> => {
-    const ro = new Database(path.join(h.dataDir, 'buildfleet.db'), { readonly: true, fileMustExist: true });
-    const out: string[] = [];
-    try {
-      const tables = ro.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as Array<{ name: string }>;
-      for (const { name } of tables) {
-        const rows = ro.prepare(`SELECT * FROM "${name}"`).all() as Array<Record<string, unknown>>;
-        const lines = rows.map((r) => {
-          // When a worker was last seen is not stored data a request may not change.
-          if (name === 'workers') delete r.last_seen_at;
-          return JSON.stringify(r, (_k, v: unknown) => (Buffer.isBuffer(v) ? v.toString('base64') : v));
-        });
-        out.push(`# ${name}`, ...lines.sort());
-      }
-    } finally {
-      ro.close();
-    }
-    const blobs = path.join(h.dataDir, 'blobs');
-    for (const e of (await readdir(blobs, { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name)).sort()) {
-      out.push(`blob ${path.relative(blobs, e)} ${(await stat(e)).size}`);
-    }
-    return out.join('\n');
+  return {
+    h,
+    clock,
+    workerA,
+    workerB,
+    buildP,
+    buildQ,
+    bearer,
+    snapshot: () => stored.snapshot(),
+    close: async () => {
+      await stored.close();
+      await h.close();
+    },
   };
-
-  return { h, clock, workerA, workerB, buildP, buildQ, bearer, snapshot, close: () => h.close() };
 }
