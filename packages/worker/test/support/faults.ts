@@ -148,6 +148,7 @@ export class Faults {
       return Response.json({ error: { code: canned.code, message: `injected ${canned.code}` } }, { status: canned.status, headers: h });
     }
     const res = await this.base(url, init);
+    // The controller has acted: its answer is on its way, even to a caller that gave up (a crash mid-answer).
     await this.answerBarriers.get(route)?.pass();
     const drop = this.drops.get(route) ?? 0;
     if (drop > 0) {
