@@ -22,6 +22,8 @@
  *
  * Shared by them: `sql/context.ts` (transactions, error mapping, row locks),
  * `sql/transitions.ts` (every build state change, from domain/transition.ts),
+ * `sql/batch-transitions.ts` (the same, set-based, for many builds at once:
+ * reaper, worker deletion, restart),
  * `sql/worker-auth.ts` (access-token checks, held builds), `sql/fencing.ts`
  * (attempt fencing of build-token writes), `sql/rows.ts` (row mapping).
  */
