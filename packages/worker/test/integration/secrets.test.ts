@@ -124,9 +124,13 @@ function secretSuite(store: 'sqlite' | 'postgres'): void {
       { script, metadata: { repo: 'acme/app' }, secrets: ['NPM_TOKEN', { name: 'DEPLOY_KEY', as: 'file', env: 'KEY_FILE' }] },
       tarGz([]),
     );
+    // Same repository, but it does not ask: it gets nothing.
+    const other = await c.api.submit({ script: 'echo "token=${NPM_TOKEN:-unset} key=${KEY_FILE:-unset}"', metadata: { repo: 'acme/app' } }, tarGz([]));
     const done = await c.api.finished(build.id);
     const log = await c.api.log(build.id);
     expect(done.state, log).toBe('succeeded');
+    expect((await c.api.finished(other.id)).state).toBe('succeeded');
+    expect(await c.api.scriptLog(other.id)).toBe('token=unset key=unset\n');
 
     // The build had the values.
     expect(log).toContain(`sha=${sha256(VALUE)}\n`);
