@@ -330,6 +330,7 @@ export class BuildRun {
     if (!spec.cache?.length) return [];
     const plans = await restoreCaches(spec.cache, keyContext(ws.dir, spec), this.cacheSteps(ws));
     if (this.abort.signal.aborted) throw this.abort.signal.reason;
+    if (plans.some((p) => p.restored)) await this.deps.executor.workspaceChanged?.(ws);
     return plans;
   }
 

@@ -46,6 +46,8 @@ export interface CachePlan {
   paths: readonly string[];
   /** The key itself had an entry (a prefix match does not count): nothing to save. */
   exactHit: boolean;
+  /** An entry (exact or by prefix) was unpacked into the workspace. */
+  restored: boolean;
 }
 
 /** `4.2 MB`, `812 kB`, `96 B` (decimal units, like npm). */
@@ -86,7 +88,7 @@ export async function restoreCaches(specs: readonly SpecCache[], ctx: KeyContext
       note(`warning: cache ${JSON.stringify(spec.key)} skipped: ${describe(err)}`);
       continue;
     }
-    const plan: CachePlan = { key, paths: spec.paths, exactHit: false };
+    const plan: CachePlan = { key, paths: spec.paths, exactHit: false, restored: false };
     plans.push(plan);
     const t0 = clock.monotonic();
     let hit: CacheHit | null;
@@ -118,6 +120,7 @@ export async function restoreCaches(specs: readonly SpecCache[], ctx: KeyContext
         if (temporary) await local.discard(file);
       }
       plan.exactHit = hit.exact;
+      plan.restored = true;
       note(`cache restored: ${spec.paths.join(', ')} from ${which}, ${formatSize(hit.size)} from ${from}, ${seconds(clock.monotonic() - t0)} in all`);
     } catch (err) {
       note(`warning: cache ${which} could not be restored: ${describe(err)}`);

@@ -88,6 +88,12 @@ export interface Executor {
    * `build` to the script (read-only).
    */
   secretFiles(ws: Workspace): SecretFilesLocation;
+  /**
+   * Optional: the worker itself wrote into the workspace after `prepare`
+   * (caches restored, as the worker's user): an executor that runs builds as
+   * another user gives what is there to that user, as it did with the source.
+   */
+  workspaceChanged?(ws: Workspace): Promise<void>;
   /** The regular files inside the workspace that match `patterns` (globs). */
   collectArtifacts(ws: Workspace, patterns: readonly string[]): Promise<CollectedArtifacts>;
   /** Removes the workspace. Never throws. */

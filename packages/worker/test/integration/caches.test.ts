@@ -16,7 +16,10 @@
  */
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { paths } from '@buildfleet/protocol';
+import { paths, systemClock } from '@buildfleet/protocol';
+import { ShellExecutor } from '../../src/executor/shell.js';
+import type { Workspace } from '../../src/executor/types.js';
+import { silentLogger } from '../../src/logger.js';
 import { describePg } from '../../../controller/test/support/pg.js';
 import { tarGz } from '../support/tarball.js';
 import { fleet } from './harness.js';
@@ -66,7 +69,7 @@ const SPEC = {
 };
 
 /** A worker that records the method and path of every request it makes. */
-function worker(labels: string[], requests: string[]) {
+function worker(labels: string[], requests: string[], changed: string[]) {
   return f.worker(
     { labels },
     {
@@ -75,6 +78,13 @@ function worker(labels: string[], requests: string[]) {
         return fetch(url, init);
       },
     },
+    // The shell executor, telling when the worker wrote into a workspace (a sandbox gives such files to its build user).
+    (config) =>
+      new (class extends ShellExecutor {
+        async workspaceChanged(ws: Workspace): Promise<void> {
+          changed.push(ws.buildId);
+        }
+      })({ stateDir: config.stateDir, clock: systemClock, logger: silentLogger, sourceLimits: config.sourceLimits }),
   );
 }
 
@@ -85,7 +95,8 @@ function cacheSuite(store: 'sqlite' | 'postgres'): void {
     const key = `npm-${createHash('sha256').update(createHash('sha256').update(lock).digest()).digest('hex')}`;
     const reqA: string[] = [];
     const reqB: string[] = [];
-    await worker([], reqA);
+    const changed: string[] = [];
+    await worker([], reqA, changed);
 
     const run = async (labels: string[]) => {
       const b = await ctl.api.submit({ ...SPEC, labels }, source);
@@ -111,12 +122,14 @@ function cacheSuite(store: 'sqlite' | 'postgres'): void {
     expect(second.log).not.toMatch(/added \d+ packages|cache saved/);
     expect(reqA.filter((r) => r.includes('/cache'))).toEqual([`GET ${paths.buildCache(second.id)}`]);
 
-    await worker(['b'], reqB);
+    await worker(['b'], reqB, changed);
     const third = await run(['b']);
     expect(third.log).toMatch(new RegExp(`cache restored: node_modules from key "${key}", [\\d.]+ (B|kB|MB) from the controller \\(downloaded in \\d+\\.\\d\\d s\\)`));
     expect(third.log).toContain('node_modules already there\n');
     expect(reqB).toContain(`GET ${paths.buildCacheArchive(third.id, sha256)}`);
     expect((await ctl.api.ok<{ caches: unknown[] }>('GET', paths.caches())).caches).toHaveLength(1);
+    // Only the builds that restored something told their executor.
+    expect(changed).toEqual([second.id, third.id]);
   });
 }
 

@@ -9,7 +9,8 @@ import type { ControllerConfigOverrides, RunningController } from '@buildfleet/c
 import type { Build, Clock } from '@buildfleet/protocol';
 import { ENROLLMENT_TOKEN, startTestController, type TestController, type TestControllerOptions } from '../../../../test/support/controller.js';
 import { startWorker, type RunningWorker, type StartWorkerOptions } from '../../src/agent.js';
-import type { WorkerConfigOverrides } from '../../src/config.js';
+import type { WorkerConfig, WorkerConfigOverrides } from '../../src/config.js';
+import type { Executor } from '../../src/executor/types.js';
 import { silentLogger } from '../../src/logger.js';
 import { tempDir, testConfig } from '../support/harness.js';
 
@@ -74,8 +75,10 @@ export function fleet() {
       current = await startTestController(opts);
       return current;
     },
-    async worker(over: WorkerConfigOverrides = {}, opts: StartWorkerOptions = {}): Promise<RunningWorker> {
-      const w = await startWorker(testConfig({ url: this.ctl.url, enrollmentToken: ENROLLMENT_TOKEN }, await dir(), over), { logger: silentLogger, ...opts });
+    /** A worker; `executorFor` builds its executor from its configuration (the default is the shell executor). */
+    async worker(over: WorkerConfigOverrides = {}, opts: StartWorkerOptions = {}, executorFor?: (config: WorkerConfig) => Executor): Promise<RunningWorker> {
+      const config = testConfig({ url: this.ctl.url, enrollmentToken: ENROLLMENT_TOKEN }, await dir(), over);
+      const w = await startWorker(config, { logger: silentLogger, ...opts, ...(executorFor ? { executor: executorFor(config) } : {}) });
       workers.push(w);
       return w;
     },
