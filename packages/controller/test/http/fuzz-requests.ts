@@ -283,14 +283,18 @@ const extraHeaders: fc.Arbitrary<Record<string, string>> = fc.oneof(
 );
 
 /** How the bearer is written: as specified, or bent (lower-case scheme and extra blanks pass; the rest does not). */
-const bearerForm = fc.constantFrom<(token: string) => string>(
-  (x) => `Bearer ${x}`,
-  (x) => `Bearer ${x}`,
-  (x) => `bearer  ${x} `,
-  (x) => `Basic ${x}`,
-  (x) => x,
-  (x) => `Bearer ${x}x`,
-  (x) => `Bearer ${x} ${x}`,
+const bearerForm = fc.oneof(
+  { arbitrary: fc.constant((x: string) => `Bearer ${x}`), weight: 8 },
+  {
+    arbitrary: fc.constantFrom<(token: string) => string>(
+      (x) => `bearer  ${x} `,
+      (x) => `Basic ${x}`,
+      (x) => x,
+      (x) => `Bearer ${x}x`,
+      (x) => `Bearer ${x} ${x}`,
+    ),
+    weight: 2,
+  },
 );
 
 function queryFor(route: RegisteredRoute): fc.Arbitrary<string> {
@@ -303,6 +307,7 @@ function queryFor(route: RegisteredRoute): fc.Arbitrary<string> {
   void route;
   return fc.option(fc.array(fc.tuple(fc.constantFrom(...keys), value), { minLength: 1, maxLength: 4 }).map((kv) => '?' + kv.map(([k, v]) => `${k}=${v}`).join('&')), {
     nil: '',
+    freq: 2,
   });
 }
 
@@ -329,10 +334,17 @@ function routeRequest(t: FuzzTargets, route: RegisteredRoute): fc.Arbitrary<Fuzz
   const writes = route.method !== 'GET' && route.method !== 'HEAD';
   const fields = t.jsonFields.get(key);
   const refusedCases = CREDENTIAL_CASES.filter((c) => alwaysRefused(route, c));
+  const acceptedCases = route.auth === 'public' ? [] : CREDENTIAL_CASES.filter((c) => !alwaysRefused(route, c));
   const params = /:\w+/.test(route.url) && !NO_PATH_DEFECT.has(key);
   const defects: Array<FuzzRequest['defect']> = writes ? ['credential', ...(params ? (['path'] as const) : []), ...(fields || key === BUILDS_SUBMIT || RAW_UPLOADS.has(key) ? (['body'] as const) : [])] : [undefined];
   return fc.constantFrom(...defects).chain((defect) => {
-    const credential = defect === 'credential' ? fc.constantFrom(...refusedCases) : fc.constantFrom(...CREDENTIAL_CASES);
+    // Past authentication most of the time, so that the route's own checks see the malformed parts.
+    const credential =
+      defect === 'credential'
+        ? fc.constantFrom(...refusedCases)
+        : acceptedCases.length > 0
+          ? fc.oneof({ arbitrary: fc.constantFrom(...acceptedCases), weight: 3 }, { arbitrary: fc.constantFrom(...CREDENTIAL_CASES), weight: 1 })
+          : fc.constantFrom(...CREDENTIAL_CASES);
     let body: fc.Arbitrary<Body | undefined>;
     if (defect === 'body' && fields) body = refusedJson(t, fields).map(json);
     else if (defect === 'body' && key === BUILDS_SUBMIT) body = refusedSubmission(t);
@@ -409,8 +421,12 @@ function withSummary(r: Omit<FuzzRequest, typeof fc.toStringMethod>): FuzzReques
   return Object.assign(r, { [fc.toStringMethod]: () => summary(r) });
 }
 
-/** Any request of the suite: every registered route equally likely, plus unrouted ones. */
+/**
+ * Any request of the suite: every registered route equally likely, plus
+ * unrouted ones. Without fast-check's bias, which would favour the first
+ * route, the first credential and the first odd id of every list.
+ */
 export function fuzzRequest(t: FuzzTargets): fc.Arbitrary<FuzzRequest> {
   const perRoute = t.routes.map((r) => ({ arbitrary: routeRequest(t, r), weight: 1 }));
-  return fc.oneof(...perRoute, { arbitrary: noRouteRequest(t), weight: Math.max(1, Math.round(t.routes.length / 10)) });
+  return fc.noBias(fc.oneof(...perRoute, { arbitrary: noRouteRequest(t), weight: Math.max(1, Math.round(t.routes.length / 10)) }));
 }
