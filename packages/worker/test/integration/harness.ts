@@ -75,9 +75,17 @@ export function fleet() {
       current = await startTestController(opts);
       return current;
     },
-    /** A worker; `executorFor` builds its executor from its configuration (the default is the shell executor). */
-    async worker(over: WorkerConfigOverrides = {}, opts: StartWorkerOptions = {}, executorFor?: (config: WorkerConfig) => Executor): Promise<RunningWorker> {
-      const config = testConfig({ url: this.ctl.url, enrollmentToken: ENROLLMENT_TOKEN }, await dir(), over);
+    /**
+     * A worker; `executorFor` builds its executor from its configuration (the
+     * default is the shell executor); `url`: another controller than `ctl`.
+     */
+    async worker(
+      over: WorkerConfigOverrides = {},
+      opts: StartWorkerOptions = {},
+      executorFor?: (config: WorkerConfig) => Executor,
+      url?: string,
+    ): Promise<RunningWorker> {
+      const config = testConfig({ url: url ?? this.ctl.url, enrollmentToken: ENROLLMENT_TOKEN }, await dir(), over);
       const w = await startWorker(config, { logger: silentLogger, ...opts, ...(executorFor ? { executor: executorFor(config) } : {}) });
       workers.push(w);
       return w;

@@ -23,7 +23,7 @@ import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { createLogger } from '@buildfleet/controller';
 import { paths, type Build } from '@buildfleet/protocol';
-import type { TestController } from '../../../../test/support/controller.js';
+import { startTestController, type TestController } from '../../../../test/support/controller.js';
 import { describePg } from '../../../controller/test/support/pg.js';
 import type { BuildResult } from '../../src/build-run.js';
 import { tarGz } from '../support/tarball.js';
@@ -185,4 +185,20 @@ function secretSuite(store: 'sqlite' | 'postgres'): void {
 }
 
 describe('secrets on the worker (SQLite)', () => secretSuite('sqlite'));
-describePg('secrets on the worker (PostgreSQL)', () => secretSuite('postgres'));
+describePg('secrets on the worker (PostgreSQL)', () => {
+  secretSuite('postgres');
+
+  it('two controllers with the same key: a secret stored through one reaches a build whose worker talks to the other', async () => {
+    const a = await start('postgres');
+    const b = await startTestController({ databaseUrl: a.databaseUrl!, config: { secretsKey: KEY, heartbeatIntervalMs: 200, leaseMs: 5_000 } });
+    try {
+      await putSecret('NPM_TOKEN', VALUE);
+      await f.worker({}, { logChunkBytes: 16, logFlushMs: 50 }, undefined, b.url);
+      const build = await a.api.submit({ script: 'printf "sha=%s\\n" "$(printf %s "$NPM_TOKEN" | sha256sum | cut -d" " -f1)"; echo "$NPM_TOKEN"', secrets: ['NPM_TOKEN'] }, tarGz([]));
+      expect((await b.api.finished(build.id)).state).toBe('succeeded');
+      expect(await b.api.scriptLog(build.id)).toBe(`sha=${sha256(VALUE)}\n***\n`);
+    } finally {
+      await b.close();
+    }
+  });
+});
