@@ -5,7 +5,7 @@
  */
 import { resolve } from 'node:path';
 import { Command, Option } from 'commander';
-import { DEFAULTS, ENV, WEBHOOK_EVENTS, webhookPaths, type Build, type Webhook, type WebhookDelivery } from '@buildfleet/protocol';
+import { DEFAULTS, ENV, WEBHOOK_EVENTS, systemClock, webhookPaths, type Build, type Webhook, type WebhookDelivery } from '@buildfleet/protocol';
 import type { ApiClient } from './client.js';
 import { formatDoctor, runDoctor, type DoctorRole } from './doctor.js';
 import { CliError } from './errors.js';
@@ -45,8 +45,8 @@ export function addOpsCommands(program: Command): void {
         const m = await backupEmbedded({
           dataDir: dataDir(o.dataDir),
           file: resolve(file),
-          now: () => Date.now(),
-          onMissingBlobs: (snapshot, keys) => markCollectedInSnapshot(snapshot, keys, Date.now()),
+          now: () => systemClock.now(),
+          onMissingBlobs: (snapshot, keys) => markCollectedInSnapshot(snapshot, keys, systemClock.now()),
         });
         out(resolve(file));
         err(`backup of ${m.builds} builds and ${m.blobs} blobs (${formatBytes(m.blobBytes)}) taken at ${m.createdAt}`);
@@ -71,7 +71,7 @@ export function addOpsCommands(program: Command): void {
           file: resolve(file),
           dataDir: dataDir(o.dataDir),
           force: Boolean(o.force),
-          now: () => Date.now(),
+          now: () => systemClock.now(),
           checkMigrations: (names) => assertSchemaNotNewer(names, known),
         });
         if (r.movedAside) err(`the store that was there is now in ${r.movedAside}`);
