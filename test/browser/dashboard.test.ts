@@ -90,6 +90,8 @@ suite('dashboard in Chromium', () => {
     page.on('request', (r) => {
       const url = new URL(r.url());
       if (url.protocol !== 'blob:' && url.protocol !== 'data:' && url.origin !== origin) watch.problems.push(`request to another origin: ${r.url()}`);
+      // Tokens travel in headers only: a URL ends up in logs, history and Referer.
+      if (r.url().includes(API_TOKEN) || /bf[aeswbh]_[A-Za-z0-9_-]{8}/.test(r.url())) watch.problems.push(`a token in a URL: ${r.url().slice(0, 120)}`);
     });
     // The app's pages under the CSP (the API's streams are not routed: fulfilling buffers them).
     await page.route(
