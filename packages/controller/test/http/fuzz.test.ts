@@ -11,7 +11,7 @@
  * The controller must still answer `/readyz` afterwards.
  *
  * Requests: `BUILDFLEET_FUZZ_REQUESTS` (default 10,000 with CI=true, 2,000
- * otherwise; PostgreSQL runs a quarter of them). Replay a failure with the
+ * otherwise; PostgreSQL runs half as many). Replay a failure with the
  * seed it prints: `BUILDFLEET_FUZZ_SEED=<seed> npx vitest run <this file>`.
  */
 import { Agent, request as httpRequest } from 'node:http';
@@ -198,4 +198,4 @@ function describeFuzz(store: 'sqlite' | 'postgres', total: number): void {
 }
 
 describe('fuzz: SQLite', () => describeFuzz('sqlite', TOTAL));
-describePg('fuzz: PostgreSQL', () => describeFuzz('postgres', Math.ceil(TOTAL / 4)));
+describePg('fuzz: PostgreSQL', () => describeFuzz('postgres', Math.ceil(TOTAL / 2)));
