@@ -61,6 +61,7 @@ interface ServiceFlags {
   idleTimeout?: number;
   tlsCert?: string;
   tlsKey?: string;
+  executor?: string;
 }
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
@@ -86,6 +87,7 @@ function workerOverrides(o: ServiceFlags, extra: WorkerConfigOverrides = {}): Wo
   if (o.enrollmentToken !== undefined) r.enrollmentToken = o.enrollmentToken;
   if (o.once) r.once = true;
   if (o.idleTimeout !== undefined) r.idleTimeoutMs = o.idleTimeout * 1000;
+  if (o.executor !== undefined) r.executor = o.executor;
   return r;
 }
 
@@ -224,6 +226,18 @@ async function runExample(controller: RunningController, apiToken: string | unde
   say('Submit your own project: npm run buildfleet -- submit path/to/project --script "make test" --follow');
 }
 
+/** Starts the worker; a host that cannot run the executor asked for is a CliError saying how to fix it. */
+async function startWorkerOrExplain(mod: WorkerModule, config: Parameters<WorkerModule['startWorker']>[0]): Promise<RunningWorker> {
+  try {
+    return await mod.startWorker(config);
+  } catch (err) {
+    if (err instanceof mod.ExecutorUnavailableError || err instanceof mod.BuildUserError || err instanceof mod.ConfigError) {
+      throw new CliError(err.message);
+    }
+    throw err;
+  }
+}
+
 export function addServiceCommands(program: Command): void {
   program
     .command('up')
@@ -342,10 +356,11 @@ export function addServiceCommands(program: Command): void {
     .option('--name <name>', 'worker name (env BUILDFLEET_WORKER_NAME; default: the host name and 4 hex digits of the data directory)')
     .option('--once', 'take one build, report it, deregister and exit 0 (for autoscalers)')
     .option('--idle-timeout <seconds>', 'deregister and exit 0 after this many seconds without a build', positive)
+    .option('--executor <kind>', 'auto, sandbox or shell (env BUILDFLEET_EXECUTOR, default auto: sandbox where bubblewrap works)')
     .action(async (o: ServiceFlags) => {
       const mod = await loadWorkerModule();
       const config = mod.loadWorkerConfig(process.env, workerOverrides(o));
-      const worker = await mod.startWorker(config);
+      const worker = await startWorkerOrExplain(mod, config);
       say(`worker ${worker.workerId} started`);
       await runWorkerUntilStopped(worker, 'worker', mod.onStopSignals);
       say('worker stopped');

@@ -8,6 +8,7 @@ import { BUILD_STATES, TERMINAL_STATES } from './states.js';
 import { ERROR_CODES } from './errors.js';
 import { SpecSecretsInputSchema, SecretRefNormalSchema, normalizeSecretRefs } from './secrets.js';
 import { SpecCacheSchema, SpecCachesInputSchema } from './caches.js';
+import { BuildLimitsSchema, ISOLATION_LABEL, LIMIT_REASONS } from './limits.js';
 
 /**
  * `T` or null. A primitive schema becomes `{type, nullable: true}` rather than
@@ -131,6 +132,11 @@ export const BuildSpecInputSchema = Type.Object(
     secrets: Type.Optional(SpecSecretsInputSchema),
     cache: Type.Optional(SpecCachesInputSchema),
     concurrency: Type.Optional(ConcurrencySchema),
+    isolation: Type.Optional(
+      Type.Literal('sandbox', { description: `run only on a worker whose executor is sandbox (the same as the label ${ISOLATION_LABEL})` }),
+    ),
+    network: Type.Optional(Type.Boolean({ description: 'the sandbox shares the network (only where the worker allows it)' })),
+    limits: Type.Optional(BuildLimitsSchema),
   },
   { additionalProperties: false },
 );
@@ -152,14 +158,21 @@ export const BuildSpecSchema = Type.Object({
   secrets: Type.Optional(Type.Array(SecretRefNormalSchema)),
   cache: Type.Optional(Type.Array(SpecCacheSchema)),
   concurrency: Type.Optional(ConcurrencyNormalSchema),
+  // Issue 8; absent means any executor, no network, the worker's limits.
+  isolation: Type.Optional(Type.String()),
+  network: Type.Optional(Type.Boolean()),
+  limits: Type.Optional(BuildLimitsSchema),
 });
 export type BuildSpec = Static<typeof BuildSpecSchema>;
 
 /** Fills PROTOCOL.md's defaults into a validated spec. */
 export function normalizeSpec(input: BuildSpecInput): BuildSpec {
+  // `isolation: "sandbox"` and its label are one requirement: the label is what the claim matches.
+  const isolated = input.isolation === 'sandbox' || (input.labels ?? []).includes(ISOLATION_LABEL);
+  const limits = Object.fromEntries(Object.entries(input.limits ?? {}).filter(([, v]) => v !== undefined));
   return {
     script: input.script,
-    labels: [...new Set(input.labels ?? [])].sort(),
+    labels: [...new Set([...(input.labels ?? []), ...(isolated ? [ISOLATION_LABEL] : [])])].sort(),
     env: input.env ?? {},
     timeoutSeconds: input.timeoutSeconds ?? 3600,
     artifacts: input.artifacts ?? [],
@@ -179,6 +192,9 @@ export function normalizeSpec(input: BuildSpecInput): BuildSpec {
           },
         }
       : {}),
+    ...(isolated ? { isolation: 'sandbox' } : {}),
+    ...(input.network ? { network: true } : {}),
+    ...(Object.keys(limits).length > 0 ? { limits } : {}),
   };
 }
 
@@ -395,6 +411,8 @@ export const FinishRequestSchema = Type.Object({
   outcome: OutcomeSchema,
   exitCode: Nullable(ExitCode),
   message: Type.Optional(Nullable(Type.String({ maxLength: 10_000 }))),
+  /** Only with outcome `failed`: the resource limit the build exceeded (issue 8); absent means `exit_code`. */
+  reason: Type.Optional(Type.Enum(Object.values(LIMIT_REASONS))),
 });
 export type FinishRequest = Static<typeof FinishRequestSchema>;
 

@@ -70,5 +70,11 @@ export const BUILD_REASONS = [
   'exit_code',
   /** The spec asks for a secret that does not exist or whose scope leaves this build out; it failed before its script ran. */
   'secret_unavailable',
+  /** The build exceeded a resource limit (issue 8, limits.ts `LIMIT_REASONS`); the worker reported it `failed` so. */
+  'limit_cpu',
+  'limit_memory',
+  'limit_processes',
+  'limit_file_size',
+  'limit_disk',
 ] as const;
 export type BuildReason = (typeof BUILD_REASONS)[number];

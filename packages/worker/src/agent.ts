@@ -17,6 +17,7 @@ import type { ControllerClient } from './client/controller-client.js';
 import { HttpControllerClient } from './client/http-controller-client.js';
 import { describeError, type Backoff } from './client/retry.js';
 import type { WorkerConfig } from './config.js';
+import { createExecutor } from './executor/select.js';
 import { ShellExecutor } from './executor/shell.js';
 import type { Executor } from './executor/types.js';
 import { FenceLoop, Leases } from './fence-loop.js';
@@ -43,7 +44,10 @@ export interface StartWorkerOptions {
   logFlushMs?: number;
   /** Runs build scripts for the default `shell` executor (the simulation injects a fake one). */
   runner?: ScriptRunner;
-  /** The executor (default: `shell` in `<stateDir>`). */
+  /**
+   * The executor (default: the one the configuration asks for, `sandbox` or
+   * `shell` (executor/select.ts); with `runner`, the runner-driven `shell`).
+   */
   executor?: Executor;
   /** Wraps the controller client (tests and the simulation inject faults the real controller cannot make). */
   wrapClient?: (client: ControllerClient) => ControllerClient;
@@ -117,7 +121,9 @@ export async function startWorker(config: WorkerConfig, opts: StartWorkerOptions
     const client = wrap(http(backoff(250, 10_000)));
     const executor =
       opts.executor ??
-      new ShellExecutor({ stateDir: config.stateDir, clock, logger, sourceLimits: config.sourceLimits, ...(opts.runner ? { runner: opts.runner } : {}) });
+      (opts.runner
+        ? new ShellExecutor({ stateDir: config.stateDir, clock, logger, sourceLimits: config.sourceLimits, runner: opts.runner })
+        : await createExecutor(config, { clock, logger }));
     let session!: Session;
     const localCache = new LocalCache(path.join(config.stateDir, 'caches'), config.cacheMaxBytes, () => clock.now());
     const builds = new ActiveBuilds({
@@ -139,6 +145,7 @@ export async function startWorker(config: WorkerConfig, opts: StartWorkerOptions
       clock,
       logger,
       activeBuildIds: () => builds.ids(),
+      executor: executor.kind,
     });
     const agent = new Agent({ config, clock, logger, events, client, session, builds, executor, lock, random, backoff: backoff(500, 30_000) });
     await agent.start();

@@ -18,12 +18,12 @@
 import type { EventEmitter } from 'node:events';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { ApiError, type AssignedBuild, type BuildOutcome, type Clock } from '@buildfleet/protocol';
+import { ApiError, type AssignedBuild, type BuildOutcome, type Clock, type LimitReason } from '@buildfleet/protocol';
 import type { ControllerClient } from './client/controller-client.js';
 import { describeError, RetryBudgetExhausted } from './client/retry.js';
 import type { WorkerConfig } from './config.js';
 import { sha256File } from './executor/artifacts.js';
-import type { Executor, RunningScript, Workspace } from './executor/types.js';
+import type { Executor, RunningScript, ScriptExit, Workspace } from './executor/types.js';
 import type { Logger } from './logger.js';
 import { restoreCaches, saveCaches, type CachePlan, type CacheStepDeps } from './cache/steps.js';
 import { keyContext } from './cache/key.js';
@@ -47,6 +47,8 @@ export interface BuildResult {
   attempt: number;
   reported: boolean;
   outcome?: BuildOutcome;
+  /** The resource limit a `failed` build exceeded (issue 8). */
+  reason?: LimitReason;
   exitCode: number | null;
   message: string | null;
   /** Why it was dropped, when not reported. */
@@ -88,7 +90,7 @@ class Dropped extends Error {
   }
 }
 
-type Outcome = { outcome: BuildOutcome; exitCode: number | null; message: string | null };
+type Outcome = { outcome: BuildOutcome; exitCode: number | null; message: string | null; reason?: LimitReason };
 
 export class BuildRun {
   readonly id: string;
@@ -258,6 +260,8 @@ export class BuildRun {
     const exit = await this.runScript(this.ws!);
     if (this.abort.signal.aborted) throw this.abort.signal.reason;
     let { outcome, message } = this.judge(exit);
+    // A limit's breach is the build's reason until something weightier (artifact failure) takes over.
+    let reason = outcome === 'failed' ? exit.limit?.reason : undefined;
     const exitCode = exit.code ?? (exit.signal ? 128 + (SIGNAL_NUMBERS[exit.signal] ?? 0) : null);
     this.note(`${outcome}${message ? `: ${message}` : ''}`);
     if (outcome === 'succeeded' && caches.some((c) => !c.exactHit)) {
@@ -274,9 +278,10 @@ export class BuildRun {
       if (failures.length > 0 && outcome === 'succeeded') {
         outcome = 'failed';
         message = `artifact upload failed: ${failures.join('; ')}`;
+        reason = undefined;
       }
     }
-    return { outcome, exitCode, message };
+    return { outcome, exitCode, message, ...(reason ? { reason } : {}) };
   }
 
   /** Source download and workspace; an outcome when the source cannot be used. */
@@ -373,7 +378,11 @@ export class BuildRun {
       BUILDFLEET_WORKER_NAME: config.name,
     };
     this._phase = 'running';
-    const script = await executor.run(ws, spec.script, env, (chunk) => this.logs!.write(chunk), { shell: spec.shell });
+    const script = await executor.run(ws, spec.script, env, (chunk) => this.logs!.write(chunk), {
+      shell: spec.shell,
+      limits: spec.limits,
+      network: spec.network,
+    });
     this.script = script;
     if (this.currentStop() === 'lost') script.kill();
     else if (this.currentStop()) script.stop(config.cancelGraceMs);
@@ -386,10 +395,11 @@ export class BuildRun {
     }
   }
 
-  private judge(exit: { code: number | null; signal: NodeJS.Signals | null }): { outcome: BuildOutcome; message: string | null } {
+  private judge(exit: ScriptExit): { outcome: BuildOutcome; message: string | null } {
     const stop = this.currentStop();
     if (stop === 'canceled') return { outcome: 'canceled', message: this.stopMessage ?? 'canceled' };
     if (stop === 'timed_out') return { outcome: 'timed_out', message: this.stopMessage ?? 'timed out' };
+    if (exit.limit) return { outcome: 'failed', message: exit.limit.message };
     if (exit.code === 0) return { outcome: 'succeeded', message: null };
     return { outcome: 'failed', message: exit.signal ? `script killed by ${exit.signal}` : `script exited with code ${exit.code}` };
   }

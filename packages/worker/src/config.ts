@@ -5,8 +5,13 @@
 import { createHash } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
-import { DEFAULTS, ENV } from '@buildfleet/protocol';
+import { DEFAULTS, ENV, EXECUTOR_ENV } from '@buildfleet/protocol';
+import { limitsFromEnv, type Limits } from './sandbox/limits.js';
 import { DEFAULT_SOURCE_LIMITS, type SourceLimits } from './source.js';
+
+/** `BUILDFLEET_EXECUTOR`: `auto` picks `sandbox` where the host allows it, else `shell` with a warning. */
+export const EXECUTOR_MODES = ['auto', 'sandbox', 'shell'] as const;
+export type ExecutorMode = (typeof EXECUTOR_MODES)[number];
 
 /** Everything the worker process needs to know, immutable after load. */
 export interface WorkerConfig {
@@ -55,6 +60,24 @@ export interface WorkerConfig {
    * build's end). Undefined: never.
    */
   readonly idleTimeoutMs: number | undefined;
+  /** How builds run (BUILDFLEET_EXECUTOR, flag `--executor`; default `auto`). */
+  readonly executor: ExecutorMode;
+  /** bubblewrap to use: a name looked up in PATH or a path (BUILDFLEET_SANDBOX_BWRAP, default `bwrap`). */
+  readonly bwrap: string;
+  /** A root filesystem directory sandboxed builds see instead of the host's system directories (BUILDFLEET_SANDBOX_ROOTFS). */
+  readonly rootfs: string | undefined;
+  /** A sandboxed build may have the network when its spec asks (BUILDFLEET_SANDBOX_NETWORK=allow; default deny). */
+  readonly allowNetwork: boolean;
+  /** Who builds run as when the worker is root (BUILDFLEET_BUILD_USER, default `nobody`). */
+  readonly buildUser: string;
+  /**
+   * Where build workspaces live (BUILDFLEET_WORKSPACE_DIR): outside the data
+   * directory, so a build never shares a tree with the worker's identity.
+   * Default: `<dataDir>-workspaces` next to the data directory.
+   */
+  readonly workspaceDir: string;
+  /** The worker's resource limits per build (BUILDFLEET_LIMIT_*; a spec may lower them). */
+  readonly limits: Limits;
   readonly version: string;
 }
 
@@ -115,9 +138,10 @@ function normalizeUrl(u: string): string {
 }
 
 /** Partial options that override the environment (tests, the CLI's flags). */
-export type WorkerConfigOverrides = Partial<Omit<WorkerConfig, 'stateDir' | 'controllerUrls' | 'labels'>> & {
+export type WorkerConfigOverrides = Partial<Omit<WorkerConfig, 'stateDir' | 'controllerUrls' | 'labels' | 'executor'>> & {
   controllerUrls?: readonly string[] | string;
   labels?: readonly string[] | string;
+  executor?: ExecutorMode | string;
 };
 
 /**
@@ -169,7 +193,39 @@ export function loadWorkerConfig(
     cacheMaxBytes: overrides.cacheMaxBytes ?? nonNegativeInt(ENV.workerCacheMaxMb, env[ENV.workerCacheMaxMb], DEFAULTS.workerCacheMaxMb) * MiB,
     once: overrides.once ?? false,
     idleTimeoutMs: overrides.idleTimeoutMs === undefined ? undefined : positiveInt('--idle-timeout', overrides.idleTimeoutMs, 1),
+    executor: executorMode(overrides.executor ?? env[EXECUTOR_ENV.executor]),
+    bwrap: overrides.bwrap ?? (env[EXECUTOR_ENV.bwrap] || 'bwrap'),
+    rootfs: overrides.rootfs ?? (env[EXECUTOR_ENV.rootfs] ? path.resolve(env[EXECUTOR_ENV.rootfs]!) : undefined),
+    allowNetwork: overrides.allowNetwork ?? networkPolicy(env[EXECUTOR_ENV.network]),
+    buildUser: overrides.buildUser ?? (env[EXECUTOR_ENV.buildUser] || 'nobody'),
+    workspaceDir: path.resolve(overrides.workspaceDir ?? (env[EXECUTOR_ENV.workspaceDir] || `${dataDir}-workspaces`)),
+    limits: overrides.limits ?? workerLimits(env),
     version: overrides.version ?? WORKER_VERSION,
   };
+  if (config.workspaceDir === dataDir || config.workspaceDir.startsWith(dataDir + path.sep)) {
+    throw new ConfigError(`${EXECUTOR_ENV.workspaceDir} must lie outside the data directory ${dataDir} (a build must not share a tree with the worker's identity)`);
+  }
   return Object.freeze(config);
+}
+
+function executorMode(value: string | undefined): ExecutorMode {
+  const v = value === undefined || value === '' ? 'auto' : value;
+  if (!(EXECUTOR_MODES as readonly string[]).includes(v)) {
+    throw new ConfigError(`${EXECUTOR_ENV.executor} (--executor) must be one of ${EXECUTOR_MODES.join(', ')}, got ${JSON.stringify(v)}`);
+  }
+  return v as ExecutorMode;
+}
+
+function networkPolicy(value: string | undefined): boolean {
+  if (value === undefined || value === '' || value === 'deny') return false;
+  if (value === 'allow') return true;
+  throw new ConfigError(`${EXECUTOR_ENV.network} must be allow or deny, got ${JSON.stringify(value)}`);
+}
+
+function workerLimits(env: Record<string, string | undefined>): Limits {
+  try {
+    return limitsFromEnv(env);
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
 }

@@ -1,7 +1,7 @@
 /** @buildfleet/worker: the build worker (agent, session, typed controller client, executor). */
 export { startWorker, type RunningWorker, type StartWorkerOptions } from './agent.js';
 export { installSignalHandlers, onStopSignals, DUPLICATE_WINDOW_MS } from './signals.js';
-export { loadWorkerConfig, ConfigError, WORKER_VERSION, type WorkerConfig, type WorkerConfigOverrides } from './config.js';
+export { loadWorkerConfig, ConfigError, WORKER_VERSION, EXECUTOR_MODES, type ExecutorMode, type WorkerConfig, type WorkerConfigOverrides } from './config.js';
 export { Connection, TransportError, type Transport, type TransportErrorKind } from './client/connection.js';
 export {
   BUDGETS,
@@ -19,7 +19,10 @@ export { IdentityStore, IdentityLock, IdentityLockedError, IdentityPermissionErr
 export { Session, SessionFatalError, REFRESH_FRACTION, type RegisteredEvent } from './session.js';
 export { ActiveBuilds } from './active-builds.js';
 export { BuildRun, type BuildResult, type BuildPhase, type StopReason } from './build-run.js';
-export type { Executor, Workspace, RunningScript, ScriptExit, ArtifactFile, CollectedArtifacts } from './executor/types.js';
+export type { Executor, Workspace, RunningScript, ScriptExit, RunOptions, ArtifactFile, CollectedArtifacts } from './executor/types.js';
+export { ContainedExecutor, type ContainedExecutorOptions, type SandboxSettings } from './executor/contained.js';
+export { createExecutor, ExecutorUnavailableError, notIsolatedWarning } from './executor/select.js';
+export { BuildUserError } from './sandbox/users.js';
 export { ShellExecutor, type ShellExecutorOptions } from './executor/shell.js';
 export { findArtifacts, sha256File } from './executor/artifacts.js';
 export { LogStreamer, type LogChunk } from './logs.js';

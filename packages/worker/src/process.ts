@@ -13,6 +13,7 @@ import type { Clock } from '@buildfleet/protocol';
 import { writeFileDurable } from '@buildfleet/protocol/node';
 import type { Logger } from './logger.js';
 import { scriptArgs } from './shell-command.js';
+import { signalAll, withCookie } from './sandbox/tree.js';
 
 /** Sends `signal` to every process in group `pgid`; false when the group is gone. */
 export function signalGroup(pgid: number, signal: NodeJS.Signals): boolean {
@@ -77,6 +78,8 @@ export interface PidRecord {
   pgid: number;
   /** /proc start time of the group leader (clock ticks since boot), to tell pid reuse. */
   startTime?: string;
+  /** The build's process cookie (sandbox/tree.ts), for processes that left the group (setsid). */
+  cookie?: string;
 }
 
 /** Pid files of running builds: `<stateDir>/pids/<buildId>`. */
@@ -88,10 +91,10 @@ export class PidDir {
   private file(buildId: string): string {
     return path.join(this.dir, encodeURIComponent(buildId));
   }
-  async record(buildId: string, pgid: number): Promise<void> {
-    await fs.mkdir(this.dir, { recursive: true });
+  async record(buildId: string, pgid: number, cookie?: string): Promise<void> {
+    await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
     const st = procStat(pgid);
-    const rec: PidRecord = { pgid, ...(st ? { startTime: st.startTime } : {}) };
+    const rec: PidRecord = { pgid, ...(st ? { startTime: st.startTime } : {}), ...(cookie ? { cookie } : {}) };
     // Atomic: a worker killed while recording must not leave a torn file that hides the group from its successor.
     await writeFileDurable(this.file(buildId), JSON.stringify(rec), 0o600);
   }
@@ -130,6 +133,14 @@ export class PidDir {
               killed.push(pgid);
               logger.warn({ buildId: decodeURIComponent(name), pgid }, 'killed a build process group left behind by a previous run');
             }
+          }
+        }
+        if (typeof rec.cookie === 'string' && rec.cookie.length >= 16) {
+          // What left the group (setsid, a double fork) still carries the build's cookie.
+          const strays = withCookie(rec.cookie);
+          if (signalAll(strays, 'SIGKILL') > 0) {
+            logger.warn({ buildId: decodeURIComponent(name), pids: strays }, 'killed build processes left behind by a previous run');
+            if (!killed.includes(pgid)) killed.push(pgid);
           }
         }
       } catch (err) {

@@ -66,6 +66,8 @@ export interface SessionOptions {
   logger: Logger;
   /** Build ids running here now (sent as `activeBuildIds` with re-registrations). */
   activeBuildIds: () => string[];
+  /** How this worker runs builds, reported at registration (`shell`, `sandbox`). */
+  executor?: string;
 }
 
 /**
@@ -213,7 +215,7 @@ export class Session extends EventEmitter {
     this.identity = next;
   }
 
-  private common(): Pick<RegisterRequest, 'name' | 'labels' | 'maxConcurrentBuilds' | 'version' | 'bootId'> {
+  private common(): Pick<RegisterRequest, 'name' | 'labels' | 'maxConcurrentBuilds' | 'version' | 'bootId' | 'executor'> {
     const c = this.opts.config;
     return {
       name: c.name,
@@ -221,6 +223,7 @@ export class Session extends EventEmitter {
       maxConcurrentBuilds: c.maxConcurrentBuilds,
       version: c.version,
       bootId: this.bootId,
+      ...(this.opts.executor ? { executor: this.opts.executor } : {}),
     };
   }
 

@@ -7,7 +7,7 @@
  *
  * Pure: no clock, no I/O. Times are epoch milliseconds passed in.
  */
-import { ApiError, canTransition, isTerminal, type BuildOutcome, type BuildReason, type BuildState } from '@buildfleet/protocol';
+import { ApiError, canTransition, isTerminal, type BuildOutcome, type BuildReason, type BuildState, type LimitReason } from '@buildfleet/protocol';
 
 /** What `transition()` needs to know about a build. */
 export interface TransitionInput {
@@ -28,7 +28,7 @@ export type BuildEvent =
   /** The worker started the assigned attempt. */
   | { type: 'start'; leaseExpiresAt: number }
   /** The worker reported the attempt's outcome. */
-  | { type: 'finish'; outcome: BuildOutcome; exitCode: number | null; message: string | null }
+  | { type: 'finish'; outcome: BuildOutcome; exitCode: number | null; message: string | null; limitReason?: LimitReason | undefined }
   /** The attempt was lost (ack deadline, lease, worker deleted or restarted). */
   | { type: 'lose'; reason: LostReason }
   /** A user asked to cancel. */
@@ -142,7 +142,8 @@ export function transition(current: TransitionInput, event: BuildEvent, now: num
     case 'finish': {
       const to = event.outcome;
       check(from, to, `finish as ${to}`);
-      const reason = outcomeReason(to);
+      // A limit names why a build failed (issue 8); any other outcome keeps its own reason.
+      const reason = to === 'failed' && event.limitReason ? event.limitReason : outcomeReason(to);
       return {
         from,
         to,

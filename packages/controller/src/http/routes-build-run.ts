@@ -227,6 +227,7 @@ export function buildRunRoutes(app: FastifyInstance, ctx: AppContext): void {
         outcome: body.outcome,
         exitCode: body.exitCode,
         message: body.message ?? null,
+        ...(body.reason !== undefined ? { limitReason: body.reason } : {}),
         now: clock.now(),
       });
       if (!isTerminal(before.state)) {

@@ -28,7 +28,7 @@
  * (attempt fencing of build-token writes), `sql/rows.ts` (row mapping).
  */
 import { sql, Migrator, type Kysely } from 'kysely';
-import type { Build, BuildOutcome, EnrollmentToken, MinuteStat, QueueGroup, Scope, Secret, SecretHandout, Worker } from '@buildfleet/protocol';
+import type { Build, BuildOutcome, EnrollmentToken, LimitReason, MinuteStat, QueueGroup, Scope, Secret, SecretHandout, Worker } from '@buildfleet/protocol';
 import type { FleetEntry, QueuedEntry } from '../domain/waiting.js';
 import { mapDbError } from './errors.js';
 import { appliedMigrations, assertSchemaNotNewer } from './schema-guard.js';
@@ -264,7 +264,9 @@ export class SqlStore implements Store {
   startBuild(ref: AttemptRef, now: number, leaseMs: number): Promise<Build> {
     return builds.startBuild(this.ctx, ref, now, leaseMs);
   }
-  finishBuild(ref: AttemptRef & { outcome: BuildOutcome; exitCode: number | null; message: string | null; now: number }): Promise<Build> {
+  finishBuild(
+    ref: AttemptRef & { outcome: BuildOutcome; exitCode: number | null; message: string | null; limitReason?: LimitReason | undefined; now: number },
+  ): Promise<Build> {
     return builds.finishBuild(this.ctx, ref);
   }
 

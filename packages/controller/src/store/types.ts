@@ -25,6 +25,7 @@ import type {
   BuildState,
   CacheEntry,
   EnrollmentToken,
+  LimitReason,
   MinuteStat,
   QueueGroup,
   Scope,
@@ -366,8 +367,9 @@ export interface Store extends FeatureStore {
   /** Throws ARTIFACT_NOT_FOUND, or GONE (saying when and why) when retention or the blob cap removed it. */
   getArtifact(buildId: string, name: string): Promise<StoredArtifact>;
   /** Same outcome twice → returns the build; another outcome after terminal → INVALID_TRANSITION. */
+  /** `limitReason`: with outcome `failed`, the limit the build exceeded (the build's `reason`; else `exit_code`). */
   finishBuild(
-    ref: AttemptRef & { outcome: BuildOutcome; exitCode: number | null; message: string | null; now: number },
+    ref: AttemptRef & { outcome: BuildOutcome; exitCode: number | null; message: string | null; limitReason?: LimitReason | undefined; now: number },
   ): Promise<Build>;
   /** Returns expired assignments and leases to the queue or fails them; ends timed-out builds. Safe on every controller at once. */
   reap(options: ReapOptions): Promise<ReapResult>;

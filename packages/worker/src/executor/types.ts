@@ -2,10 +2,11 @@
  * The executor: where and how a build's script runs (issue 8: prepare the
  * workspace → run → collect artifacts → clean up). The build run
  * (`build-run.ts`) talks to the controller and decides outcomes; an executor
- * only touches this machine. `shell` (`shell.ts`) runs the script as a
- * process group of the worker's user; other executors (a sandbox) implement
- * the same interface.
+ * only touches this machine. `contained.ts` runs real builds, in bubblewrap
+ * (`sandbox`) or not (`shell`), with limits and nothing left behind;
+ * `shell.ts` runs them through an injectable runner (the simulation's).
  */
+import type { BuildLimits, ExecutorKind, LimitReason } from '@buildfleet/protocol';
 
 /** One attempt's workspace: `dir` is where the script runs and artifacts are looked up. */
 export interface Workspace {
@@ -19,8 +20,15 @@ export interface Workspace {
 export interface ScriptExit {
   code: number | null;
   signal: NodeJS.Signals | null;
+  /**
+   * Set when the build exceeded a resource limit (it was ended for it, or the
+   * kernel enforced it): the build ends `failed` with `reason`, and `message`
+   * says what happened.
+   */
+  limit?: { reason: LimitReason; message: string };
 }
 
+/** What of the spec the executor needs besides the script (issue 8). */
 /** A script that runs. Output goes to the `onOutput` given to `Executor.run`. */
 export interface RunningScript {
   /** Process group id (a number ≤ 0 when the executor has no real group, as in the simulation). */
@@ -43,6 +51,10 @@ export interface RunningScript {
 export interface RunOptions {
   /** Spec `shell`: `sh` (default), `bash`, or an interpreter's absolute path (see shell-command.ts). */
   shell?: string | undefined;
+  /** Spec `limits`: lower the worker's limits for this build (never raise them; issue 8). */
+  limits?: BuildLimits | undefined;
+  /** Spec `network`: the build asks for the network (granted only where the worker allows it). */
+  network?: boolean | undefined;
 }
 
 /** Where a build's secret files go (spec secrets `as: "file"`), on this machine and as the script sees it. */
@@ -67,8 +79,8 @@ export interface CollectedArtifacts {
 }
 
 export interface Executor {
-  /** Reported to the controller and shown to users, e.g. `shell`. */
-  readonly kind: string;
+  /** Reported to the controller and shown to users. */
+  readonly kind: ExecutorKind;
   /**
    * Creates a fresh, empty workspace for the attempt and unpacks `sourceFile`
    * (a `.tar.gz`, maybe empty) into it. Throws UnsafeArchiveError for an

@@ -27,9 +27,12 @@ import { bwrapArgs, type SandboxMounts } from './bwrap.js';
 import { rlimitPrelude, type Limits } from './limits.js';
 import { allProcs, COOKIE_VAR, descendants, killUntilGone, procInfo, signalAll, withCookie } from './tree.js';
 import type { BuildUser } from './users.js';
+import { scriptArgs } from '../shell-command.js';
 
 export interface LaunchSpec {
   script: string;
+  /** Spec `shell` (shell-command.ts): `sh` when absent. */
+  shell?: string | undefined;
   /** The script's whole environment (the sandbox passes a clean one). */
   env: NodeJS.ProcessEnv;
   /** Host paths of the workspace (the shell executor's working directory) and the build's /tmp. */
@@ -71,9 +74,10 @@ const INFO_FD = 3;
 /** The gate: wait for the worker's go (a line on stdin), merge stderr into stdout, exec the build. */
 const GATE = 'read _ || exit 125; exec 2>&1; exec "$@"';
 
-/** The build's first shell inside: rlimits, umask, then the script in a shell of its own. */
-function innerShell(prelude: string): string {
-  return `${prelude ? prelude + '\n' : ''}umask 022\nexec /bin/sh -c "$1"`;
+/** The build's first shell inside: rlimits, umask, then the script with its shell (shell-command.ts). */
+function innerCommand(prelude: string, script: string, shell: string | undefined): string[] {
+  const [, body, ...rest] = scriptArgs(script, shell);
+  return ['/bin/sh', '-c', `${prelude ? prelude + '\n' : ''}umask 022\n${body}`, ...rest];
 }
 
 /**
@@ -84,7 +88,7 @@ function innerShell(prelude: string): string {
 export function launchBuild(spec: LaunchSpec): LaunchedBuild {
   const { cgroup, sandbox, cookie } = spec;
   const prelude = rlimitPrelude(spec.limits, { memory: !cgroup, processes: !cgroup });
-  const inner = ['/bin/sh', '-c', innerShell(prelude), 'buildfleet-build', spec.script];
+  const inner = innerCommand(prelude, spec.script, spec.shell);
   const argv = sandbox
     ? [sandbox.bwrap, ...bwrapArgs({ ...sandbox.mounts, workspace: spec.workspace, tmp: spec.tmp, infoFd: INFO_FD }, inner)]
     : inner;

@@ -184,7 +184,8 @@ describe('worker against the real controller', () => {
   it('a worker restarted after a crash (SIGKILL) kills the old process group; the build runs again as attempt 2', async () => {
     ctl = await startCtl({ leaseMs: 1_500, heartbeatIntervalMs: 200 });
     const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=source', fileURLToPath(new URL('./support/worker-main.ts', import.meta.url))], {
-      env: { ...process.env, BUILDFLEET_CONTROLLER_URL: ctl.url, BUILDFLEET_ENROLLMENT_TOKEN: ctl.enrollmentToken, BUILDFLEET_DATA_DIR: dir },
+      // shell: a sandboxed build dies with its worker (--die-with-parent); this is about what outlives it.
+      env: { ...process.env, BUILDFLEET_CONTROLLER_URL: ctl.url, BUILDFLEET_ENROLLMENT_TOKEN: ctl.enrollmentToken, BUILDFLEET_DATA_DIR: dir, BUILDFLEET_EXECUTOR: 'shell' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     const exited = new Promise((resolve) => child.once('exit', resolve));

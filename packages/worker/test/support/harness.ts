@@ -24,6 +24,8 @@ export function testConfig(fake: { url: string; enrollmentToken: string }, dataD
       dataDir,
       name: 'test-worker',
       requestTimeoutMs: 5_000,
+      // The sandbox has tests of its own (test/sandbox/); the rest need not pay for it.
+      executor: 'shell',
       ...over,
     },
   );

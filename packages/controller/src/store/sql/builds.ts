@@ -6,7 +6,7 @@
  * locks of `context.ts`.
  */
 import { sql } from 'kysely';
-import { ApiError, isTerminal, type Build, type BuildOutcome } from '@buildfleet/protocol';
+import { ApiError, isTerminal, type Build, type BuildOutcome, type LimitReason } from '@buildfleet/protocol';
 import type { RejectReason } from '../../domain/transition.js';
 import type { Dialect } from '../schema.js';
 import type { AttemptRef, BuildListFilter, NewBuild } from '../types.js';
@@ -218,7 +218,7 @@ export function rejectBuild(ctx: SqlContext, ref: AttemptRef, reason: RejectReas
 /** The attempt's outcome; the same outcome twice answers the build, another after terminal is INVALID_TRANSITION. */
 export function finishBuild(
   ctx: SqlContext,
-  ref: AttemptRef & { outcome: BuildOutcome; exitCode: number | null; message: string | null; now: number },
+  ref: AttemptRef & { outcome: BuildOutcome; exitCode: number | null; message: string | null; limitReason?: LimitReason | undefined; now: number },
 ): Promise<Build> {
   return tx(ctx, async (trx) => {
     const row = await lockBuild(ctx, trx, ref.buildId);
@@ -227,7 +227,7 @@ export function finishBuild(
       if (row.state === ref.outcome) return (await loadBuild(trx, ref.buildId))!;
       throw new ApiError('INVALID_TRANSITION', `build ${row.id} already ended ${row.state}`);
     }
-    const t = await applyTransition(trx, row, { type: 'finish', outcome: ref.outcome, exitCode: ref.exitCode, message: ref.message }, ref.now);
+    const t = await applyTransition(trx, row, { type: 'finish', outcome: ref.outcome, exitCode: ref.exitCode, message: ref.message, limitReason: ref.limitReason }, ref.now);
     if (!t) throw await raceError(trx, ref);
     return (await loadBuild(trx, ref.buildId))!;
   });

@@ -5,7 +5,7 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import type { Selectable } from 'kysely';
-import { ApiError, type Build, type BuildSpec, type BuildState } from '@buildfleet/protocol';
+import { ApiError, ISOLATION_LABEL, type Build, type BuildSpec, type BuildState } from '@buildfleet/protocol';
 import type { TransitionInput } from '../../domain/transition.js';
 import type { BuildAttemptsTable, BuildsTable, WorkersTable } from '../schema.js';
 import type { HeldBuild } from '../types.js';
@@ -42,6 +42,17 @@ export function chunks<T>(items: readonly T[], size: number): T[][] {
   const out: T[][] = [];
   for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
   return out;
+}
+
+/**
+ * A worker's labels as stored: the isolation label (`isolation:sandbox`,
+ * which builds with `"isolation": "sandbox"` carry) only when the worker
+ * reports the `sandbox` executor, never because its operator typed it, so a
+ * build that requires isolation is never claimed by a `shell` worker.
+ */
+export function workerLabelsJson(labels: readonly string[], executor: string | null | undefined): string {
+  const own = labels.filter((l) => l !== ISOLATION_LABEL);
+  return labelsJson(executor === 'sandbox' ? [...own, ISOLATION_LABEL] : own);
 }
 
 /** A label set as stored: JSON of the sorted distinct labels (the claim compares these). */

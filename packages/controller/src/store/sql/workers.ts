@@ -7,7 +7,7 @@
 import { ApiError, type Worker } from '@buildfleet/protocol';
 import type { RegisterNewInput, RegisterResult, ReregisterInput, WorkerAuth } from '../types.js';
 import { forUpdate, run, tx, type SqlContext } from './context.js';
-import { labelsJson, parseJson, safeEqual, toHeld, toIso, uniq, workerNotFound, HELD_STATES, type WorkerRow } from './rows.js';
+import { parseJson, workerLabelsJson, safeEqual, toHeld, toIso, uniq, workerNotFound, HELD_STATES, type WorkerRow } from './rows.js';
 import { useEnrollmentToken } from './tokens.js';
 import { applyTransitions } from './batch-transitions.js';
 import { checkAccessToken, heldBuilds, touchWorker } from './worker-auth.js';
@@ -23,7 +23,6 @@ const SUPERSEDED_BOOT_IDS_KEPT = 100;
  */
 export function registerNew(ctx: SqlContext, input: RegisterNewInput): Promise<RegisterResult> {
   return tx(ctx, async (trx) => {
-    const labels = labelsJson(input.labels);
     if (input.registrationId !== undefined) {
       const existing = await forUpdate(ctx, trx.selectFrom('workers').selectAll().where('registration_id', '=', input.registrationId)).executeTakeFirst();
       if (existing) {
@@ -43,7 +42,7 @@ export function registerNew(ctx: SqlContext, input: RegisterNewInput): Promise<R
             access_token_hash: input.accessToken.hash,
             access_token_expires_at: input.accessToken.expiresAt,
             name: input.name,
-            labels,
+            labels: workerLabelsJson(input.labels, input.executor ?? existing.executor),
             max_concurrent_builds: input.maxConcurrentBuilds,
             version: input.version,
             boot_id: input.bootId ?? existing.boot_id,
@@ -60,7 +59,7 @@ export function registerNew(ctx: SqlContext, input: RegisterNewInput): Promise<R
       .values({
         id: input.newWorkerId,
         name: input.name,
-        labels,
+        labels: workerLabelsJson(input.labels, input.executor),
         max_concurrent_builds: input.maxConcurrentBuilds,
         version: input.version,
         status: 'active',
@@ -132,7 +131,7 @@ export function reregister(ctx: SqlContext, input: ReregisterInput): Promise<Reg
         ...(restarted
           ? {
               name: input.name,
-              labels: labelsJson(input.labels),
+              labels: workerLabelsJson(input.labels, input.executor ?? w.executor),
               max_concurrent_builds: input.maxConcurrentBuilds,
               version: input.version,
               executor: input.executor ?? w.executor,

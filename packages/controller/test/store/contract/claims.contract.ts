@@ -1,5 +1,6 @@
 /** The store contract, slice: Claims: poll, re-delivery and the one-statement claim (sql/claims.ts). */
 import { beforeEach, describe, expect, it } from 'vitest';
+import { ISOLATION_LABEL } from '@buildfleet/protocol';
 import type { Store } from '../../../src/store/types.js';
 import { T0, TTL, ACK, LEASE, sha, expectCode, type StoreFixture } from './fixture.js';
 
@@ -34,6 +35,22 @@ export function claimsContract(f: StoreFixture): void {
         const u = await store.getBuild(urgent.id);
         expect(u).toMatchObject({ state: 'assigned', workerId: w.id, attempt: 1, assignedAt: new Date(T0 + 1000).toISOString() });
         expect(u.attempts).toMatchObject([{ attempt: 1, state: 'assigned', workerId: w.id }]);
+      });
+
+      it('a build requiring isolation is never claimed by a shell worker, even one whose operator typed the label', async () => {
+        const shell = await worker({ labels: ['linux', ISOLATION_LABEL], executor: 'shell' });
+        const old = await worker({ labels: [ISOLATION_LABEL] });
+        const sandbox = await worker({ labels: ['linux'], executor: 'sandbox' });
+        expect((await store.getWorker(shell.id, T0, LEASE)).labels).toEqual(['linux']);
+        expect((await store.getWorker(sandbox.id, T0, LEASE)).labels).toEqual([ISOLATION_LABEL, 'linux'].sort());
+        const isolated = await build({ isolation: 'sandbox', labels: ['linux'] });
+        const byLabel = await build({ labels: [ISOLATION_LABEL] });
+        const plain = await build({ labels: ['linux'] });
+        expect(isolated.spec.labels).toContain(ISOLATION_LABEL);
+        expect(byLabel.spec.isolation).toBe('sandbox');
+        expect((await poll(shell, 10)).map((h) => h.id)).toEqual([plain.id]);
+        expect(await poll(old, 10)).toEqual([]);
+        expect((await poll(sandbox, 10)).map((h) => h.id).sort()).toEqual([isolated.id, byLabel.id].sort());
       });
 
       it('re-delivers unstarted assignments first with the original ack deadline, at most freeSlots in all', async () => {

@@ -99,7 +99,7 @@ export interface StoreFixture {
   /** A monotonically increasing time for build ids (UUIDv7 sorts by it). */
   tick(): number;
   /** Registers a worker with the default enrollment token (`maxConcurrentBuilds` 4 unless given). */
-  worker(opts?: { labels?: string[]; name?: string; bootId?: string; now?: number; maxConcurrentBuilds?: number }): Promise<TestWorker>;
+  worker(opts?: { labels?: string[]; name?: string; bootId?: string; now?: number; maxConcurrentBuilds?: number; executor?: string }): Promise<TestWorker>;
   /** Submits a build created at `now` (default `tick()`). */
   build(spec?: Partial<BuildSpecInput>, now?: number): ReturnType<Store['createBuild']>;
   /** One poll of `w` (default 1 free slot, nothing active, at T0 + 1 s). */
@@ -138,6 +138,7 @@ export function useStoreFixture(open: OpenStore, options: ContractOptions): Stor
         maxConcurrentBuilds: opts.maxConcurrentBuilds ?? 4,
         version: '1',
         bootId: opts.bootId ?? 'boot-1',
+        ...(opts.executor !== undefined ? { executor: opts.executor } : {}),
         now: opts.now ?? T0,
       });
       return { id: res.workerId, tokenHash: sha(token), secretHash: sha(secret) };
