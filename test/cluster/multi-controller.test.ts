@@ -10,7 +10,7 @@
  * (O_APPEND, one short line per write), and the build's attempts history
  * must agree with it.
  */
-import { readFile, writeFile } from 'node:fs/promises';
+import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createTestDatabase, describePg, type TestDatabase } from '../../packages/controller/test/support/pg.js';
@@ -82,7 +82,9 @@ describePg('several controllers on one PostgreSQL database (real processes)', ()
     db = await createTestDatabase();
     tmp = await tempDir('bf-cluster-pg-');
     runsFile = join(tmp.dir, 'runs.txt');
-    await writeFile(runsFile, '');
+    // Builds of a root worker run as nobody and append here.
+    await writeFile(runsFile, '', { mode: 0o666 });
+    await chmod(runsFile, 0o666);
     // Both at once: migrations must be safe when two controllers start together.
     // Leases are not the point here: generous ones keep a worker starved on a
     // busy machine from losing builds (lease scenarios: leases.test.ts).

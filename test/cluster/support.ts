@@ -6,7 +6,7 @@
  * always a condition with a deadline (`waitFor`), never a fixed sleep.
  */
 import { createServer, connect, type AddressInfo, type Socket } from 'node:net';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { API_TOKEN, ENROLLMENT_TOKEN, startTestController } from '../support/controller.js';
@@ -46,6 +46,8 @@ export async function freePort(): Promise<number> {
 
 export async function tempDir(prefix: string): Promise<{ dir: string; remove(): Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
+  // Builds record into and wait on files here; a root worker runs them as nobody.
+  await chmod(dir, 0o777);
   return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
 }
 
@@ -85,6 +87,8 @@ export function startWorker(opts: { urls: readonly string[]; dataDir: string; na
       BUILDFLEET_ENROLLMENT_TOKEN: ENROLLMENT_TOKEN,
       BUILDFLEET_DATA_DIR: opts.dataDir,
       BUILDFLEET_CONCURRENCY: String(opts.concurrency ?? 1),
+      // These tests are about the fleet, not isolation: builds write files the tests read.
+      BUILDFLEET_EXECUTOR: 'shell',
       ...(opts.labels ? { BUILDFLEET_LABELS: opts.labels.join(',') } : {}),
       ...opts.env,
     }),

@@ -230,6 +230,9 @@ export async function startRig(kind: StoreKind, options: RigOptions = {}): Promi
     },
     async workerDir() {
       const d = await fs.mkdtemp(path.join(os.tmpdir(), 'bf-cred-w-'));
+      // Tests put flag files (go) here for builds to wait on; a root worker runs builds as nobody,
+      // which must reach them. The worker's own state stays in worker/ (0700).
+      await fs.chmod(d, 0o711);
       dirs.push(d);
       return d;
     },

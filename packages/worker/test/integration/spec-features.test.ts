@@ -21,6 +21,8 @@ function groupSuite(store: 'sqlite' | 'postgres'): void {
   it('five builds of one group run one at a time, in order, on two workers with four free slots', { timeout: 120_000 }, async () => {
     const ctl = await f.controller({ store, config: { heartbeatIntervalMs: 300, leaseMs: 10_000 } });
     const shared = await f.dir('bf-group-');
+    // A root worker runs builds as nobody: they must be able to write the trace.
+    await fs.chmod(shared, 0o777);
     const trace = path.join(shared, 'trace');
     const builds: Build[] = [];
     for (let i = 1; i <= 5; i++) {
