@@ -317,7 +317,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         request.log.debug({ code: error.code, message: error.message }, 'request refused');
     }
     // A guess that failed counts toward the address's limit (a genuine but expired token does not).
-    if (error.code === 'TOKEN_INVALID') ctx.limits.authFailures.hit(request.ip);
+    if (error.code === 'TOKEN_INVALID' && !request.credentialAccepted) ctx.limits.authFailures.hit(request.ip);
     if (error.status === 503 || error.status === 429) {
       const seconds = error.retryAfterMs !== undefined ? Math.max(1, Math.ceil(error.retryAfterMs / 1000)) : RETRY_AFTER_SECONDS;
       reply.header('retry-after', String(seconds));

@@ -17,6 +17,12 @@ declare module 'fastify' {
     buildClaims?: BuildTokenClaims;
     /** Set for access-token routes: the path's worker and the presented token's hash (the store checks it). */
     workerAuth?: { workerId: string; tokenHash: string };
+    /**
+     * Set once the request's credential was accepted: a 401 after that (a
+     * parked poll whose token a re-registration rotated) is not a guess and
+     * does not count toward the address's failed authentications.
+     */
+    credentialAccepted?: boolean;
   }
 }
 

@@ -387,6 +387,7 @@ async function longPoll(
       let held: HeldBuild[] = [];
       try {
         held = await store.poll({ ...input, ackTimeoutMs: ctx.config.ackTimeoutMs, now: clock.now() });
+        request.credentialAccepted = true;
       } finally {
         // Tell the dispatcher this woken poll has looked, so it moves on.
         if (woken && claims) ctx.dispatcher.report(input.workerId, held.length);

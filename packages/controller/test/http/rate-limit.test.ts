@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeClock, paths } from '@buildfleet/protocol';
 import { WindowCounter } from '../../src/http/rate-limit.js';
+import { waitFor } from '../support/wait.js';
 import { API_TOKEN, ENROLLMENT_TOKEN, startHarness, type Harness } from './harness.js';
 
 describe('WindowCounter', () => {
@@ -69,5 +70,31 @@ describe('over HTTP', () => {
     expect(again.status).toBe(200);
     await clock.advance(60_000);
     expect((await h.register({}, ENROLLMENT_TOKEN)).status).toBe(201);
+  });
+});
+
+describe('a token rotated while its poll was parked', () => {
+  it('answers that poll 401 without counting it as a failed authentication of the address', async () => {
+    const own = await startHarness({ maxAuthFailuresPerMinute: 2, pollWaitMs: 30_000, pollRecheckMs: 60_000 });
+    try {
+      const reg = await own.registerOk();
+      let token = reg.accessToken;
+      // Three rotations (proactive refreshes), more than the limit of 2 failures.
+      for (let i = 0; i < 3; i++) {
+        const parked = own.req('POST', paths.poll(reg.workerId, 30_000), { token, json: { freeSlots: 1, activeBuildIds: [] } });
+        await waitFor(() => own.ctl.app.buildfleet.pollWake.size === 1, { what: 'the poll to park' });
+        const refreshed = await own.register({ workerId: reg.workerId, workerSecret: reg.workerSecret });
+        expect(refreshed.status).toBe(200);
+        token = ((await refreshed.json()) as { accessToken: string }).accessToken;
+        expect((await parked).status).toBe(401);
+      }
+      // The fleet behind this address is not locked out: its genuine credentials still work.
+      expect((await own.req('GET', paths.builds(), { token: API_TOKEN })).status).toBe(200);
+      // Guesses still count.
+      for (let i = 0; i < 2; i++) expect((await own.req('GET', paths.builds(), { token: `bfa_guess-${i}-000000000000000000` })).status).toBe(401);
+      expect((await own.req('GET', paths.builds(), { token: API_TOKEN })).status).toBe(429);
+    } finally {
+      await own.close();
+    }
   });
 });
