@@ -111,9 +111,8 @@ export function buildRunRoutes(app: FastifyInstance, ctx: AppContext): void {
     },
     async (request) => {
       const ref = await jsonWriteRef(request, checkAttemptCurrent);
-      const before = await store.getBuild(ref.buildId);
-      const build = await store.startBuild(ref, clock.now(), config.leaseMs);
-      if (before.state !== 'running' && build.state === 'running') {
+      const { build, changed } = await store.startBuild(ref, clock.now(), config.leaseMs);
+      if (changed) {
         metrics.buildTransitions.inc({ to: 'running' });
         observeStarted(metrics, build);
       }
@@ -221,8 +220,7 @@ export function buildRunRoutes(app: FastifyInstance, ctx: AppContext): void {
     async (request) => {
       const ref = await jsonWriteRef(request, checkAttemptCurrent);
       const body = request.body;
-      const before = await store.getBuild(ref.buildId);
-      const build = await store.finishBuild({
+      const { build, changed } = await store.finishBuild({
         ...ref,
         outcome: body.outcome,
         exitCode: body.exitCode,
@@ -230,7 +228,7 @@ export function buildRunRoutes(app: FastifyInstance, ctx: AppContext): void {
         ...(body.reason !== undefined ? { limitReason: body.reason } : {}),
         now: clock.now(),
       });
-      if (!isTerminal(before.state)) {
+      if (changed) {
         metrics.buildTransitions.inc({ to: build.state });
         observeEnded(metrics, build.state);
       }

@@ -70,6 +70,7 @@ import type {
   RegisterResult,
   ReregisterInput,
   RetentionStore,
+  StepResult,
   Store,
   WebhookStore,
   StoredArtifact,
@@ -261,12 +262,12 @@ export class SqlStore implements Store {
   cancelBuild(id: string, now: number): Promise<Build> {
     return builds.cancelBuild(this.ctx, id, now);
   }
-  startBuild(ref: AttemptRef, now: number, leaseMs: number): Promise<Build> {
+  startBuild(ref: AttemptRef, now: number, leaseMs: number): Promise<StepResult> {
     return builds.startBuild(this.ctx, ref, now, leaseMs);
   }
   finishBuild(
     ref: AttemptRef & { outcome: BuildOutcome; exitCode: number | null; message: string | null; limitReason?: LimitReason | undefined; now: number },
-  ): Promise<Build> {
+  ): Promise<StepResult> {
     return builds.finishBuild(this.ctx, ref);
   }
 

@@ -162,6 +162,14 @@ export interface AttemptRef {
   attempt: number;
 }
 
+/** What a worker's lifecycle step (start, finish) answers. */
+export interface StepResult {
+  /** The build after the step. */
+  build: Build;
+  /** Whether this call changed the build's state; false for an idempotent replay (metrics count each change once). */
+  changed: boolean;
+}
+
 export interface LogChunkInput extends AttemptRef {
   seq: number;
   offset: number;
@@ -349,7 +357,7 @@ export interface Store extends FeatureStore {
    * Build-token writes check, in this order: BUILD_NOT_FOUND, LEASE_LOST (the
    * attempt is not the build's current one), INVALID_TRANSITION (state).
    */
-  startBuild(ref: AttemptRef, now: number, leaseMs: number): Promise<Build>;
+  startBuild(ref: AttemptRef, now: number, leaseMs: number): Promise<StepResult>;
   /**
    * Stores a log chunk once per (build, attempt, seq). Returns bytes stored
    * for the attempt, and `truncated` once the attempt's log reached
@@ -370,7 +378,7 @@ export interface Store extends FeatureStore {
   /** `limitReason`: with outcome `failed`, the limit the build exceeded (the build's `reason`; else `exit_code`). */
   finishBuild(
     ref: AttemptRef & { outcome: BuildOutcome; exitCode: number | null; message: string | null; limitReason?: LimitReason | undefined; now: number },
-  ): Promise<Build>;
+  ): Promise<StepResult>;
   /** Returns expired assignments and leases to the queue or fails them; ends timed-out builds. Safe on every controller at once. */
   reap(options: ReapOptions): Promise<ReapResult>;
   /** Whether any queued build exists (cheap wake-up re-check). */

@@ -9,7 +9,8 @@ import { sql } from 'kysely';
 import { ApiError, isTerminal, type Build, type BuildOutcome, type LimitReason } from '@buildfleet/protocol';
 import type { RejectReason } from '../../domain/transition.js';
 import type { Dialect } from '../schema.js';
-import type { AttemptRef, BuildListFilter, NewBuild } from '../types.js';
+import type { AttemptRef, BuildListFilter, NewBuild, StepResult } from '../types.js';
+import { applyGuarded } from './guarded.js';
 import { run, tx, type Db, type SqlContext } from './context.js';
 import { fence, lockBuild, raceError } from './fencing.js';
 import { buildNotFound, labelsJson, rowToBuild, type AttemptRow, type BuildRow } from './rows.js';
@@ -187,16 +188,25 @@ export function cancelBuild(ctx: SqlContext, id: string, now: number): Promise<B
   });
 }
 
-/** assigned → running with a lease until `now + leaseMs` (epoch ms); the same start again answers the build. */
-export function startBuild(ctx: SqlContext, ref: AttemptRef, now: number, leaseMs: number): Promise<Build> {
+/**
+ * assigned → running with a lease until `now + leaseMs` (epoch ms); the same
+ * start again answers the build (`changed` false). The common case is one
+ * conditional UPDATE (`guarded.ts`); anything else takes the locking path.
+ */
+export function startBuild(ctx: SqlContext, ref: AttemptRef, now: number, leaseMs: number): Promise<StepResult> {
+  const event = { type: 'start', leaseExpiresAt: now + leaseMs } as const;
   return tx(ctx, async (trx) => {
+    const started = await applyGuarded(trx, ref.buildId, ref.attempt, event, now);
+    if (started) return { build: started, changed: true };
     const row = await lockBuild(ctx, trx, ref.buildId);
     fence(row, ref);
+    let changed = false;
     if (row.state !== 'running') {
-      const t = await applyTransition(trx, row, { type: 'start', leaseExpiresAt: now + leaseMs }, now);
+      const t = await applyTransition(trx, row, event, now);
       if (!t) throw await raceError(trx, ref);
+      changed = true;
     }
-    return (await loadBuild(trx, ref.buildId))!;
+    return { build: (await loadBuild(trx, ref.buildId))!, changed };
   });
 }
 
@@ -215,20 +225,27 @@ export function rejectBuild(ctx: SqlContext, ref: AttemptRef, reason: RejectReas
   });
 }
 
-/** The attempt's outcome; the same outcome twice answers the build, another after terminal is INVALID_TRANSITION. */
+/**
+ * The attempt's outcome; the same outcome twice answers the build (`changed`
+ * false), another after terminal is INVALID_TRANSITION. The common case is
+ * one conditional UPDATE (`guarded.ts`); anything else takes the locking path.
+ */
 export function finishBuild(
   ctx: SqlContext,
   ref: AttemptRef & { outcome: BuildOutcome; exitCode: number | null; message: string | null; limitReason?: LimitReason | undefined; now: number },
-): Promise<Build> {
+): Promise<StepResult> {
+  const event = { type: 'finish', outcome: ref.outcome, exitCode: ref.exitCode, message: ref.message, limitReason: ref.limitReason } as const;
   return tx(ctx, async (trx) => {
+    const finished = await applyGuarded(trx, ref.buildId, ref.attempt, event, ref.now);
+    if (finished) return { build: finished, changed: true };
     const row = await lockBuild(ctx, trx, ref.buildId);
     fence(row, ref);
     if (isTerminal(row.state)) {
-      if (row.state === ref.outcome) return (await loadBuild(trx, ref.buildId))!;
+      if (row.state === ref.outcome) return { build: (await loadBuild(trx, ref.buildId))!, changed: false };
       throw new ApiError('INVALID_TRANSITION', `build ${row.id} already ended ${row.state}`);
     }
-    const t = await applyTransition(trx, row, { type: 'finish', outcome: ref.outcome, exitCode: ref.exitCode, message: ref.message, limitReason: ref.limitReason }, ref.now);
+    const t = await applyTransition(trx, row, event, ref.now);
     if (!t) throw await raceError(trx, ref);
-    return (await loadBuild(trx, ref.buildId))!;
+    return { build: (await loadBuild(trx, ref.buildId))!, changed: true };
   });
 }

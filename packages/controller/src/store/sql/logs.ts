@@ -4,10 +4,11 @@
  * upload is stored once and a gap is refused. No dialect differences beyond
  * the row locks of `context.ts`.
  */
-import { sql } from 'kysely';
+import { sql, type Transaction } from 'kysely';
+import type { DB } from '../schema.js';
 import { ApiError } from '@buildfleet/protocol';
 import type { AttemptRef, LogChunkInput } from '../types.js';
-import { forUpdate, run, tx, type SqlContext } from './context.js';
+import { forShare, forUpdate, run, tx, type SqlContext } from './context.js';
 import { checkRunning, lockBuild } from './fencing.js';
 import { buildNotFound } from './rows.js';
 import { gone } from './gone.js';
@@ -33,6 +34,8 @@ export function truncateLog(data: Buffer, room: number, maxBytes: number): Buffe
  */
 export function appendLog(ctx: SqlContext, input: LogChunkInput): Promise<{ offset: number; truncated?: boolean }> {
   return tx(ctx, async (trx) => {
+    const appended = await appendNext(ctx, trx, input);
+    if (appended !== undefined) return { offset: appended };
     // Shared lock on the build (finish waits for chunks in flight), exclusive on the attempt (one append at a time).
     const row = await lockBuild(ctx, trx, input.buildId, 'share');
     checkRunning(row, input);
@@ -73,6 +76,48 @@ export function appendLog(ctx: SqlContext, input: LogChunkInput): Promise<{ offs
       .execute();
     return cut ? { offset: stored + data.length, truncated: true } : { offset: stored + data.length };
   });
+}
+
+/**
+ * The common chunk in two statements (issue 12): the next one of a running
+ * attempt, not stored yet, with room under `maxBytes`. One conditional
+ * UPDATE of the attempt row takes the bytes (its WHERE is every check of the
+ * path below that such a chunk passes: the build runs this attempt, the
+ * offset is the stored count, the log is not truncated, the seq is new),
+ * then the chunk is inserted at that offset. Resolves the new byte count, or
+ * undefined for anything else (the caller's locking path decides and
+ * explains). On PostgreSQL the build row is read `FOR SHARE`, as there, so
+ * a finish in flight is waited for and then seen.
+ */
+async function appendNext(ctx: SqlContext, trx: Transaction<DB>, input: LogChunkInput): Promise<number | undefined> {
+  const size = input.data.length;
+  if (size === 0 || (input.maxBytes !== undefined && input.offset + size > input.maxBytes)) return undefined;
+  const running = forShare(
+    ctx,
+    trx.selectFrom('builds').select('id').where('id', '=', input.buildId).where('attempt', '=', input.attempt).where('state', '=', 'running'),
+  );
+  const stored = trx
+    .selectFrom('log_chunks')
+    .select('seq')
+    .where('build_id', '=', input.buildId)
+    .where('attempt', '=', input.attempt)
+    .where('seq', '=', input.seq);
+  const grown = await trx
+    .updateTable('build_attempts')
+    .set({ log_bytes: input.offset + size })
+    .where('build_id', '=', input.buildId)
+    .where('attempt', '=', input.attempt)
+    .where('log_bytes', '=', input.offset)
+    .where('log_truncated', '=', 0)
+    .where((eb) => eb.and([eb.exists(running), eb.not(eb.exists(stored))]))
+    .returning('log_bytes')
+    .executeTakeFirst();
+  if (!grown) return undefined;
+  await trx
+    .insertInto('log_chunks')
+    .values({ build_id: input.buildId, attempt: input.attempt, seq: input.seq, byte_offset: input.offset, size, data: input.data })
+    .execute();
+  return input.offset + size;
 }
 
 /** Up to `limit` log bytes of one attempt from byte `offset`. Throws BUILD_NOT_FOUND, or GONE once retention removed the logs. */

@@ -18,11 +18,15 @@ export function buildsContract(f: StoreFixture): void {
         await poll(w);
         await expectCode(store.startBuild({ buildId: 'nope', attempt: 1 }, T0, LEASE), 'BUILD_NOT_FOUND');
         await expectCode(store.startBuild({ buildId: b.id, attempt: 2 }, T0, LEASE), 'LEASE_LOST');
-        const s1 = await store.startBuild({ buildId: b.id, attempt: 1 }, T0 + 2000, LEASE);
+        const { build: s1, changed } = await store.startBuild({ buildId: b.id, attempt: 1 }, T0 + 2000, LEASE);
+        expect(changed).toBe(true);
         expect(s1).toMatchObject({ state: 'running', startedAt: new Date(T0 + 2000).toISOString(), ackDeadline: null });
         expect(s1.leaseExpiresAt).toBe(new Date(T0 + 2000 + LEASE).toISOString());
+        // The answer is the build as stored, attempts included.
+        expect(s1).toEqual(await store.getBuild(b.id));
         const s2 = await store.startBuild({ buildId: b.id, attempt: 1 }, T0 + 3000, LEASE);
-        expect(s2.startedAt).toBe(s1.startedAt);
+        expect(s2.changed).toBe(false);
+        expect(s2.build.startedAt).toBe(s1.startedAt);
         const c = await build();
         await poll(w, 1, [b.id]);
         await store.cancelBuild(c.id, T0 + 4000);
@@ -31,13 +35,33 @@ export function buildsContract(f: StoreFixture): void {
 
       it('finish twice with the same outcome answers the build; another outcome is INVALID_TRANSITION', async () => {
         const { b } = await running();
-        const f = await store.finishBuild({ buildId: b.id, attempt: 1, outcome: 'failed', exitCode: 3, message: 'boom', now: T0 + 9000 });
+        const { build: f, changed } = await store.finishBuild({ buildId: b.id, attempt: 1, outcome: 'failed', exitCode: 3, message: 'boom', now: T0 + 9000 });
+        expect(changed).toBe(true);
+        expect(f).toEqual(await store.getBuild(b.id));
         expect(f).toMatchObject({ state: 'failed', exitCode: 3, reason: 'exit_code', message: 'boom', leaseExpiresAt: null });
         expect(f.attempts).toMatchObject([{ attempt: 1, state: 'failed', exitCode: 3, finishedAt: new Date(T0 + 9000).toISOString() }]);
         const again = await store.finishBuild({ buildId: b.id, attempt: 1, outcome: 'failed', exitCode: 3, message: 'boom', now: T0 + 9999 });
-        expect(again.finishedAt).toBe(f.finishedAt);
+        expect(again.changed).toBe(false);
+        expect(again.build.finishedAt).toBe(f.finishedAt);
         await expectCode(store.finishBuild({ buildId: b.id, attempt: 1, outcome: 'succeeded', exitCode: 0, message: null, now: T0 }), 'INVALID_TRANSITION');
         await expectCode(store.finishBuild({ buildId: b.id, attempt: 2, outcome: 'failed', exitCode: 3, message: null, now: T0 }), 'LEASE_LOST');
+      });
+
+      it('a later attempt starts and finishes with every attempt in its answer', async () => {
+        const { w, b } = await running({ maxAttempts: 2 });
+        const lost = await store.reap({ now: T0 + 2000 + LEASE + 1, reapLeases: true });
+        expect(lost.requeued).toEqual([b.id]);
+        expect((await poll(w, 1, [], T0 + 2000 + LEASE + 1)).map((h) => h.id)).toEqual([b.id]);
+        const s = await store.startBuild({ buildId: b.id, attempt: 2 }, T0 + 2000 + LEASE + 2, LEASE);
+        expect(s.changed).toBe(true);
+        expect(s.build.attempts.map((a) => [a.attempt, a.state])).toEqual([
+          [1, 'failed'],
+          [2, 'running'],
+        ]);
+        expect(s.build).toEqual(await store.getBuild(b.id));
+        const f = await store.finishBuild({ buildId: b.id, attempt: 2, outcome: 'succeeded', exitCode: 0, message: null, now: T0 + 2000 + LEASE + 3 });
+        expect(f.build).toEqual(await store.getBuild(b.id));
+        expect(f.build.attempts.map((a) => a.state)).toEqual(['failed', 'succeeded']);
       });
 
       it('an assigned build cannot succeed without starting', async () => {
@@ -70,7 +94,7 @@ export function buildsContract(f: StoreFixture): void {
         const hb = await store.heartbeat({ workerId: w2.id, tokenHash: w2.tokenHash, now: T0 + 5, activeBuildIds: [r.id], leaseMs: LEASE });
         expect(hb.cancel).toEqual([r.id]);
         const done = await store.finishBuild({ buildId: r.id, attempt: 1, outcome: 'canceled', exitCode: null, message: null, now: T0 + 6 });
-        expect(done.state).toBe('canceled');
+        expect(done.build.state).toBe('canceled');
       });
 
       it('a running build with cancelRequested whose lease expires ends canceled, never requeued', async () => {

@@ -17,6 +17,8 @@ export function logsContract(f: StoreFixture): void {
         const ref = { buildId: b.id, attempt: 1, now: T0 };
         expect(await store.appendLog({ ...ref, seq: 0, offset: 0, data: Buffer.from('hello ') })).toEqual({ offset: 6 });
         expect(await store.appendLog({ ...ref, seq: 0, offset: 0, data: Buffer.from('hello ') })).toEqual({ offset: 6 });
+        // A stored seq sent again at the stored count is still the stored chunk, not a new one.
+        expect(await store.appendLog({ ...ref, seq: 0, offset: 6, data: Buffer.from('again') })).toEqual({ offset: 6 });
         const err = await expectCode(store.appendLog({ ...ref, seq: 1, offset: 3, data: Buffer.from('x') }), 'OFFSET_MISMATCH');
         expect(err.message).toContain('6');
         expect(await store.appendLog({ ...ref, seq: 1, offset: 6, data: Buffer.from('world') })).toEqual({ offset: 11 });
