@@ -20,7 +20,6 @@ import {
   LogChunkResponseSchema,
   StartRequestSchema,
   artifactNameProblem,
-  isTerminal,
   type Build,
 } from '@buildfleet/protocol';
 import type { AttemptRef } from '../store/types.js';
