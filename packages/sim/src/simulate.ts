@@ -17,7 +17,7 @@ import { Header } from 'tar';
 import { paths, sleepOn, type BuildSpec, type Clock, type TimerHandle } from '@buildfleet/protocol';
 import type { Store } from '@buildfleet/controller';
 import { MemoryBlobStore } from './blobs.js';
-import { loadWorkerConfig, startWorker, type Logger, type RunningWorker } from '@buildfleet/worker';
+import { RetryBudgetExhausted, loadWorkerConfig, startWorker, type Logger, type RunningWorker } from '@buildfleet/worker';
 import { SimClock } from './clock.js';
 import { SimController, type DbFaults } from './controller.js';
 import { checkInvariants, Observer } from './invariants.js';
@@ -62,6 +62,8 @@ const TIMING = {
   cancelGraceMs: 1_000,
   retryBaseMs: 200,
   retryMaxMs: 2_000,
+  /** deploy/systemd's RestartSec for a worker whose process exited with an error. */
+  serviceRestartMs: 5_000,
 };
 
 const API = 'bfa_' + 'sim'.repeat(16);
@@ -215,7 +217,18 @@ class SimWorker {
         this.lastWorkerId = id;
       },
       (err: Error & { code?: string }) => {
-        if (!dead) world.violation(`worker ${actor} could not start: ${err.code ?? ''} ${err.message}`);
+        if (dead) return;
+        if (err instanceof RetryBudgetExhausted) {
+          // A controller down longer than the registration budget: the process
+          // exits non-zero and its service manager starts it again
+          // (deploy/systemd: Restart=on-failure, RestartSec=5s). Anything else is a bug.
+          world.trace.add(actor, `exits: ${err.message}; restarted in ${TIMING.serviceRestartMs} ms`);
+          dead = true;
+          this.dead = true;
+          world.at(clock.monotonic() + TIMING.serviceRestartMs, () => this.start());
+          return;
+        }
+        world.violation(`worker ${actor} could not start: ${err.code ?? ''} ${err.message}`);
       },
     );
   }
