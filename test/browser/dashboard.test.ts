@@ -59,6 +59,8 @@ suite('dashboard in Chromium', () => {
     if (!haveChromium) throw new Error(`Chromium is required in CI (${CHROMIUM} missing)`);
     if (!loadDashboard().built) throw new Error('the dashboard is not built: run `npm run build` first');
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'bf-dash-'));
+    // Builds wait on gate files here: a root worker runs them as nobody.
+    await fs.chmod(dir, 0o711);
     await fs.mkdir(OUT, { recursive: true });
     ctl = await startCtl();
     worker = await startWorker(testConfig(ctl, dir, { name: WORKER_NAME, labels: ['linux'], maxConcurrentBuilds: 2 }), { logger: silentLogger });

@@ -4,7 +4,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -27,6 +27,8 @@ let scratch: string;
 beforeAll(async () => {
   fleet = await startFleet();
   scratch = await mkdtemp(join(tmpdir(), 'bf-e2e-scratch-'));
+  // Builds wait on markers here; a root worker runs them as nobody.
+  await chmod(scratch, 0o711);
 }, 90_000);
 
 afterAll(async () => {

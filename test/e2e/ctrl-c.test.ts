@@ -6,7 +6,7 @@
  * must drain (the running build finishes), not cancel the build (issue 10).
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,6 +18,8 @@ let dir: string;
 let ctl: TestController;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'bf-e2e-ctrlc-'));
+  // The build waits on a file here: a root worker runs it as nobody.
+  await chmod(dir, 0o711);
   ctl = await startTestController({ config: { heartbeatIntervalMs: 300 } });
 });
 afterAll(async () => {
@@ -32,7 +34,7 @@ describe('Ctrl-C on a worker run through npm', { timeout: 120_000 }, () => {
       // Its own process group, as a terminal's foreground job.
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: childEnv({ BUILDFLEET_CONTROLLER_URL: ctl.url, BUILDFLEET_ENROLLMENT_TOKEN: ENROLLMENT_TOKEN, BUILDFLEET_DATA_DIR: join(dir, 'worker') }),
+      env: childEnv({ BUILDFLEET_CONTROLLER_URL: ctl.url, BUILDFLEET_ENROLLMENT_TOKEN: ENROLLMENT_TOKEN, BUILDFLEET_DATA_DIR: join(dir, 'worker'), BUILDFLEET_EXECUTOR: 'shell' }),
     });
     let out = '';
     npm.stdout.on('data', (c: Buffer) => (out += c.toString()));

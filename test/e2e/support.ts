@@ -49,6 +49,8 @@ export async function startFleet(opts: { workerEnv?: Record<string, string> } = 
         BUILDFLEET_ENROLLMENT_TOKEN: ENROLLMENT_TOKEN,
         BUILDFLEET_DATA_DIR: join(dir, 'worker'),
         BUILDFLEET_CONCURRENCY: '2',
+        // Builds here wait on marker files the tests write on the host (the sandbox has e2e tests of its own).
+        BUILDFLEET_EXECUTOR: 'shell',
         ...opts.workerEnv,
       }),
     );

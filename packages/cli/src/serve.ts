@@ -8,6 +8,7 @@
  * a third one exits at once. Copies of one signal that arrive within a
  * moment (npm forwarding the terminal's Ctrl-C) count once.
  */
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join, resolve } from 'node:path';
@@ -238,6 +239,57 @@ async function startWorkerOrExplain(mod: WorkerModule, config: Parameters<Worker
   }
 }
 
+/** The local worker of `up`, in a process of its own. */
+interface LocalWorker {
+  pid: number | undefined;
+  /** Exit code (null when a signal ended it). */
+  exited: Promise<number | null>;
+  kill(signal: NodeJS.Signals): void;
+}
+
+/**
+ * Starts `buildfleet worker` as a child process (the same CLI entry point,
+ * the same Node flags), so a build never has the controller as its parent
+ * process nor shares its memory. The enrollment token goes through a pipe
+ * (`--enrollment-token-stdin`), never through an environment the build could
+ * read in /proc; the child's environment carries no token at all.
+ */
+function startLocalWorker(o: ServiceFlags, controllerUrl: string, dataDir: string, enrollmentToken: string | undefined): LocalWorker {
+  const env: NodeJS.ProcessEnv = { ...process.env, [ENV.controllerUrl]: controllerUrl, [ENV.dataDir]: dataDir };
+  for (const k of [ENV.apiToken, ENV.enrollmentToken, ENV.databaseUrl]) delete env[k];
+  const args = [...process.execArgv, process.argv[1]!, 'worker'];
+  if (o.labels !== undefined) args.push('--labels', o.labels);
+  if (o.concurrency !== undefined) args.push('--concurrency', String(o.concurrency));
+  if (o.executor !== undefined) args.push('--executor', o.executor);
+  if (enrollmentToken) args.push('--enrollment-token-stdin');
+  const child = spawn(process.execPath, args, { env, stdio: [enrollmentToken ? 'pipe' : 'ignore', 'inherit', 'inherit'] });
+  child.stdin?.on('error', () => undefined);
+  child.stdin?.end(`${enrollmentToken}\n`);
+  const exited = new Promise<number | null>((resolve) => {
+    child.once('exit', (code) => resolve(code));
+    child.once('error', () => resolve(127));
+  });
+  return {
+    pid: child.pid,
+    exited,
+    kill: (signal) => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    },
+  };
+}
+
+/** Reads the enrollment token from standard input (`--enrollment-token-stdin`): its first line. */
+async function readTokenFromStdin(): Promise<string> {
+  let text = '';
+  for await (const chunk of process.stdin) {
+    text += (chunk as Buffer).toString();
+    if (text.includes('\n')) break;
+  }
+  const token = text.split('\n')[0]!.trim();
+  if (!token) throw new CliError('--enrollment-token-stdin: nothing was read from standard input');
+  return token;
+}
+
 export function addServiceCommands(program: Command): void {
   program
     .command('up')
@@ -251,60 +303,68 @@ export function addServiceCommands(program: Command): void {
     .option('--labels <list>', "the local worker's labels, comma-separated (env BUILDFLEET_LABELS)")
     .option('--concurrency <n>', 'builds the local worker runs at once (env BUILDFLEET_CONCURRENCY)', positive)
     .option('--example', 'submit the bundled example even when this is not the first start')
+    .option('--executor <kind>', "the local worker's executor: auto, sandbox or shell (env BUILDFLEET_EXECUTOR, default auto)")
     .action(async (o: ServiceFlags) => {
       const dataDir = dataDirOf(o);
       // Request logs of both services would drown the example's output.
       const quiet = process.env[ENV.logLevel] === undefined;
       if (quiet) process.env[ENV.logLevel] = 'warn';
       const controller = await startLocalController(o, quiet ? { logLevel: 'warn' } : {});
-      let worker: RunningWorker | undefined;
+      let worker: LocalWorker | undefined;
       try {
         printControllerBanner(controller, dataDir, o.host ?? process.env[ENV.host]);
         const creds = readCredentials(join(dataDir, 'credentials.json'));
         const enrollmentToken =
           process.env[ENV.enrollmentToken] || controller.firstStart?.enrollmentToken || creds?.enrollmentToken || undefined;
         const wmod = await loadWorkerModule();
-        const wconfig = wmod.loadWorkerConfig(
-          process.env,
-          workerOverrides({ ...o, controllerUrl: controller.url, dataDir }, enrollmentToken ? { enrollmentToken } : {}),
-        );
-        worker = await wmod.startWorker(wconfig);
-        say(`Local worker started (${worker.workerId}); add more with "buildfleet worker", each with its own BUILDFLEET_DATA_DIR.`);
+        worker = startLocalWorker(o, controller.url, dataDir, enrollmentToken);
+        say(`Local worker started in a process of its own (pid ${worker.pid}); add more with "buildfleet worker", each with its own BUILDFLEET_DATA_DIR.`);
         const apiToken = process.env[ENV.apiToken] || controller.firstStart?.apiToken || creds?.apiToken;
 
         const exampleAbort = new AbortController();
-        const stopped = runWorkerUntilStopped(worker, 'local worker', wmod.onStopSignals);
-        // The first signal also stops following the example.
-        const stopFollowing = () => exampleAbort.abort(new CliError('stopped following the example'));
-        process.once('SIGINT', stopFollowing);
-        process.once('SIGTERM', stopFollowing);
-        if (controller.firstStart || o.example) {
-          try {
-            await runExample(controller, apiToken, exampleAbort.signal);
-          } catch (e) {
-            if (!exampleAbort.signal.aborted) say(`The example could not run: ${(e as Error).message}`);
+        let stopping = false;
+        // Signals go on to the worker (a terminal's Ctrl-C reaches it too: copies within a moment count once there).
+        const removeSignals = wmod.onStopSignals((n, signal) => {
+          exampleAbort.abort(new CliError('stopped following the example'));
+          stopping = true;
+          if (n >= 3) {
+            say(`${signal} again: exiting now`);
+            worker?.kill('SIGKILL');
+            process.exit(130);
           }
-        }
-        if (!exampleAbort.signal.aborted) say(`\nbuildfleet is running at ${controller.url} — Ctrl-C to stop (drains the worker first).`);
-        let workerError: Error | undefined;
-        await stopped.catch((e: unknown) => {
-          workerError = e instanceof Error ? e : new Error(String(e));
+          if (n === 1) say(`${signal}: local worker draining: no new builds; running builds finish (${signal} again cancels them)`);
+          else say(`${signal}: canceling running builds`);
+          worker?.kill(signal);
         });
-        if (workerError) {
-          // Another process taking this worker's identity (or any fatal worker error) must not take the controller down.
-          worker = undefined;
-          say(`The local worker stopped: ${workerError.message}`);
-          say(`The controller keeps running at ${controller.url}; Ctrl-C to stop it.`);
-          await new Promise<void>((resolve) => {
-            process.once('SIGINT', () => resolve());
-            process.once('SIGTERM', () => resolve());
-          });
+        try {
+          if (controller.firstStart || o.example) {
+            try {
+              await runExample(controller, apiToken, exampleAbort.signal);
+            } catch (e) {
+              if (!exampleAbort.signal.aborted) say(`The example could not run: ${(e as Error).message}`);
+            }
+          }
+          if (!exampleAbort.signal.aborted) say(`\nbuildfleet is running at ${controller.url} — Ctrl-C to stop (drains the worker first).`);
+          const code = await worker.exited;
+          if (!stopping) {
+            // A fatal worker error (its identity taken, its executor refused) must not take the controller down.
+            say(`The local worker stopped (exit code ${code ?? 'by signal'}); its messages are above.`);
+            say(`The controller keeps running at ${controller.url}; Ctrl-C to stop it.`);
+            await new Promise<void>((resolve) => {
+              process.once('SIGINT', () => resolve());
+              process.once('SIGTERM', () => resolve());
+            });
+          }
+        } finally {
+          removeSignals();
         }
-        process.off('SIGINT', stopFollowing);
-        process.off('SIGTERM', stopFollowing);
         worker = undefined;
       } finally {
-        if (worker) await worker.stop({ drain: false }).catch(() => undefined);
+        if (worker) {
+          worker.kill('SIGTERM');
+          worker.kill('SIGTERM');
+          await worker.exited;
+        }
         say('closing the controller');
         await controller.close();
       }
@@ -357,9 +417,13 @@ export function addServiceCommands(program: Command): void {
     .option('--once', 'take one build, report it, deregister and exit 0 (for autoscalers)')
     .option('--idle-timeout <seconds>', 'deregister and exit 0 after this many seconds without a build', positive)
     .option('--executor <kind>', 'auto, sandbox or shell (env BUILDFLEET_EXECUTOR, default auto: sandbox where bubblewrap works)')
-    .action(async (o: ServiceFlags) => {
+    .option('--enrollment-token-stdin', 'read the enrollment token from the first line of standard input')
+    .action(async (o: ServiceFlags & { enrollmentTokenStdin?: boolean }) => {
       const mod = await loadWorkerModule();
+      if (o.enrollmentTokenStdin) o.enrollmentToken = await readTokenFromStdin();
       const config = mod.loadWorkerConfig(process.env, workerOverrides(o));
+      // Read once: no token stays in this process's environment for a build to find.
+      mod.forgetTokenEnvironment();
       const worker = await startWorkerOrExplain(mod, config);
       say(`worker ${worker.workerId} started`);
       await runWorkerUntilStopped(worker, 'worker', mod.onStopSignals);

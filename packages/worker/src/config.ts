@@ -229,3 +229,16 @@ function workerLimits(env: Record<string, string | undefined>): Limits {
     throw new ConfigError((err as Error).message);
   }
 }
+
+/**
+ * Removes the tokens from this process's environment once the configuration
+ * has read them (issue 8): a build started later, or anything that reads
+ * the environment of this process, finds none there. (The kernel's copy in
+ * /proc/<pid>/environ keeps what the process was started with: a sandboxed
+ * build cannot see this process, and a shell build of a root worker runs as
+ * another user; `buildfleet up` hands its worker the token through a pipe.)
+ */
+export function forgetTokenEnvironment(env: NodeJS.ProcessEnv = process.env): void {
+  delete env[ENV.enrollmentToken];
+  delete env[ENV.apiToken];
+}

@@ -1,7 +1,7 @@
 /** @buildfleet/worker: the build worker (agent, session, typed controller client, executor). */
 export { startWorker, type RunningWorker, type StartWorkerOptions } from './agent.js';
 export { installSignalHandlers, onStopSignals, DUPLICATE_WINDOW_MS } from './signals.js';
-export { loadWorkerConfig, ConfigError, WORKER_VERSION, EXECUTOR_MODES, type ExecutorMode, type WorkerConfig, type WorkerConfigOverrides } from './config.js';
+export { loadWorkerConfig, forgetTokenEnvironment, ConfigError, WORKER_VERSION, EXECUTOR_MODES, type ExecutorMode, type WorkerConfig, type WorkerConfigOverrides } from './config.js';
 export { Connection, TransportError, type Transport, type TransportErrorKind } from './client/connection.js';
 export {
   BUDGETS,
