@@ -73,13 +73,15 @@ export function buildRows(builds: Build[]): string {
 
 export function workerRows(workers: Worker[]): string {
   return table(
-    ['ID', 'NAME', 'STATUS', 'CONNECTED', 'BUILDS', 'LABELS', 'LAST SEEN'],
+    ['ID', 'NAME', 'STATUS', 'CONNECTED', 'BUILDS', 'EXECUTOR', 'LABELS', 'LAST SEEN'],
     workers.map((w) => [
       w.id,
       w.name,
       w.status,
       w.connected ? 'yes' : 'no',
       `${w.activeBuildCount}/${w.maxConcurrentBuilds}`,
+      // `shell` does not isolate builds: say so where an operator looks (issue 8).
+      w.executor === 'shell' ? 'shell (not isolated)' : (w.executor ?? '-'),
       w.labels.join(',') || '-',
       w.lastSeenAt ?? '-',
     ]),
