@@ -58,7 +58,8 @@ export function fleet() {
     for (const w of workers.splice(0)) await w.stop().catch(() => undefined);
     await current?.close();
     current = undefined;
-    for (const d of dirs.splice(0)) await fs.rm(d, { recursive: true, force: true });
+    // A worker's workspaces live beside its data directory (`<dir>-workspaces`).
+    for (const d of dirs.splice(0)) for (const x of [d, `${d}-workspaces`]) await fs.rm(x, { recursive: true, force: true });
   });
   const dir = async (prefix?: string) => {
     const d = await tempDir(prefix);
