@@ -3,7 +3,9 @@
  * directory. A blob is a row in `blobs` plus 1 MiB rows in `blob_chunks`.
  */
 import { randomBytes } from 'node:crypto';
-import { Readable } from 'node:stream';
+import { Readable, pipeline } from 'node:stream';
+import { to as copyTo } from 'pg-copy-streams';
+import { CopyBinaryColumn } from './pg-copy.js';
 import type pg from 'pg';
 import { ApiError, systemClock, type Clock } from '@buildfleet/protocol';
 import { CHUNK_BYTES, checkKey, meteredChunks, resolveRange, type Meter } from './common.js';
@@ -22,7 +24,9 @@ const STALE_TMP_MS = 3_600_000;
  * (no transaction stays open while a client uploads, memory stays at one
  * chunk), then one short transaction upserts the `blobs` row (its row lock
  * serialises swaps of the same key), deletes the old chunks and renames the
- * temporary ones. `get` reads one chunk per query, prefetching the next.
+ * temporary ones. `get` streams the chunks with one `COPY … TO STDOUT (FORMAT
+ * binary)` on a connection of its own, paused while the reader is
+ * (`pg-copy.ts`): memory stays at a few socket buffers whatever the size.
  *
  * A reader of a key that is replaced by other bytes or deleted mid-stream
  * gets a stream error, never a mix of two bodies (the FS store keeps serving
@@ -124,34 +128,29 @@ export class PgBlobStore implements BlobStore {
     if (end < start) return Readable.from([]);
     const first = Math.floor(start / CHUNK_BYTES);
     const last = Math.floor(end / CHUNK_BYTES);
-    const fetch = async (idx: number): Promise<Buffer> => {
-      const from = idx === first ? start - idx * CHUNK_BYTES : 0;
-      const to = idx === last ? end - idx * CHUNK_BYTES : CHUNK_BYTES - 1;
-      // Joining on the sha256 seen at the start means a chunk of a different
-      // version is never served: a key replaced by other bytes mid-read ends
-      // the stream with an error instead of mixing two bodies. (pg's binary
-      // result mode would skip the hex decoding, but it decodes rows as UTF-8
-      // and corrupts bytea.)
-      const r = await this.query<{ data: Buffer }>({
-        text: `SELECT substring(c.data FROM $3 FOR $4) AS data FROM blob_chunks c JOIN blobs b ON b.key = c.key
-               WHERE c.key = $1 AND c.idx = $2 AND b.sha256 = $5`,
-        values: [key, idx, from + 1, to - from + 1, head.sha256],
-      });
-      const data = r.rows[0]?.data;
-      if (!data || data.length !== to - from + 1) throw new Error(`blob ${key} changed while it was being read`);
-      return data;
+    // Offsets within the first and last chunk; the numbers are ours, the key and checksum go in as literals.
+    const from = `(CASE WHEN c.idx = ${first} THEN ${start - first * CHUNK_BYTES} ELSE 0 END)`;
+    const to = `(CASE WHEN c.idx = ${last} THEN ${end - last * CHUNK_BYTES} ELSE ${CHUNK_BYTES - 1} END)`;
+    const client = await this.pool.connect().catch((e: unknown) => Promise.reject(mapError(e)));
+    // One statement, one snapshot: a key replaced mid-read is never mixed with
+    // its new bytes; the join on the sha256 seen above makes a replacement
+    // since then a short stream, which fails (CopyBinaryColumn).
+    const text = `COPY (SELECT substring(c.data FROM ${from} + 1 FOR ${to} - ${from} + 1)
+        FROM blob_chunks c JOIN blobs b ON b.key = c.key
+        WHERE c.key = ${client.escapeLiteral(key)} AND b.sha256 = ${client.escapeLiteral(head.sha256)}
+          AND c.idx BETWEEN ${first} AND ${last}
+        ORDER BY c.idx) TO STDOUT (FORMAT binary)`;
+    let released = false;
+    // A COPY cut short leaves the connection mid-protocol: it is closed, not reused.
+    const release = (err?: Error) => {
+      if (released) return;
+      released = true;
+      client.release(err);
     };
-    async function* chunks(): AsyncGenerator<Buffer> {
-      let next: Promise<Buffer> | undefined = fetch(first);
-      for (let idx = first; idx <= last; idx++) {
-        const current: Promise<Buffer> = next!;
-        // Prefetch one chunk so the network round trip overlaps the consumer.
-        next = idx < last ? fetch(idx + 1) : undefined;
-        next?.catch(() => {}); // observed when awaited; avoids an unhandled rejection if the reader stops early
-        yield await current;
-      }
-    }
-    return Readable.from(chunks(), { objectMode: false });
+    const copy = client.query(copyTo(text));
+    const body = new CopyBinaryColumn(end - start + 1, `blob ${key}`);
+    pipeline(copy, body, (err) => release(err ? (err instanceof Error ? err : new Error(String(err))) : undefined));
+    return body;
   }
 
   async size(key: string): Promise<number | undefined> {
