@@ -42,6 +42,15 @@ describe('transition', () => {
     expect(f.attemptRow).toMatchObject({ state: 'succeeded', finished_at: 7 });
   });
 
+  it('a failed finish names the limit the build exceeded; other outcomes keep their own reason', () => {
+    const running = { ...start, state: 'running' as const };
+    const f = transition(running, { type: 'finish', outcome: 'failed', exitCode: 137, message: 'memory limit reached', limitReason: 'limit_memory' }, 7);
+    expect(f.build).toMatchObject({ state: 'failed', reason: 'limit_memory', message: 'memory limit reached' });
+    expect(f.attemptRow).toMatchObject({ state: 'failed', reason: 'limit_memory' });
+    expect(transition(running, { type: 'finish', outcome: 'failed', exitCode: 2, message: null }, 7).build.reason).toBe('exit_code');
+    expect(transition(running, { type: 'finish', outcome: 'canceled', exitCode: null, message: null, limitReason: 'limit_cpu' }, 7).build.reason).toBe('canceled');
+  });
+
   it('a lost attempt requeues as the next attempt while attempts remain, then fails worker_lost', () => {
     const lost = transition({ ...start, state: 'running' }, { type: 'lose', reason: 'lease_expired' }, 8);
     expect(lost.build).toMatchObject({ state: 'queued', attempt: 2, worker_id: null, lease_expires_at: null });

@@ -200,6 +200,21 @@ describeSandbox('sandbox executor through a real controller and worker', () => {
     expect(hog.log.trimEnd().split('\n').at(-1)).toMatch(/^\[buildfleet\] failed: memory limit reached \(64 MiB\)/);
   });
 
+  it('CPU time, file size and disk limits end a build failed, each with its reason', async () => {
+    const [cpu, file, disk] = await Promise.all([
+      run({ script: 'while :; do :; done', limits: { cpuSeconds: 1 } }),
+      run({ script: 'head -c 3000000 /dev/zero > big && echo wrote', limits: { fileSizeMb: 1 } }),
+      run({ script: 'head -c 3000000 /dev/zero > a; head -c 3000000 /dev/zero > /tmp/b; sleep 30', limits: { diskMb: 4 } }),
+    ]);
+    expect(cpu.build).toMatchObject({ state: 'failed', reason: 'limit_cpu' });
+    expect(cpu.log.trimEnd().split('\n').at(-1)).toMatch(/^\[buildfleet\] failed: CPU time limit reached \(1 CPU seconds\)/);
+    expect(file.build).toMatchObject({ state: 'failed', reason: 'limit_file_size' });
+    expect(file.log).not.toContain('wrote');
+    expect(file.log.trimEnd().split('\n').at(-1)).toMatch(/^\[buildfleet\] failed: file size limit reached/);
+    expect(disk.build).toMatchObject({ state: 'failed', reason: 'limit_disk' });
+    expect(disk.log.trimEnd().split('\n').at(-1)).toMatch(/^\[buildfleet\] failed: disk limit reached \(4 MiB in the workspace and \/tmp\)/);
+  });
+
   it.each(['sbx', 'sh'])('a double fork with setsid and nohup leaves no process behind (%s)', async (label) => {
     const mark = `1000.${process.pid}${label === 'sh' ? 1 : 2}`;
     const { build, log } = await run({
