@@ -103,6 +103,8 @@ export class BuildRun {
   private ws: Workspace | undefined;
   /** The build's log: masked (its secrets) before the streamer cuts and uploads it. */
   private logs: MaskedLog | undefined;
+  /** The script's output so far ends without a newline. */
+  private midLine = false;
   /** Values handed out for this attempt (never logged; masked in the build's log). */
   private handed: HandedSecret[] = [];
   private readonly abort = new AbortController();
@@ -187,7 +189,9 @@ export class BuildRun {
   }
 
   private note(line: string): void {
-    this.logs?.write(`[buildfleet] ${line}\n`);
+    // The script may have stopped mid-line (killed for a limit): a note starts a line of its own.
+    this.logs?.write(`${this.midLine ? '\n' : ''}[buildfleet] ${line}\n`);
+    this.midLine = false;
   }
 
   private async run(): Promise<BuildResult> {
@@ -378,7 +382,11 @@ export class BuildRun {
       BUILDFLEET_WORKER_NAME: config.name,
     };
     this._phase = 'running';
-    const script = await executor.run(ws, spec.script, env, (chunk) => this.logs!.write(chunk), {
+    const onOutput = (chunk: Buffer) => {
+      if (chunk.length > 0) this.midLine = chunk[chunk.length - 1] !== 0x0a;
+      this.logs!.write(chunk);
+    };
+    const script = await executor.run(ws, spec.script, env, onOutput, {
       shell: spec.shell,
       limits: spec.limits,
       network: spec.network,
