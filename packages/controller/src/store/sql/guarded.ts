@@ -33,7 +33,7 @@ export interface Guard {
  * `cancelRequested`). Resolves undefined when no state qualifies or the
  * qualifying states would be written differently.
  */
-export function guardFor(event: BuildEvent, attempt: number, now: number): Guard | undefined {
+function deriveGuard(event: BuildEvent, attempt: number, now: number): Guard | undefined {
   const states: BuildState[] = [];
   let first: TransitionResult | undefined;
   let key: string | undefined;
@@ -66,6 +66,28 @@ export function guardFor(event: BuildEvent, attempt: number, now: number): Guard
     states.push(state);
   }
   return first ? { states, t: first } : undefined;
+}
+
+/**
+ * Which branch `transition()` takes depends on the event's kind (and a
+ * finish's outcome and limit reason), never on its times, exit code or
+ * message: the derived from-states are remembered per kind, so a step asks
+ * `transition()` once (its refusals build an error each, which showed in
+ * the SQLite drain profile).
+ */
+const guardStates = new Map<string, BuildState[] | null>();
+
+/** `deriveGuard`, with the from-states remembered per kind of event (see `guardStates`). */
+export function guardFor(event: BuildEvent, attempt: number, now: number): Guard | undefined {
+  const kind = event.type === 'finish' ? `finish:${event.outcome}:${event.limitReason ? 'limit' : ''}` : event.type;
+  let states = guardStates.get(kind);
+  if (states === undefined) {
+    states = deriveGuard(event, attempt, now)?.states ?? null;
+    guardStates.set(kind, states);
+  }
+  if (states === null) return undefined;
+  const from = states[0]!;
+  return { states, t: transition({ state: from, attempt, maxAttempts: attempt, cancelRequested: false }, event, now) };
 }
 
 /**
