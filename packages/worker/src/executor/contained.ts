@@ -210,6 +210,8 @@ export class ContainedExecutor implements Executor {
   ): Promise<RunningScript> {
     const { clock, logger, sandbox, runAs } = this.o;
     const { root, tmp } = this.attemptOf(ws);
+    // Restored caches were unpacked by the worker since prepare(): the build user must own them too.
+    if (runAs) await chownTree(ws.dir, runAs);
     const limits = effectiveLimits(this.o.limits, options.limits);
     const network = this.kind === 'sandbox' && options.network === true && sandbox?.allowNetwork === true;
 

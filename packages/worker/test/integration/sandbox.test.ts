@@ -201,6 +201,19 @@ describeSandbox('sandbox executor through a real controller and worker', () => {
     expect(hog.log.trimEnd().split('\n').at(-1)).toMatch(/^\[buildfleet\] failed: memory limit reached \(64 MiB\)/);
   });
 
+  it('a restored cache belongs to the build user: the next build can change it', async () => {
+    const spec = {
+      script: 'mkdir -p dep && echo v >> dep/file && cat dep/file',
+      metadata: { repo: `acme/sbx-${process.pid}` },
+      cache: [{ key: 'sbx-dep', paths: ['dep'] }],
+    };
+    const first = await run(spec);
+    expect(first.build.state, first.log).toBe('succeeded');
+    const second = await run(spec);
+    expect(second.build.state, second.log).toBe('succeeded');
+    expect(second.log).toContain('v\nv\n');
+  });
+
   it('CPU time, file size and disk limits end a build failed, each with its reason', async () => {
     const [cpu, file, disk] = await Promise.all([
       run({ script: 'while :; do :; done', limits: { cpuSeconds: 1 } }),
