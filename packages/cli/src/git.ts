@@ -1,6 +1,6 @@
 /**
  * What `buildfleet submit` records about a git checkout in the build's
- * `metadata`: `repo` (the `origin` remote, without any credentials in it),
+ * `metadata`: `repo` (the `origin` remote as `host/owner/name`, see normalizeRemote),
  * `branch`, `commit` and `dirty` (uncommitted changes). Read with the `git`
  * command; a directory outside a checkout, or no git installed, gives
  * nothing (a build needs none of it).
@@ -26,18 +26,40 @@ async function git(dir: string, args: string[]): Promise<string | undefined> {
   }
 }
 
-/** A remote URL without user or password (`https://token@host/x` → `https://host/x`); scp-like `git@host:x` stays. */
-export function withoutCredentials(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.username || u.password) {
-      u.username = '';
-      u.password = '';
+/**
+ * The `origin` remote as `host/owner/name`, the one name every clone of a
+ * repository shares whatever its protocol: `https://user:token@github.com/acme/app.git`,
+ * `git@github.com:acme/app.git` and `ssh://git@github.com:22/acme/app` all give
+ * `github.com/acme/app`. Credentials, port, a trailing `/` and `.git` are
+ * dropped, the host is lower-cased. A local path or `file://` URL stays as
+ * it is. Why: `repo` scopes secrets and caches, and a scope written as
+ * `repo=github.com/acme/app` must match every checkout of that repository.
+ */
+export function normalizeRemote(remote: string): string {
+  const url = remote.trim();
+  let host: string;
+  let path: string;
+  // scp-like `[user@]host:path` (git's own rule: a colon before any slash, not `://`).
+  const scp = /^(?:[^@/]+@)?([^:/]+):(?!\/\/)(.+)$/.exec(url);
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
+    let u: URL;
+    try {
+      u = new URL(url);
+    } catch {
+      return url;
     }
-    return u.toString();
-  } catch {
+    if (u.protocol === 'file:' || !u.hostname) return url;
+    host = u.hostname;
+    path = decodeURIComponent(u.pathname);
+  } else if (scp?.[1] && scp[2] && scp[1].length > 1) {
+    host = scp[1];
+    path = scp[2];
+  } else {
     return url;
   }
+  path = path.replace(/^[/~]+/, '').replace(/\/+$/, '').replace(/\.git$/, '');
+  host = host.toLowerCase();
+  return path ? `${host}/${path}` : host;
 }
 
 /** The checkout's metadata, or undefined when `dir` is not in a git work tree. */
@@ -50,7 +72,7 @@ export async function gitMetadata(dir: string): Promise<GitMetadata | undefined>
     git(dir, ['status', '--porcelain', '--untracked-files=normal', '--', '.']),
   ]);
   const meta: GitMetadata = {};
-  if (remote) meta.repo = withoutCredentials(remote);
+  if (remote) meta.repo = normalizeRemote(remote);
   if (branch && branch !== 'HEAD') meta.branch = branch;
   if (commit && /^[0-9a-f]{40,64}$/.test(commit)) meta.commit = commit;
   if (status !== undefined) meta.dirty = status.length > 0;

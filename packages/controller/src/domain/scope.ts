@@ -14,18 +14,19 @@ function metadataText(value: unknown): string | undefined {
 /**
  * Whether a build with these labels and metadata is inside `scope`: every
  * scope label among the build's labels, every scope metadata pair equal to
- * the build's value as text. Returns undefined when it is, else what is
- * missing (for the build's failure message).
+ * the build's value as text. Returns undefined when it is, else what the
+ * build has instead, e.g. `has repo=acme/app, lacks label arm64` (for the
+ * build's failure message: "this build has …").
  */
 export function scopeProblem(scope: Scope, build: Pick<BuildSpec, 'labels' | 'metadata'>): string | undefined {
   const missing: string[] = [];
   const labels = new Set(build.labels);
-  for (const l of scope.labels ?? []) if (!labels.has(l)) missing.push(`label ${l}`);
   for (const [k, v] of Object.entries(scope.metadata ?? {})) {
     const actual = metadataText(build.metadata[k]);
-    if (actual !== v) missing.push(`${k}=${v}${actual === undefined ? '' : ` (the build has ${k}=${actual})`}`);
+    if (actual !== v) missing.push(actual === undefined ? `has no ${k}` : `has ${k}=${actual}`);
   }
-  return missing.length ? `needs ${missing.join(', ')}` : undefined;
+  for (const l of scope.labels ?? []) if (!labels.has(l)) missing.push(`lacks label ${l}`);
+  return missing.length ? missing.join(', ') : undefined;
 }
 
 /**

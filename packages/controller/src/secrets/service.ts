@@ -106,7 +106,7 @@ export class SecretsService {
         continue;
       }
       const why = scopeProblem(s.scope, spec);
-      if (why) problems.push(`secret ${name} is limited to ${describeScope(s.scope)}: this build ${why}`);
+      if (why) problems.push(`secret ${name} is limited to builds with ${describeScope(s.scope)}; this build ${why}`);
     }
     return problems.length ? `${problems.join('; ')}; the build failed before its script ran` : undefined;
   }

@@ -12,8 +12,8 @@ describe('scopes', () => {
 
   it('admits a build with every label and metadata pair, and says what another one lacks', () => {
     expect(scopeProblem({ labels: ['linux'], metadata: { repo: 'acme/app', pr: '12' } }, build)).toBeUndefined();
-    expect(scopeProblem({ metadata: { repo: 'acme/other' } }, build)).toBe('needs repo=acme/other (the build has repo=acme/app)');
-    expect(scopeProblem({ labels: ['arm64'], metadata: { team: 'ops' } }, build)).toBe('needs label arm64, team=ops');
+    expect(scopeProblem({ metadata: { repo: 'acme/other' } }, build)).toBe('has repo=acme/app');
+    expect(scopeProblem({ labels: ['arm64'], metadata: { team: 'ops' } }, build)).toBe('has no team, lacks label arm64');
     expect(describeScope({ labels: ['a', 'b'], metadata: { z: '1', repo: 'r' } })).toBe('labels a,b; repo=r; z=1');
   });
 

@@ -111,7 +111,7 @@ describe('secrets over HTTP', () => {
     await put('PROD_TOKEN', { value: 'prod-token-value', scope: { metadata: { repo: 'acme/prod' } } });
     const outside = await h.submitOk({ script: 'echo should-never-run', metadata: { repo: 'acme/app' }, secrets: ['PROD_TOKEN'] });
     expect(outside).toMatchObject({ state: 'failed', reason: 'secret_unavailable' });
-    expect(outside.message).toBe('secret PROD_TOKEN is limited to repo=acme/prod: this build needs repo=acme/prod (the build has repo=acme/app); the build failed before its script ran');
+    expect(outside.message).toBe('secret PROD_TOKEN is limited to builds with repo=acme/prod; this build has repo=acme/app; the build failed before its script ran');
     const missing = await h.submitOk({ script: 'true', secrets: ['NOPE'] });
     expect(missing).toMatchObject({ state: 'failed', reason: 'secret_unavailable', message: expect.stringContaining('secret NOPE does not exist') });
     const w = await ProtocolWorker.register(h);
