@@ -34,11 +34,13 @@ export interface CallOptions {
   body?: unknown;
   accept?: string;
   signal?: AbortSignal;
+  /** A token to try instead of the session's (signing in); a 401 then leaves the session alone. */
+  token?: string;
 }
 
 /** Sends one call; resolves with the response when it is 2xx, else throws ApiFailure. */
 export async function call(path: string, opts: CallOptions = {}): Promise<Response> {
-  const headers: Record<string, string> = { authorization: `Bearer ${getToken() ?? ''}` };
+  const headers: Record<string, string> = { authorization: `Bearer ${opts.token ?? getToken() ?? ''}` };
   if (opts.accept) headers.accept = opts.accept;
   if (opts.body !== undefined) headers['content-type'] = 'application/json';
   const res = await fetch(path, {
@@ -58,7 +60,7 @@ export async function call(path: string, opts: CallOptions = {}): Promise<Respon
   } catch {
     // not a protocol error body
   }
-  if (res.status === 401) clearToken();
+  if (res.status === 401 && opts.token === undefined) clearToken();
   throw new ApiFailure(res.status, code, message);
 }
 

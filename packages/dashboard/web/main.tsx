@@ -41,15 +41,16 @@ function SignIn() {
     }
     setBusy(true);
     setError(null);
+    // Checked before it is kept: a refused token never signs in, so the form (and its error) stays.
     try {
-      setToken(token);
-      await call(`${paths.builds()}?limit=1`);
+      await call(`${paths.builds()}?limit=1`, { token });
     } catch (err) {
-      clearToken();
       setError(err instanceof ApiFailure && err.status === 401 ? 'The controller refused this token.' : String((err as Error).message));
-    } finally {
       setBusy(false);
+      return;
     }
+    setBusy(false);
+    setToken(token);
   };
   return (
     <main class="signin">
