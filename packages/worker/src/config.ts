@@ -78,10 +78,35 @@ export interface WorkerConfig {
   readonly workspaceDir: string;
   /** The worker's resource limits per build (BUILDFLEET_LIMIT_*; a spec may lower them). */
   readonly limits: Limits;
+  /**
+   * Host paths (directories or files) a sandboxed build never sees, though
+   * the sandbox binds the host's /etc: DEFAULT_SANDBOX_HIDE (the systemd
+   * units' env files with the tokens) and every file a setting of this
+   * process names that an operator keeps secret (BUILDFLEET_CA_FILE,
+   * BUILDFLEET_TLS_KEY, BUILDFLEET_TLS_CERT, BUILDFLEET_SECRETS_KEY_FILE: a
+   * controller on the same host, `buildfleet up`). The data and workspace
+   * directories are hidden besides these.
+   */
+  readonly sandboxHide: readonly string[];
   readonly version: string;
 }
 
 export const WORKER_VERSION = '0.1.0';
+
+/**
+ * Hidden from every sandboxed build: deploy/systemd keeps the enrollment,
+ * API and secrets tokens in /etc/buildfleet/*.env, readable by the very
+ * user a non-root worker's builds run as.
+ */
+export const DEFAULT_SANDBOX_HIDE: readonly string[] = Object.freeze(['/etc/buildfleet']);
+
+/** The settings naming files an operator keeps secret (see WorkerConfig.sandboxHide). */
+const SECRET_FILE_SETTINGS = [ENV.caFile, ENV.tlsKey, ENV.tlsCert, ENV.secretsKeyFile] as const;
+
+function sandboxHide(env: Record<string, string | undefined>, caFile: string | undefined): string[] {
+  const files = SECRET_FILE_SETTINGS.map((k) => env[k]).filter((v): v is string => !!v);
+  return [...new Set([...DEFAULT_SANDBOX_HIDE, ...(caFile ? [caFile] : []), ...files.map((f) => path.resolve(f))])];
+}
 
 const MiB = 1024 * 1024;
 
@@ -168,6 +193,7 @@ export function loadWorkerConfig(
   if (!name || name.length > 200) throw new ConfigError('worker name must be 1-200 characters');
 
   const enrollmentToken = overrides.enrollmentToken ?? (env[ENV.enrollmentToken] || undefined);
+  const caFile = overrides.caFile ?? (env[ENV.caFile] ? path.resolve(env[ENV.caFile]!) : undefined);
 
   const config: WorkerConfig = {
     controllerUrls: Object.freeze(urls),
@@ -183,7 +209,7 @@ export function loadWorkerConfig(
     ),
     requestTimeoutMs: positiveInt(ENV.requestTimeoutMs, overrides.requestTimeoutMs ?? env[ENV.requestTimeoutMs], 30_000),
     cancelGraceMs: positiveInt('cancelGraceMs', overrides.cancelGraceMs, 10_000),
-    caFile: overrides.caFile ?? (env[ENV.caFile] ? path.resolve(env[ENV.caFile]!) : undefined),
+    caFile,
     sourceLimits: Object.freeze(
       overrides.sourceLimits ?? {
         maxBytes: positiveInt(ENV.maxSourceUnpackedMb, env[ENV.maxSourceUnpackedMb], DEFAULT_SOURCE_LIMITS.maxBytes / MiB) * MiB,
@@ -200,6 +226,7 @@ export function loadWorkerConfig(
     buildUser: overrides.buildUser ?? (env[EXECUTOR_ENV.buildUser] || 'nobody'),
     workspaceDir: path.resolve(overrides.workspaceDir ?? (env[EXECUTOR_ENV.workspaceDir] || `${dataDir}-workspaces`)),
     limits: overrides.limits ?? workerLimits(env),
+    sandboxHide: Object.freeze([...(overrides.sandboxHide ?? sandboxHide(env, caFile))]),
     version: overrides.version ?? WORKER_VERSION,
   };
   if (config.workspaceDir === dataDir || config.workspaceDir.startsWith(dataDir + path.sep)) {

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadWorkerConfig } from '../src/config.js';
+import { ConfigError, DEFAULT_SANDBOX_HIDE, loadWorkerConfig } from '../src/config.js';
 
 describe('loadWorkerConfig', () => {
   it('reads PROTOCOL.md names, with defaults, and freezes the result', () => {
@@ -37,6 +37,21 @@ describe('loadWorkerConfig', () => {
     expect(c.cacheMaxBytes).toBe(2048 * 1024 * 1024);
     expect(loadWorkerConfig({ BUILDFLEET_WORKER_CACHE_MAX_MB: '0' }).cacheMaxBytes).toBe(0);
     expect(loadWorkerConfig({ BUILDFLEET_WORKER_CACHE_MAX_MB: '5' }).cacheMaxBytes).toBe(5 * 1024 * 1024);
+  });
+
+  it('hides /etc/buildfleet and every secret file a setting names from sandboxed builds', () => {
+    expect(DEFAULT_SANDBOX_HIDE).toContain('/etc/buildfleet');
+    expect(loadWorkerConfig({}).sandboxHide).toEqual(['/etc/buildfleet']);
+    const c = loadWorkerConfig({
+      BUILDFLEET_CA_FILE: '/etc/ssl/bf/ca.pem',
+      BUILDFLEET_TLS_KEY: '/srv/tls/key.pem',
+      BUILDFLEET_TLS_CERT: '/srv/tls/cert.pem',
+      BUILDFLEET_SECRETS_KEY_FILE: 'keys/secrets.key',
+    });
+    expect([...c.sandboxHide].sort()).toEqual(
+      ['/etc/buildfleet', '/etc/ssl/bf/ca.pem', '/srv/tls/key.pem', '/srv/tls/cert.pem', path.resolve('keys/secrets.key')].sort(),
+    );
+    expect(loadWorkerConfig({}, { caFile: '/opt/ca.pem' }).sandboxHide).toContain('/opt/ca.pem');
   });
 
   it('overrides win over the environment', () => {

@@ -28,6 +28,7 @@ import {
   breach,
   describeLimits,
   effectiveLimits,
+  hiddenPaths,
   launchBuild,
   limitFromExit,
   LimitWatcher,
@@ -55,7 +56,11 @@ export interface SandboxSettings {
   rootfs?: string | undefined;
   /** The worker allows a build the network when its spec asks (BUILDFLEET_SANDBOX_NETWORK=allow). */
   allowNetwork: boolean;
-  /** Host directories a build must not see even where a bound directory shows them (data dir, workspaces). */
+  /**
+   * Host directories and files a build must not see even where a bound
+   * directory shows them: the data and workspace directories, and the
+   * operator's secrets (WorkerConfig.sandboxHide).
+   */
   hide: readonly string[];
 }
 
@@ -214,6 +219,7 @@ export class ContainedExecutor implements Executor {
     if (runAs) await chownTree(ws.dir, runAs);
     const limits = effectiveLimits(this.o.limits, options.limits);
     const network = this.kind === 'sandbox' && options.network === true && sandbox?.allowNetwork === true;
+    const hidden = sandbox && this.kind === 'sandbox' ? hiddenPaths(this.root, sandbox.hide) : undefined;
 
     let cgroup: BuildCgroup | undefined;
     if (this.o.cgroups) {
@@ -249,7 +255,8 @@ export class ContainedExecutor implements Executor {
                 bwrap: sandbox.bwrap,
                 mounts: {
                   root: this.root,
-                  hide: sandbox.hide,
+                  hide: hidden?.dirs ?? [],
+                  hideFiles: hidden?.files ?? [],
                   network,
                   disableUserns: sandbox.disableUserns,
                   // Secret files (spec secrets as files), read-only; skipped when the build has none.

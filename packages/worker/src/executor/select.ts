@@ -76,7 +76,7 @@ export async function createExecutor(config: WorkerConfig, deps: { clock: Clock;
         disableUserns: probe.disableUserns,
         rootfs: config.rootfs,
         allowNetwork: config.allowNetwork,
-        hide: [config.dataDir, config.workspaceDir],
+        hide: [config.dataDir, config.workspaceDir, ...config.sandboxHide],
       },
     });
   }

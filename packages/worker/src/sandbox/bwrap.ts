@@ -8,8 +8,9 @@
  *   whole host root: `/home`, `/root`, `/run` (the D-Bus, ssh-agent and
  *   Docker sockets reach through any network namespace), `/var`, `/srv`,
  *   `/mnt`, `/tmp` and wherever the worker keeps its files stay out of sight;
- *   a worker directory that lies inside a bound directory is covered by an
- *   empty tmpfs;
+ *   a worker directory or an operator's secret (/etc/buildfleet, a TLS key)
+ *   that lies inside a bound directory is covered by an empty tmpfs, a file
+ *   by /dev/null;
  * - `/workspace` (the build's workspace, its HOME and working directory) and
  *   a private `/tmp` (also `/var/tmp`), the only writable places; both are
  *   directories of the build on the host, removed after it;
@@ -24,7 +25,7 @@
  * The environment is the one bwrap is started with: the executor passes a
  * clean one (spec.env, BUILDFLEET_BUILD_*, PATH, HOME, LANG).
  */
-import { lstatSync, readdirSync, readlinkSync, realpathSync } from 'node:fs';
+import { lstatSync, readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 
 /** A top-level entry of the sandbox's root: a directory bound read-only, or a symlink. */
@@ -68,8 +69,14 @@ export function rootEntries(rootfs?: string): RootEntry[] {
 /** What one sandboxed build needs besides its command. */
 export interface SandboxMounts {
   root: readonly RootEntry[];
-  /** Host paths to cover with an empty tmpfs where a bound directory would show them (worker data, other workspaces). */
+  /**
+   * Sandbox paths of directories to cover with an empty tmpfs where a bound
+   * directory would show them (worker data, other workspaces, /etc/buildfleet);
+   * `hiddenPaths` makes them from host paths.
+   */
   hide: readonly string[];
+  /** Sandbox paths of files to cover with /dev/null, read as empty (a CA file, a TLS key, a secrets key file). */
+  hideFiles?: readonly string[];
   /** Host directory mounted read-write at /workspace. */
   workspace: string;
   /** Host directory mounted read-write at /tmp and /var/tmp. */
@@ -109,9 +116,44 @@ export function bwrapArgs(m: SandboxMounts, command: readonly string[]): string[
   a.push('--proc', '/proc', '--dev', '/dev', '--tmpfs', '/dev/shm', '--remount-ro', '/dev');
   // Mount points in a read-only bind cannot be created: only paths that exist there are covered.
   for (const h of m.hide) if (shownBy(m.root, h)) a.push('--tmpfs', h);
+  // /dev/null, as in the sandbox's own /dev: a plain bind is `nodev`, where opening it is refused.
+  for (const f of m.hideFiles ?? []) if (shownBy(m.root, f)) a.push('--dev-bind', '/dev/null', f);
   a.push('--bind', m.workspace, SANDBOX_WORKSPACE, '--bind', m.tmp, '/tmp', '--bind', m.tmp, '/var/tmp');
   a.push('--remount-ro', '/', '--chdir', SANDBOX_WORKSPACE, '--');
   return [...a, ...command];
+}
+
+/**
+ * Where the sandbox would show host paths that must stay out of a build's
+ * sight: each is resolved (symlinks followed: what a build would read is the
+ * target) and mapped to its place under the bound entry that shows it.
+ * Paths that do not exist, or that no bound entry shows, need nothing (a
+ * read-only bind cannot get a mount point anyway); paths inside a hidden
+ * directory are covered by it. Read afresh for each build, so a file made
+ * after the worker started is hidden too.
+ */
+export function hiddenPaths(root: readonly RootEntry[], hostPaths: readonly string[]): { dirs: string[]; files: string[] } {
+  const found: Array<{ at: string; dir: boolean }> = [];
+  for (const p of hostPaths) {
+    let real: string;
+    let dir: boolean;
+    try {
+      real = realpathSync(p);
+      dir = statSync(real).isDirectory();
+    } catch {
+      continue;
+    }
+    for (const e of root) {
+      if (!('source' in e) || !(real === e.source || real.startsWith(e.source + '/'))) continue;
+      found.push({ at: e.name + real.slice(e.source.length), dir });
+    }
+  }
+  const dirs = [...new Set(found.filter((f) => f.dir).map((f) => f.at))];
+  const inside = (p: string) => dirs.some((d) => p !== d && p.startsWith(d + '/'));
+  return {
+    dirs: dirs.filter((d) => !inside(d)),
+    files: [...new Set(found.filter((f) => !f.dir && !inside(f.at)).map((f) => f.at))],
+  };
 }
 
 /**

@@ -3,7 +3,7 @@
  * line, the host probe, build cgroups (v1/v2), rlimits, the limit watcher,
  * process trees and the launcher both executors start builds with.
  */
-export { bwrapArgs, rootEntries, resolvConfBinds, HOST_SYSTEM_DIRS, SANDBOX_UID, SANDBOX_WORKSPACE, type RootEntry, type SandboxMounts } from './bwrap.js';
+export { bwrapArgs, hiddenPaths, rootEntries, resolvConfBinds, HOST_SYSTEM_DIRS, SANDBOX_UID, SANDBOX_WORKSPACE, type RootEntry, type SandboxMounts } from './bwrap.js';
 export { BuildCgroup, setupCgroups, describeCgroupHost, parseKeyed, type CgroupHost, type CgroupEvents, type CgroupSources } from './cgroup.js';
 export { diskUsage, removeTree } from './disk.js';
 export { launchBuild, type LaunchSpec, type LaunchedBuild } from './launch.js';

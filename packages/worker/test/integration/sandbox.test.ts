@@ -7,14 +7,14 @@
  * test/e2e/isolation.test.ts.)
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
+import { accessSync, constants, readFileSync, readdirSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { paths, type Build } from '@buildfleet/protocol';
 import { startWorker, type RunningWorker } from '../../src/agent.js';
-import type { WorkerConfigOverrides } from '../../src/config.js';
+import { DEFAULT_SANDBOX_HIDE, type WorkerConfigOverrides } from '../../src/config.js';
 import { defaultLogger, silentLogger } from '../../src/logger.js';
 import { describeSandbox } from '../support/sandbox.js';
 import { tempDir, testConfig } from '../support/harness.js';
@@ -62,6 +62,16 @@ function hostProcs(needle: string): number[] {
   return out;
 }
 
+/** The host's /etc, where operators keep secrets (/etc/buildfleet): a test puts its own there (and removes them) when it may. */
+const ETC_WRITABLE = (() => {
+  try {
+    accessSync('/etc', constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
 function packDir(dir: string): Buffer {
   return execFileSync('tar', ['-czf', '-', '--exclude=build', '-C', dir, '.']);
 }
@@ -71,6 +81,8 @@ describeSandbox('sandbox executor through a real controller and worker', () => {
   let base: string;
   const workers: Record<'sbx' | 'net' | 'sh', RunningWorker> = {} as never;
   const dataDirs: Record<string, string> = {};
+  /** Stand-ins for /etc/buildfleet and a TLS key, in the host's /etc (which the sandbox binds). */
+  let etcSecrets: { dir: string; file: string } | undefined;
 
   async function worker(name: 'sbx' | 'net' | 'sh', over: WorkerConfigOverrides): Promise<void> {
     dataDirs[name] = path.join(base, name);
@@ -86,7 +98,18 @@ describeSandbox('sandbox executor through a real controller and worker', () => {
     base = await tempDir('bf-sbx-');
     // The build user (nobody, when the tests run as root) passes through to the workspaces.
     await fs.chmod(base, 0o711);
-    await worker('sbx', { executor: 'sandbox' });
+    if (ETC_WRITABLE) {
+      const dir = await fs.mkdtemp('/etc/bf-test-hidden-');
+      await fs.writeFile(path.join(dir, 'worker.env'), 'BUILDFLEET_ENROLLMENT_TOKEN=bfe_hiddenhidden\n');
+      const file = `${dir}.key`;
+      await fs.writeFile(file, 'PRIVATE KEY\n');
+      // As readable as the build user could ever find them: only the hiding keeps them away.
+      await fs.chmod(dir, 0o755);
+      await fs.chmod(path.join(dir, 'worker.env'), 0o644);
+      await fs.chmod(file, 0o644);
+      etcSecrets = { dir, file };
+    }
+    await worker('sbx', { executor: 'sandbox', ...(etcSecrets ? { sandboxHide: [...DEFAULT_SANDBOX_HIDE, etcSecrets.dir, etcSecrets.file] } : {}) });
     await worker('net', { executor: 'sandbox', allowNetwork: true });
     await worker('sh', { executor: 'shell' });
   });
@@ -94,6 +117,10 @@ describeSandbox('sandbox executor through a real controller and worker', () => {
     for (const w of Object.values(workers)) await w?.stop().catch(() => undefined);
     await ctl?.close();
     await fs.rm(base, { recursive: true, force: true });
+    if (etcSecrets) {
+      await fs.rm(etcSecrets.dir, { recursive: true, force: true });
+      await fs.rm(etcSecrets.file, { force: true });
+    }
     for (const n of Object.keys(dataDirs)) await fs.rm(`${dataDirs[n]}-workspaces`, { recursive: true, force: true });
   });
 
@@ -152,6 +179,22 @@ describeSandbox('sandbox executor through a real controller and worker', () => {
     expect(process.pid).toBeGreaterThan(0); // still here to say so
     await ctl.api('POST', paths.cancel(blocker.id));
     expect((await finished(ctl, blocker.id)).state).toBe('canceled');
+  });
+
+  it.skipIf(!ETC_WRITABLE)("cannot read the operator's secrets in /etc: the hidden directory and file are empty", async () => {
+    const { dir, file } = etcSecrets!;
+    // On the host they are there, and the other sandboxed worker (without them in its list) shows them.
+    const script = `cat ${dir}/worker.env ${file} 2>&1; ls -A ${dir} | sed 's/^/ENTRY /'; echo "SIZE $(wc -c < ${file})"; echo done`;
+    const shown = await run({ script, labels: ['net'] });
+    expect(shown.log).toContain('bfe_hiddenhidden');
+    expect(shown.log).toContain('PRIVATE KEY');
+    const { build, log } = await run({ script });
+    expect(build.state, log).toBe('succeeded');
+    expect(log).toContain('done');
+    expect(log).not.toContain('bfe_hiddenhidden');
+    expect(log).not.toContain('PRIVATE KEY');
+    expect(log).not.toMatch(/^ENTRY /m);
+    expect(log).toMatch(/^SIZE 0$/m);
   });
 
   it('no TCP connection to the controller unless the build asks and the worker allows it', async () => {

@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { bwrapArgs, rootEntries, type SandboxMounts } from '../../src/sandbox/index.js';
+import { bwrapArgs, hiddenPaths, rootEntries, type SandboxMounts } from '../../src/sandbox/index.js';
 
 const mounts = (over: Partial<SandboxMounts> = {}): SandboxMounts => ({
   root: [
@@ -63,6 +63,12 @@ describe('bwrapArgs', () => {
     expect(bwrapArgs(mounts({ hide: ['/optx/data'] }), ['true'])).not.toContain('/optx/data');
   });
 
+  it('covers a hidden file with /dev/null where a bound directory shows it', () => {
+    const a = bwrapArgs(mounts({ hideFiles: ['/opt/bf/tls.key', '/srv/tls.key'] }), ['true']);
+    expect(at(a, '--dev-bind', '/dev/null', '/opt/bf/tls.key')).toBeGreaterThan(at(a, '--ro-bind', '/opt', '/opt'));
+    expect(a).not.toContain('/srv/tls.key');
+  });
+
   it('reports the init pid on the info descriptor when asked', () => {
     expect(at(bwrapArgs(mounts({ infoFd: 3 }), ['true']), '--info-fd', '3')).toBeGreaterThanOrEqual(0);
   });
@@ -90,6 +96,30 @@ describe('rootEntries', () => {
       ]);
     } finally {
       await fs.rm(rootfs, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('hiddenPaths', () => {
+  it('resolves host paths to where the bound entries show them: directories, files, symlinks; skips the rest', async () => {
+    const host = await fs.mkdtemp(path.join(os.tmpdir(), 'bf-hidden-'));
+    try {
+      await fs.mkdir(path.join(host, 'etc', 'buildfleet'), { recursive: true });
+      await fs.writeFile(path.join(host, 'etc', 'buildfleet', 'worker.env'), 'x');
+      await fs.writeFile(path.join(host, 'etc', 'tls.key'), 'x');
+      await fs.symlink(path.join(host, 'etc', 'tls.key'), path.join(host, 'key-link'));
+      // A root filesystem: /etc in the sandbox is <host>/etc.
+      const root = [{ name: '/etc', source: path.join(host, 'etc') }];
+      const h = hiddenPaths(root, [
+        path.join(host, 'etc', 'buildfleet'),
+        path.join(host, 'etc', 'buildfleet', 'worker.env'), // inside a hidden directory: covered by it
+        path.join(host, 'key-link'), // what a build would read is the target
+        path.join(host, 'etc', 'missing'),
+        path.join(host, 'elsewhere'),
+      ]);
+      expect(h).toEqual({ dirs: ['/etc/buildfleet'], files: ['/etc/tls.key'] });
+    } finally {
+      await fs.rm(host, { recursive: true, force: true });
     }
   });
 });
