@@ -3,7 +3,8 @@
  * `BUILDFLEET_EXECUTOR` / `--executor`:
  * - `sandbox`: bubblewrap; refused at start-up where it cannot work here,
  *   with the fix (the package to install, the sysctl to set);
- * - `shell`: no isolation, every build log says so at its top;
+ * - `shell`: no isolation; chosen by the operator, it adds nothing to the
+ *   build logs (the worker's registered executor says it);
  * - `auto` (default): `sandbox` when the probe succeeds, else `shell` with a
  *   loud warning at start-up and in every build log.
  * Both get the build cgroups where this process may create them.
