@@ -47,7 +47,7 @@ import { CONTROLLER_VERSION } from './ops/versions.js';
 import { WakeChannel } from './http/wakeups.js';
 import { PollDispatcher } from './http/dispatch.js';
 import { LogFollowHub } from './http/log-follow.js';
-import { checkAuthFailures, createAbuseLimits } from './http/rate-limit.js';
+import { countAuthFailure, createAbuseLimits, isOverAuthFailureLimit } from './http/rate-limit.js';
 import { dashboardRoutes } from './dashboard.js';
 import { dashboardApiRoutes } from './http/routes-dashboard.js';
 import { secretRoutes } from './http/routes-secrets.js';
@@ -279,9 +279,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   // Authentication before the body is read (PROTOCOL.md check order).
   app.addHook('onRequest', async (request) => {
-    const auth = request.routeOptions.config?.auth;
-    if (!request.is404 && auth !== 'public') checkAuthFailures(ctx.limits, request);
-    await authenticate(ctx, request, auth);
+    await authenticate(ctx, request, request.routeOptions.config?.auth);
+    // An access token is otherwise checked by the store with the route's work, after the body
+    // is read; from an address over its limit of failures it is checked now, so that a guess is
+    // refused (429, see countAuthFailure) before its body is read.
+    if (request.workerAuth && isOverAuthFailureLimit(ctx.limits, request.ip)) {
+      await ctx.store.authenticateWorker({ ...request.workerAuth, now: clock.now() });
+    }
   });
 
   const started = new WeakMap<object, number>();
@@ -299,7 +303,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   app.setErrorHandler((err, request, reply) => {
     const clientGone = request.raw.aborted || (request.raw.destroyed && !request.raw.complete);
-    const { error, kind, errorId } = toApiError(err, { clientGone });
+    const { error: found, kind, errorId } = toApiError(err, { clientGone });
+    // A guess that failed counts toward the address's limit (a genuine but expired token does
+    // not); past the limit it is answered 429 instead of 401.
+    const guess = found.code === 'TOKEN_INVALID' && !request.credentialAccepted;
+    const error = (guess && countAuthFailure(ctx.limits, request.ip)) || found;
     switch (kind) {
       case 'internal':
         request.log.error({ err, errorId }, 'unexpected error answered 500 INTERNAL');
@@ -316,8 +324,6 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       default:
         request.log.debug({ code: error.code, message: error.message }, 'request refused');
     }
-    // A guess that failed counts toward the address's limit (a genuine but expired token does not).
-    if (error.code === 'TOKEN_INVALID' && !request.credentialAccepted) ctx.limits.authFailures.hit(request.ip);
     if (error.status === 503 || error.status === 429) {
       const seconds = error.retryAfterMs !== undefined ? Math.max(1, Math.ceil(error.retryAfterMs / 1000)) : RETRY_AFTER_SECONDS;
       reply.header('retry-after', String(seconds));

@@ -42,8 +42,8 @@ export interface ControllerConfig {
   readonly maxFollowersPerClient: number;
   /**
    * Failed authentications (401 TOKEN_INVALID) one client address may make
-   * per minute before every request it makes needing a credential is 429
-   * for the rest of the minute (`BUILDFLEET_MAX_AUTH_FAILURES_PER_MINUTE`); 0: no limit.
+   * per minute before each further failed one is 429 for the rest of the
+   * minute; valid credentials still pass (`BUILDFLEET_MAX_AUTH_FAILURES_PER_MINUTE`); 0: no limit.
    */
   readonly maxAuthFailuresPerMinute: number;
   /** New worker registrations per enrollment token per minute (`BUILDFLEET_MAX_REGISTRATIONS_PER_MINUTE`); 0: no limit. */

@@ -10,7 +10,6 @@
  * workers behind one address polls all day), and it reads the wall clock,
  * while these windows run on the injected Clock (tests advance a fake one).
  */
-import type { FastifyRequest } from 'fastify';
 import { ApiError, type Clock } from '@buildfleet/protocol';
 
 /** Length of one counting window, ms. */
@@ -78,8 +77,22 @@ export function rateLimited(what: string, waitMs: number): ApiError {
   return new ApiError('RATE_LIMITED', `${what}; retry in ${Math.ceil(waitMs / 1000)} s`, waitMs);
 }
 
-/** Refuses a request from an address whose failed authentications filled the window. */
-export function checkAuthFailures(limits: AbuseLimits, request: FastifyRequest): void {
-  const wait = limits.authFailures.blockedFor(request.ip);
-  if (wait > 0) throw rateLimited('too many failed authentications from this address', wait);
+/**
+ * Counts one failed authentication (401 TOKEN_INVALID) of `ip`. Returns the
+ * 429 RATE_LIMITED to answer instead when the address was already over its
+ * limit, undefined when the 401 stands. Only failures are refused: a request
+ * whose credential is valid always proceeds, so a worker behind the same
+ * address as a guesser (a reverse proxy, the host of `buildfleet up`) keeps
+ * its lease. That costs no protection: every token is 256 random bits, and
+ * guesses are what is limited.
+ */
+export function countAuthFailure(limits: AbuseLimits, ip: string): ApiError | undefined {
+  const wait = limits.authFailures.blockedFor(ip);
+  limits.authFailures.hit(ip);
+  return wait > 0 ? rateLimited('too many failed authentications from this address', wait) : undefined;
+}
+
+/** Whether `ip` is over its limit of failed authentications. */
+export function isOverAuthFailureLimit(limits: AbuseLimits, ip: string): boolean {
+  return limits.authFailures.blockedFor(ip) > 0;
 }
