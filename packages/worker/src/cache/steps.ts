@@ -16,7 +16,7 @@ import type { CacheHit, Clock, SpecCache } from '@buildfleet/protocol';
 import { packCache, restoreCache } from './archive.js';
 import { renderKey, type KeyContext } from './key.js';
 import type { LocalCache } from './local.js';
-import type { SourceLimits } from '../source.js';
+import { checkArchive, UnsafeArchiveError, type SourceLimits } from '../source.js';
 
 /** The controller's cache calls of one build (with its build token). */
 export interface CacheApi {
@@ -133,7 +133,10 @@ export async function restoreCaches(specs: readonly SpecCache[], ctx: KeyContext
  * After a successful script: packs and uploads each plan whose key missed
  * (a prefix match counts as a miss, as in GitHub's `actions/cache`), and
  * keeps a copy in the worker's local cache so the next build here restores
- * without a download.
+ * without a download. An archive that `restoreCaches` would refuse (the same
+ * `checkArchive` rule and limits, e.g. a venv's symlink to an absolute
+ * path) is not uploaded: an existing key is never replaced, so saving it
+ * would lose that key's cache for good.
  */
 export async function saveCaches(plans: readonly CachePlan[], workspace: string, deps: CacheStepDeps): Promise<void> {
   const { api, local, clock, note, scratchDir } = deps;
@@ -145,6 +148,13 @@ export async function saveCaches(plans: readonly CachePlan[], workspace: string,
       const packed = await packCache(workspace, plan.paths, file);
       if (packed.packed.length === 0) {
         note(`warning: cache key ${JSON.stringify(plan.key)} not saved: none of ${plan.paths.join(', ')} exists`);
+        continue;
+      }
+      try {
+        await checkArchive(file, deps.limits);
+      } catch (err) {
+        if (!(err instanceof UnsafeArchiveError)) throw err;
+        note(`warning: cache key ${JSON.stringify(plan.key)} not saved: a later restore would refuse it: ${err.message}`);
         continue;
       }
       const packedMs = clock.monotonic() - t0;
