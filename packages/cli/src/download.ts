@@ -42,7 +42,7 @@ export async function downloadArtifacts(
     if (problem) throw new CliError(`refusing artifact "${a.name}": ${problem}`);
     const dest = resolve(root, ...a.name.split('/'));
     if (!dest.startsWith(root + sep)) throw new CliError(`refusing artifact "${a.name}": it leaves ${root}`);
-    await mkdir(dirname(dest), { recursive: true });
+    await makeDirectory(dirname(dest), outDir);
     const res = await client.request(paths.artifact(id, a.name));
     const header = res.headers.get(CHECKSUM_HEADER);
     if (header && header.toLowerCase() !== a.sha256.toLowerCase())
@@ -80,6 +80,17 @@ export async function downloadArtifacts(
     onFile?.(got);
   }
   return done;
+}
+
+/** Creates `dir` (and its parents); a place that cannot hold it (a file, no permission) is a CliError naming `--out`. */
+async function makeDirectory(dir: string, outDir: string): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const why = e.code === 'ENOTDIR' || e.code === 'EEXIST' ? 'a file is in the way' : e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS' ? 'not allowed' : e.message;
+    throw new CliError(`cannot create the directory ${dir} for --out ${outDir}: ${why} (${e.code ?? 'error'})`);
+  }
 }
 
 /** True when the file starts with an ELF header or a `#!` line. */

@@ -2,6 +2,8 @@
  * Entry point of the `buildfleet` command (bin/buildfleet.js imports the
  * compiled copy); the work is in run.ts.
  */
-import { run } from './run.js';
+import { endOnBrokenPipe, run } from './run.js';
+
+endOnBrokenPipe(process.stdout, (code) => process.exit(code));
 
 process.exitCode = await run(process.argv);

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -68,5 +68,14 @@ describe('downloadArtifacts', () => {
       sendJson(res, 200, { artifacts: [{ name: '../evil', size: 1, sha256: sha(Buffer.from('x')) }] }),
     );
     await expect(downloadArtifacts(client, 'b1', out)).rejects.toThrow(/refusing artifact/);
+  });
+
+  it('an --out that is a file is one CliError naming it, not a stack trace', async () => {
+    serveArtifacts({ 'a.txt': Buffer.from('a') });
+    const file = join(out, 'afile');
+    await writeFile(file, 'x');
+    const err = await downloadArtifacts(client, 'b1', file).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CliError);
+    expect((err as Error).message).toMatch(/cannot create the directory .* for --out .*afile: a file is in the way \((EEXIST|ENOTDIR)\)/);
   });
 });

@@ -1,5 +1,11 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { run } from '../src/run.js';
+import { EventEmitter } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { IdentityLock } from '@buildfleet/worker';
+import { systemClock } from '@buildfleet/protocol';
+import { endOnBrokenPipe, run } from '../src/run.js';
 
 let err: string;
 let out: string;
@@ -55,5 +61,33 @@ describe('run', () => {
     } finally {
       vi.unstubAllEnvs();
     }
+  });
+});
+
+describe('ordinary mistakes are one line', () => {
+  it('a second worker on a data directory in use names the directory and the other pid, exit 3', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'bf-cli-lock-'));
+    const held = await IdentityLock.acquire(join(dir, 'worker'), systemClock);
+    try {
+      const code = await run(argv('worker', '--data-dir', dir, '--controller-url', 'http://127.0.0.1:9', '--enrollment-token', 'bfe_x', '--executor', 'shell'));
+      expect(code).toBe(3);
+      expect(err).toMatch(new RegExp(`^buildfleet: worker stopped: another buildfleet worker \\(pid ${process.pid}\\) is running on the data directory ${dir} `));
+      expect(err).not.toMatch(/\n\s+at /);
+    } finally {
+      await held.release();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('stdout losing its reader (EPIPE) ends quietly with 0; another write error is one line and 3', () => {
+    const stream = new EventEmitter();
+    const codes: number[] = [];
+    endOnBrokenPipe(stream, (c) => codes.push(c));
+    stream.emit('error', Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
+    expect(codes).toEqual([0]);
+    expect(err).toBe('');
+    stream.emit('error', Object.assign(new Error('no space left on device'), { code: 'ENOSPC' }));
+    expect(codes).toEqual([0, 3]);
+    expect(err).toBe('buildfleet: cannot write the output: no space left on device\n');
   });
 });

@@ -42,6 +42,23 @@ export class IdentityPermissionError extends Error {
   }
 }
 
+/**
+ * The identity file is not a JSON object (a torn copy, an edit gone wrong);
+ * `message` names the file and the two ways out.
+ */
+export class IdentityCorruptError extends Error {
+  constructor(
+    readonly file: string,
+    why: string,
+  ) {
+    super(
+      `${file} is corrupt (${why}): restore it from a backup to keep this worker, ` +
+        `or remove it to register as a new worker (then delete the old worker on the controller)`,
+    );
+    this.name = 'IdentityCorruptError';
+  }
+}
+
 export class IdentityStore {
   readonly file: string;
   constructor(stateDir: string) {
@@ -51,7 +68,8 @@ export class IdentityStore {
   /**
    * The saved identity, or `{}` when there is none. Throws
    * IdentityPermissionError when group or others may read or write the file,
-   * and on an unreadable or corrupt file.
+   * IdentityCorruptError when it is not a JSON object, and the fs error of an
+   * unreadable one.
    */
   async load(): Promise<Identity> {
     let text: string;
@@ -70,8 +88,13 @@ export class IdentityStore {
     } finally {
       await fh.close();
     }
-    const parsed = JSON.parse(text) as unknown;
-    if (typeof parsed !== 'object' || parsed === null) throw new Error(`${this.file}: not a JSON object`);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (err) {
+      throw new IdentityCorruptError(this.file, (err as Error).message);
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new IdentityCorruptError(this.file, 'not a JSON object');
     const out: Identity = {};
     const p = parsed as Record<string, unknown>;
     if (typeof p.workerId === 'string') out.workerId = p.workerId;

@@ -15,7 +15,7 @@ export {
 } from './client/controller-client.js';
 export { HttpControllerClient, createHttpClient, type HttpClientOptions } from './client/http-controller-client.js';
 export { isRetryable, withRetry, backoffDelay, describeError, RetryBudgetExhausted, type Backoff, type RetryBudget, type RetryContext } from './client/retry.js';
-export { IdentityStore, IdentityLock, IdentityLockedError, IdentityPermissionError, type Identity } from './identity.js';
+export { IdentityStore, IdentityLock, IdentityLockedError, IdentityPermissionError, IdentityCorruptError, type Identity } from './identity.js';
 export { Session, SessionFatalError, REFRESH_FRACTION, type RegisteredEvent } from './session.js';
 export { ActiveBuilds } from './active-builds.js';
 export { BuildRun, type BuildResult, type BuildPhase, type StopReason } from './build-run.js';

@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { IdentityPermissionError, IdentityStore } from '../src/identity.js';
+import { IdentityCorruptError, IdentityPermissionError, IdentityStore } from '../src/identity.js';
 import { startWorker } from '../src/agent.js';
 import { tempDir, testConfig } from './support/harness.js';
 
@@ -39,8 +39,14 @@ describe('IdentityStore', () => {
   it('a corrupt file is an error, not a silent new identity', async () => {
     const s = new IdentityStore(path.join(dir, 'worker'));
     await fs.mkdir(path.dirname(s.file), { recursive: true });
-    await fs.writeFile(s.file, '{not json');
-    await expect(s.load()).rejects.toThrow();
+    await fs.writeFile(s.file, '{not json', { mode: 0o600 });
+    const err = await s.load().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(IdentityCorruptError);
+    // Names the file and the way out.
+    expect((err as Error).message).toContain(s.file);
+    expect((err as Error).message).toMatch(/restore it .* or remove it/);
+    await fs.writeFile(s.file, '[]');
+    await expect(s.load()).rejects.toBeInstanceOf(IdentityCorruptError);
   });
 
   it('refuses a file that group or others may read or write, naming the fix; the secret is not in the message', async () => {
