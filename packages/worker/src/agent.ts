@@ -383,6 +383,8 @@ class Agent {
     this.d.session.close();
     if (err) await this.d.builds.idle();
     await Promise.all([this.poll.stop(), this.heartbeat.stop(), this.fence.stop()]);
+    // Nothing of this worker stays on the host once it stopped (its cgroups); a build still running keeps them.
+    if (this.d.builds.size === 0) await this.d.executor.close?.();
     await this.d.lock.release();
     this.d.events.emit('stopped');
     if (err) this.rejectDone(err);

@@ -32,6 +32,7 @@ import {
   launchBuild,
   limitFromExit,
   LimitWatcher,
+  releaseCgroups,
   removeTree,
   resolvConfBinds,
   rootEntries,
@@ -356,6 +357,12 @@ export class ContainedExecutor implements Executor {
     await removeTree(a?.root ?? path.dirname(ws.dir)).catch((err: unknown) =>
       this.o.logger.warn({ buildId: ws.buildId, err: (err as Error).message }, 'could not remove the workspace'),
     );
+  }
+
+  async close(): Promise<void> {
+    if (!this.o.cgroups) return;
+    const stayed = releaseCgroups(this.o.cgroups);
+    if (stayed.length > 0) this.o.logger.warn({ cgroups: stayed }, 'build cgroups still hold processes; the next start kills them');
   }
 
   async cleanupLeftovers(): Promise<number[]> {

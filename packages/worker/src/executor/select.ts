@@ -33,6 +33,11 @@ export function notIsolatedWarning(probe: Extract<SandboxProbe, { ok: false }>):
   return `WARNING: this build is NOT isolated (shell executor): it runs with the worker's view of this machine. The sandbox is unavailable: ${probe.problem}; fix: ${probe.fix}`;
 }
 
+/** Names this worker's cgroups (`buildfleet-<key>`): stable across restarts, distinct per data directory. */
+export function cgroupKey(stateDir: string): string {
+  return createHash('sha256').update(stateDir).digest('hex').slice(0, 12);
+}
+
 /**
  * Builds the executor `config` asks for. Throws ExecutorUnavailableError
  * (`sandbox` asked for, not possible here) or BuildUserError (a worker
@@ -51,8 +56,7 @@ export async function createExecutor(config: WorkerConfig, deps: { clock: Clock;
       throw new ExecutorUnavailableError(`--executor sandbox: ${probe.problem}. Fix: ${probe.fix}`, probe.fix);
     }
   }
-  const key = createHash('sha256').update(config.stateDir).digest('hex').slice(0, 12);
-  const cg = setupCgroups(key);
+  const cg = setupCgroups(cgroupKey(config.stateDir));
   if (cg.ok) logger.info({ cgroups: describeCgroupHost(cg.host) }, 'build limits held by cgroups');
   else logger.info({ why: cg.reason }, 'no build cgroups here: limits held by rlimits and the watcher');
 

@@ -115,4 +115,10 @@ export interface Executor {
    * and removes its workspaces. Returns the killed process group ids.
    */
   cleanupLeftovers(): Promise<number[]>;
+  /**
+   * Optional: at a stop, once no build runs any more: gives back what the
+   * executor made on the host for all its builds (the worker's cgroup
+   * directories). Never throws.
+   */
+  close?(): Promise<void>;
 }

@@ -357,6 +357,33 @@ export class BuildCgroup {
   }
 }
 
+/**
+ * At a clean stop, once every build has ended: removes this worker's empty
+ * build cgroups, then its parent `buildfleet-<key>` directories (one per v1
+ * hierarchy, or the v2 one), so a stopped worker leaves nothing in the
+ * cgroup tree. (On v2 the leaf a worker moved itself into stays: it is
+ * still in it.) Returns the directories that stayed because a process is
+ * still in them; the next start kills those. Never throws.
+ */
+export function releaseCgroups(host: CgroupHost): string[] {
+  for (const cg of BuildCgroup.leftovers(host)) {
+    try {
+      cg.remove();
+    } catch {
+      // Busy: its parent stays too, reported below.
+    }
+  }
+  const stayed: string[] = [];
+  for (const dir of new Set(host.version === 2 ? [host.parent] : Object.values(host.parents))) {
+    try {
+      rmdirSync(dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') stayed.push(dir);
+    }
+  }
+  return stayed;
+}
+
 /** One line for logs and the README's "which limit holds where". */
 export function describeCgroupHost(host: CgroupHost): string {
   if (host.version === 2) return `cgroup v2 (${host.parent})`;

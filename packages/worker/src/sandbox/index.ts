@@ -4,7 +4,7 @@
  * process trees and the launcher both executors start builds with.
  */
 export { bwrapArgs, hiddenPaths, rootEntries, resolvConfBinds, HOST_SYSTEM_DIRS, SANDBOX_UID, SANDBOX_WORKSPACE, type RootEntry, type SandboxMounts } from './bwrap.js';
-export { BuildCgroup, setupCgroups, describeCgroupHost, parseKeyed, type CgroupHost, type CgroupEvents, type CgroupSources } from './cgroup.js';
+export { BuildCgroup, setupCgroups, releaseCgroups, describeCgroupHost, parseKeyed, type CgroupHost, type CgroupEvents, type CgroupSources } from './cgroup.js';
 export { diskUsage, removeTree } from './disk.js';
 export { launchBuild, type LaunchSpec, type LaunchedBuild } from './launch.js';
 export { limitsFromEnv, effectiveLimits, describeLimits, rlimitPrelude, limitFromExit, breach, type Limits, type LimitBreach } from './limits.js';

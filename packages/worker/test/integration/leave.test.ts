@@ -6,12 +6,15 @@
  * The real controller runs in this process on real time; only the worker's
  * clock is fake, so the test decides exactly when "two seconds" have passed.
  */
+import { existsSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FakeClock } from '@buildfleet/protocol';
 import { ENROLLMENT_TOKEN, startTestController, type TestController } from '../../../../test/support/controller.js';
 import { startWorker, type RunningWorker } from '../../src/agent.js';
+import { cgroupKey } from '../../src/executor/select.js';
 import { silentLogger } from '../../src/logger.js';
+import { setupCgroups } from '../../src/sandbox/index.js';
 import { bindClient, tempDir, testConfig } from '../support/harness.js';
 import { tarGz } from '../support/tarball.js';
 import { once, waitFor } from '../support/wait.js';
@@ -28,11 +31,16 @@ afterEach(async () => {
 });
 
 describe('leaving workers', () => {
-  it('idle timeout: counted on the clock, restarted by a build, then deregistered', async () => {
+  it('idle timeout: counted on the clock, restarted by a build, then deregistered, leaving no cgroup behind', async () => {
     ctl = await startTestController({ config: { heartbeatIntervalMs: 60_000, leaseMs: 120_000 } });
     dir = await tempDir();
     const clock = new FakeClock(Date.now());
-    w = await startWorker(testConfig({ url: ctl.url, enrollmentToken: ENROLLMENT_TOKEN }, dir, { idleTimeoutMs: 2_000 }), { logger: silentLogger, clock });
+    const config = testConfig({ url: ctl.url, enrollmentToken: ENROLLMENT_TOKEN }, dir, { idleTimeoutMs: 2_000 });
+    // Where this worker (this process) makes its cgroups, when it may: what it must remove when it leaves.
+    const cg = setupCgroups(cgroupKey(config.stateDir));
+    const cgroupDirs = cg.ok ? (cg.host.version === 2 ? [cg.host.parent] : Object.values(cg.host.parents)) : [];
+    if (!cg.ok) console.warn(`\n!! cgroup removal on leaving NOT checked: ${cg.reason}\n`);
+    w = await startWorker(config, { logger: silentLogger, clock });
     let stopped = false;
     void w.done.then(() => (stopped = true));
     const deregistered = once(w.events, 'deregistered', 20_000);
@@ -51,6 +59,7 @@ describe('leaving workers', () => {
     await deregistered;
     await w.done;
     expect(await ctl.api.workers()).toEqual([]);
+    expect(cgroupDirs.filter((d) => existsSync(d))).toEqual([]);
   });
 
   it('stop({ deregister: true }) removes the worker; a plain stop leaves it listed (offline later)', async () => {

@@ -8,7 +8,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'vitest';
-import { probeSandbox, resolveBuildUser, runningAsRoot, setupCgroups, type BuildUser, type CgroupHost, type SandboxProbe } from '../../src/sandbox/index.js';
+import { probeSandbox, releaseCgroups, resolveBuildUser, runningAsRoot, setupCgroups, type BuildUser, type CgroupHost, type SandboxProbe } from '../../src/sandbox/index.js';
 
 /** The user builds run as when the tests run as root (the worker's default). */
 export const TEST_BUILD_USER: BuildUser | undefined = runningAsRoot() ? resolveBuildUser('nobody') : undefined;
@@ -62,9 +62,7 @@ export function testCgroupHost(): CgroupHost | undefined {
 
 /** Removes a test's cgroup parents (after its build cgroups are gone). */
 export async function removeCgroupHost(host: CgroupHost | undefined): Promise<void> {
-  if (!host) return;
-  const dirs = host.version === 2 ? [host.parent] : Object.values(host.parents);
-  for (const d of dirs) await fs.rmdir(d).catch(() => undefined);
+  if (host) releaseCgroups(host);
 }
 
 /** A build's host directories (workspace and tmp), owned by the build user when the tests run as root. */
