@@ -17,6 +17,7 @@ import { buildRows, formatBuild, outcome, workerRows } from './format.js';
 import { shown } from './pack.js';
 import { resolveClientSettings } from './settings.js';
 import { gitMetadata } from './git.js';
+import { fromNextLine } from './line-start.js';
 import { formatBytes, loadSpec, parseEnvPair, submitDirectory, type SpecOverrides } from './submit.js';
 import { addServiceCommands } from './serve.js';
 import { addApiOpsCommands, addOpsCommands } from './ops-commands.js';
@@ -217,8 +218,11 @@ export function buildProgram(): Command {
         return;
       }
       const offset = o.full ? 0 : await tailOffset(client, id, o.attempt);
-      const res = await client.request(paths.logs(id), { query: { attempt: o.attempt, offset: offset || undefined }, headers: { accept: 'text/plain' } });
-      if (res.body) await pipeline(Readable.fromWeb(res.body as WebReadableStream<Uint8Array>), stdoutSink());
+      // A tail starts at a whole line: one byte earlier, up to the first newline, is dropped.
+      const from = offset > 0 ? offset - 1 : 0;
+      const res = await client.request(paths.logs(id), { query: { attempt: o.attempt, offset: from || undefined }, headers: { accept: 'text/plain' } });
+      const body = res.body && Readable.fromWeb(res.body as WebReadableStream<Uint8Array>);
+      if (body) await (offset > 0 ? pipeline(body, fromNextLine(), stdoutSink()) : pipeline(body, stdoutSink()));
     });
 
   program
@@ -292,7 +296,7 @@ export function buildProgram(): Command {
 export const TAIL_BYTES = 1024 * 1024;
 
 /**
- * Where `logs` starts for a huge log: `TAIL_BYTES` before its end (the
+ * Where `logs` starts for a huge log (before moving on to a whole line, see line-start.ts): `TAIL_BYTES` before its end (the
  * attempt's `logBytes` in the build object), else 0. Says so on stderr.
  */
 async function tailOffset(client: ApiClient, id: string, attempt: number | undefined): Promise<number> {

@@ -361,7 +361,7 @@ class Agent {
     if (o.deregister) this.leaving = true;
     this.d.clock.clearTimeout(this.idleTimer);
     this.idleTimer = undefined;
-    if (!o.drain) builds.stopAll('canceled', 'canceled: the worker is stopping');
+    if (!o.drain) builds.stopAll('canceled', 'the worker is stopping');
     if (!this.draining) {
       this.draining = true;
       // No new builds; cancels of the running ones still come on the poll.

@@ -68,7 +68,7 @@ export class HeartbeatLoop extends Loop {
       this.succeeded();
       const abandoned = new Set(res.abandon);
       for (const id of ids) if (!abandoned.has(id)) leases.renewed(id, sentAt);
-      for (const id of res.cancel) builds.stop(id, 'canceled', 'canceled: cancellation requested');
+      for (const id of res.cancel) builds.stop(id, 'canceled', 'cancellation requested');
       for (const id of res.abandon) builds.stop(id, 'lost', 'abandoned: the controller says this worker no longer owns it');
       this.deps.onDraining(res.draining === true);
       events.emit('heartbeat', res);

@@ -150,7 +150,7 @@ export class PollLoop extends Loop {
           continue;
         }
         if (answer.cancel.length > 0) {
-          for (const id of answer.cancel) builds.stop(id, 'canceled', 'canceled: cancellation requested');
+          for (const id of answer.cancel) builds.stop(id, 'canceled', 'cancellation requested');
           events.emit('poll:cancel', answer.cancel);
         }
         events.emit('poll', answer.builds);

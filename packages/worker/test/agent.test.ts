@@ -76,10 +76,11 @@ describe('agent', () => {
     const w = await start();
     expect((await ctl.api.workers()).map((x) => x.id)).toContain(w.workerId);
     const finished = nextEvent<BuildResult>(w, 'build:finish');
-    const b = await submit({ script: 'echo hello world' });
+    const b = await submit({ script: "echo hello world; printf 'no newline at end'" });
     const r = await finished;
     expect(r).toMatchObject({ buildId: b.id, outcome: 'succeeded', reported: true });
-    expect(await logOf(b.id)).toContain('hello world');
+    // The worker's own note starts a line of its own after output without a final newline.
+    expect(await logOf(b.id)).toContain('hello world\nno newline at end\n[buildfleet] succeeded\n');
     expect(await stateOf(b.id)).toBe('succeeded');
     const poll = fake.of('poll')[0]!;
     expect(poll.url).toContain('waitMs=30000'); // the controller's pollWaitMs setting
@@ -171,6 +172,7 @@ describe('agent', () => {
     const r = await finished;
     expect(r).toMatchObject({ outcome: 'canceled', reported: true });
     expect(await stateOf(b.id)).toBe('canceled');
+    expect(await logOf(b.id)).toContain('\n[buildfleet] canceled: cancellation requested\n');
     await expectAllGone(pids);
   });
 
