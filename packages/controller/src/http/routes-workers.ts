@@ -313,6 +313,10 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
       if (body.expiresAt !== undefined) {
         expiresAt = Date.parse(body.expiresAt);
         if (!Number.isFinite(expiresAt)) throw new ApiError('VALIDATION_FAILED', 'expiresAt must be an ISO-8601 timestamp');
+        // A token that could never enrol anyone is a mistake (a typo'd year), not a request.
+        if (expiresAt <= clock.now()) {
+          throw new ApiError('VALIDATION_FAILED', `expiresAt ${body.expiresAt} is in the past: an enrollment token must expire later than now`);
+        }
       }
       const token = generateToken('enrollment');
       const created = await store.createEnrollmentToken({

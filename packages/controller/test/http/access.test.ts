@@ -6,7 +6,7 @@
 import { DASHBOARD_ROUTES, loadDashboard } from '@buildfleet/dashboard';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fastify, { type FastifyInstance } from 'fastify';
-import { systemClock } from '@buildfleet/protocol';
+import { FakeClock, systemClock } from '@buildfleet/protocol';
 import { UndeclaredRouteError, checkRouteAuth, installAccessCheck, schemeName } from '../../src/http/access.js';
 import type { AppContext } from '../../src/http/context.js';
 import { workerRoutes } from '../../src/http/routes-workers.js';
@@ -138,8 +138,10 @@ describe('access-token routes', () => {
 
 describe('check order of registration (401 before 400, nothing used up)', () => {
   let h: Harness;
+  // Moved on purpose only: an enrollment token is created unexpired (the controller refuses a past expiresAt), then expires.
+  const clock = new FakeClock();
   beforeAll(async () => {
-    h = await startHarness();
+    h = await startHarness({}, { clock });
   });
   afterAll(async () => {
     await h?.close();
@@ -152,7 +154,8 @@ describe('check order of registration (401 before 400, nothing used up)', () => 
 
   it('a new registration with a bad body and a bad enrollment token is 401; with a good token 400 and no use taken', async () => {
     const once = await token({ maxUses: 1 });
-    const expired = await token({ expiresAt: new Date(Date.now() - 1000).toISOString() });
+    const expired = await token({ expiresAt: new Date(clock.now() + 1000).toISOString() });
+    await clock.advance(1001);
     const revoked = await token({});
     await h.req('DELETE', `/api/v1/enrollment-tokens/${revoked.id}`, { token: API_TOKEN });
     const usedUp = await token({ maxUses: 1 });

@@ -155,6 +155,18 @@ function inputTests(): void {
     });
   });
 
+  describe('enrollment tokens', () => {
+    it('expiresAt must be a timestamp in the future: a token born expired is refused, not created', async () => {
+      const create = (expiresAt: string) => h.req('POST', paths.enrollmentTokens(), { token: API_TOKEN, json: { description: 'expiry', expiresAt } });
+      const before = (await (await h.req('GET', paths.enrollmentTokens(), { token: API_TOKEN })).json()) as { enrollmentTokens: unknown[] };
+      expect(await expectError(create('2000-01-01T00:00:00Z'), 400, 'VALIDATION_FAILED')).toBe('expiresAt 2000-01-01T00:00:00Z is in the past: an enrollment token must expire later than now');
+      expect(await expectError(create('next tuesday'), 400, 'VALIDATION_FAILED')).toMatch(/ISO-8601/);
+      const after = (await (await h.req('GET', paths.enrollmentTokens(), { token: API_TOKEN })).json()) as { enrollmentTokens: unknown[] };
+      expect(after.enrollmentTokens).toHaveLength(before.enrollmentTokens.length);
+      expect((await create(new Date(Date.now() + 3_600_000).toISOString())).status).toBe(201);
+    });
+  });
+
   describe('names and env keys', () => {
     it('env keys must be POSIX names; labels and worker names must be visible text', async () => {
       for (const env of [{ 'A=B': 'x' }, { '1A': 'x' }, { 'A B': 'x' }, { '': 'x' }]) {
