@@ -19,6 +19,7 @@ import { CliError, EXIT } from './errors.js';
 import { followBuild } from './follow.js';
 import { outcome } from './format.js';
 import { readCredentials } from './settings.js';
+import { lockControllerDataDir, lockWorkerDataDir } from './data-dir-lock.js';
 import { formatBytes, loadSpec, submitDirectory } from './submit.js';
 import {
   loadControllerModule,
@@ -176,12 +177,18 @@ function printControllerBanner(controller: RunningController, dataDir: string, b
   say('');
 }
 
+/** Starts the controller; on SQLite it holds its data directory's lock until closed (see data-dir-lock.ts). */
 async function startLocalController(o: ServiceFlags, extra: Partial<ControllerConfig>): Promise<RunningController> {
   const mod = await loadControllerModule();
   const config = mod.loadControllerConfig(process.env, controllerOverrides(o, extra));
+  const lock = config.databaseUrl === undefined ? await lockControllerDataDir(await loadWorkerModule(), config.dataDir) : undefined;
   try {
-    return await mod.startController(config);
+    const controller = await mod.startController(config);
+    if (!lock) return controller;
+    const close = controller.close.bind(controller);
+    return Object.assign(controller, { close: () => close().finally(() => lock.release()) });
   } catch (err) {
+    await lock?.release();
     throw startupError(err, config);
   }
 }
@@ -309,7 +316,15 @@ export function addServiceCommands(program: Command): void {
       // Request logs of both services would drown the example's output.
       const quiet = process.env[ENV.logLevel] === undefined;
       if (quiet) process.env[ENV.logLevel] = 'warn';
-      const controller = await startLocalController(o, quiet ? { logLevel: 'warn' } : {});
+      // A worker already running on this data directory: refused before a controller starts.
+      let workerLock: Awaited<ReturnType<typeof lockWorkerDataDir>> | undefined = await lockWorkerDataDir(await loadWorkerModule(), dataDir);
+      let controller: RunningController;
+      try {
+        controller = await startLocalController(o, quiet ? { logLevel: 'warn' } : {});
+      } catch (err) {
+        await workerLock.release();
+        throw err;
+      }
       let worker: LocalWorker | undefined;
       try {
         printControllerBanner(controller, dataDir, o.host ?? process.env[ENV.host]);
@@ -317,6 +332,8 @@ export function addServiceCommands(program: Command): void {
         const enrollmentToken =
           process.env[ENV.enrollmentToken] || controller.firstStart?.enrollmentToken || creds?.enrollmentToken || undefined;
         const wmod = await loadWorkerModule();
+        await workerLock.release();
+        workerLock = undefined;
         worker = startLocalWorker(o, controller.url, dataDir, enrollmentToken);
         say(`Local worker started in a process of its own (pid ${worker.pid}); add more with "buildfleet worker", each with its own BUILDFLEET_DATA_DIR.`);
         const apiToken = process.env[ENV.apiToken] || controller.firstStart?.apiToken || creds?.apiToken;
@@ -360,6 +377,7 @@ export function addServiceCommands(program: Command): void {
         }
         worker = undefined;
       } finally {
+        await workerLock?.release();
         if (worker) {
           worker.kill('SIGTERM');
           worker.kill('SIGTERM');

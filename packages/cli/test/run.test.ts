@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { EventEmitter } from 'node:events';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { IdentityLock } from '@buildfleet/worker';
@@ -75,6 +75,25 @@ describe('ordinary mistakes are one line', () => {
       expect(err).not.toMatch(/\n\s+at /);
     } finally {
       await held.release();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('up and controller refuse a data directory a running worker or SQLite controller holds, before starting anything', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'bf-cli-up-'));
+    try {
+      const worker = await IdentityLock.acquire(join(dir, 'worker'), systemClock);
+      expect(await run(argv('up', '--data-dir', dir, '--port', '0'))).toBe(3);
+      expect(err).toBe(`buildfleet: the data directory ${dir} is in use by a running buildfleet worker (pid ${process.pid}): stop it first, or give this one another --data-dir\n`);
+      await worker.release();
+      err = '';
+      const controller = await IdentityLock.acquire(dir, systemClock);
+      expect(await run(argv('controller', '--data-dir', dir, '--port', '0'))).toBe(3);
+      expect(err).toBe(`buildfleet: the data directory ${dir} is in use by a running buildfleet controller (pid ${process.pid}): stop it first, or give this one another --data-dir\n`);
+      await controller.release();
+      // Nothing was created: no SQLite file was opened.
+      expect((await readdir(dir)).filter((f) => f !== 'worker')).toEqual([]);
+    } finally {
       await rm(dir, { recursive: true, force: true });
     }
   });
