@@ -264,6 +264,9 @@ interface LocalWorker {
 function startLocalWorker(o: ServiceFlags, controllerUrl: string, dataDir: string, enrollmentToken: string | undefined): LocalWorker {
   const env: NodeJS.ProcessEnv = { ...process.env, [ENV.controllerUrl]: controllerUrl, [ENV.dataDir]: dataDir };
   for (const k of [ENV.apiToken, ENV.enrollmentToken, ENV.databaseUrl]) delete env[k];
+  // The worker hides the controller's TLS files from sandboxed builds (WorkerConfig.sandboxHide): it must know them.
+  if (o.tlsCert !== undefined) env[ENV.tlsCert] = resolve(o.tlsCert);
+  if (o.tlsKey !== undefined) env[ENV.tlsKey] = resolve(o.tlsKey);
   const args = [...process.execArgv, process.argv[1]!, 'worker'];
   if (o.labels !== undefined) args.push('--labels', o.labels);
   if (o.concurrency !== undefined) args.push('--concurrency', String(o.concurrency));

@@ -83,8 +83,9 @@ export interface WorkerConfig {
    * the sandbox binds the host's /etc: DEFAULT_SANDBOX_HIDE (the systemd
    * units' env files with the tokens) and every file a setting of this
    * process names that an operator keeps secret (BUILDFLEET_CA_FILE,
-   * BUILDFLEET_TLS_KEY, BUILDFLEET_TLS_CERT, BUILDFLEET_SECRETS_KEY_FILE: a
-   * controller on the same host, `buildfleet up`). The data and workspace
+   * BUILDFLEET_TLS_KEY, BUILDFLEET_TLS_CERT, BUILDFLEET_SECRETS_KEY_FILE,
+   * BUILDFLEET_BLOB_DIR: a controller on the same host, `buildfleet up`,
+   * which hands its worker its --tls-* flags this way). The data and workspace
    * directories are hidden besides these.
    */
   readonly sandboxHide: readonly string[];
@@ -100,8 +101,12 @@ export const WORKER_VERSION = '0.1.0';
  */
 export const DEFAULT_SANDBOX_HIDE: readonly string[] = Object.freeze(['/etc/buildfleet']);
 
-/** The settings naming files an operator keeps secret (see WorkerConfig.sandboxHide). */
-const SECRET_FILE_SETTINGS = [ENV.caFile, ENV.tlsKey, ENV.tlsCert, ENV.secretsKeyFile] as const;
+/**
+ * The settings naming paths an operator keeps from builds (see
+ * WorkerConfig.sandboxHide); the blob directory holds every build's sources,
+ * logs and artifacts.
+ */
+const SECRET_FILE_SETTINGS = [ENV.caFile, ENV.tlsKey, ENV.tlsCert, ENV.secretsKeyFile, ENV.blobDir] as const;
 
 function sandboxHide(env: Record<string, string | undefined>, caFile: string | undefined): string[] {
   const files = SECRET_FILE_SETTINGS.map((k) => env[k]).filter((v): v is string => !!v);

@@ -47,9 +47,10 @@ describe('loadWorkerConfig', () => {
       BUILDFLEET_TLS_KEY: '/srv/tls/key.pem',
       BUILDFLEET_TLS_CERT: '/srv/tls/cert.pem',
       BUILDFLEET_SECRETS_KEY_FILE: 'keys/secrets.key',
+      BUILDFLEET_BLOB_DIR: '/opt/bf/blobs',
     });
     expect([...c.sandboxHide].sort()).toEqual(
-      ['/etc/buildfleet', '/etc/ssl/bf/ca.pem', '/srv/tls/key.pem', '/srv/tls/cert.pem', path.resolve('keys/secrets.key')].sort(),
+      ['/etc/buildfleet', '/etc/ssl/bf/ca.pem', '/srv/tls/key.pem', '/srv/tls/cert.pem', path.resolve('keys/secrets.key'), '/opt/bf/blobs'].sort(),
     );
     expect(loadWorkerConfig({}, { caFile: '/opt/ca.pem' }).sandboxHide).toContain('/opt/ca.pem');
   });
