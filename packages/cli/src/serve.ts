@@ -20,6 +20,7 @@ import { followBuild } from './follow.js';
 import { outcome } from './format.js';
 import { readCredentials } from './settings.js';
 import { lockControllerDataDir, lockWorkerDataDir } from './data-dir-lock.js';
+import { StdinPipe } from './parent-pipe.js';
 import { formatBytes, loadSpec, submitDirectory } from './submit.js';
 import {
   loadControllerModule,
@@ -267,16 +268,21 @@ function startLocalWorker(o: ServiceFlags, controllerUrl: string, dataDir: strin
   // The worker hides the controller's TLS files from sandboxed builds (WorkerConfig.sandboxHide): it must know them.
   if (o.tlsCert !== undefined) env[ENV.tlsCert] = resolve(o.tlsCert);
   if (o.tlsKey !== undefined) env[ENV.tlsKey] = resolve(o.tlsKey);
-  const args = [...process.execArgv, process.argv[1]!, 'worker'];
+  // The child stops when this pipe ends: if this process dies, even by SIGKILL, no orphan worker stays.
+  const args = [...process.execArgv, process.argv[1]!, 'worker', '--stop-with-stdin'];
   if (o.labels !== undefined) args.push('--labels', o.labels);
   if (o.concurrency !== undefined) args.push('--concurrency', String(o.concurrency));
   if (o.executor !== undefined) args.push('--executor', o.executor);
   if (enrollmentToken) args.push('--enrollment-token-stdin');
-  const child = spawn(process.execPath, args, { env, stdio: [enrollmentToken ? 'pipe' : 'ignore', 'inherit', 'inherit'] });
+  const child = spawn(process.execPath, args, { env, stdio: ['pipe', 'inherit', 'inherit'] });
   child.stdin?.on('error', () => undefined);
-  child.stdin?.end(`${enrollmentToken}\n`);
+  // Written, never ended: the pipe stays open for as long as this process lives.
+  if (enrollmentToken) child.stdin?.write(`${enrollmentToken}\n`);
   const exited = new Promise<number | null>((resolve) => {
-    child.once('exit', (code) => resolve(code));
+    child.once('exit', (code) => {
+      child.stdin?.destroy();
+      resolve(code);
+    });
     child.once('error', () => resolve(127));
   });
   return {
@@ -288,14 +294,26 @@ function startLocalWorker(o: ServiceFlags, controllerUrl: string, dataDir: strin
   };
 }
 
+/**
+ * The process that started this worker (`up`, whose controller runs in that
+ * same process) is gone: stop at once rather than drain. With the controller
+ * gone no result can be reported, so letting builds run on would only hold
+ * the machine; the controller's next start expires their leases and retries
+ * them as its policy says.
+ */
+function stopWhenPipeEnds(worker: RunningWorker, pipe: StdinPipe): void {
+  let stopped = false;
+  void worker.done.finally(() => (stopped = true)).catch(() => undefined);
+  void pipe.ended.then(() => {
+    if (stopped) return;
+    say('standard input ended (the process that started this worker is gone): stopping, running builds are canceled');
+    worker.stop({ drain: false }).catch((e: unknown) => say(`stopping the worker failed: ${(e as Error).message}`));
+  });
+}
+
 /** Reads the enrollment token from standard input (`--enrollment-token-stdin`): its first line. */
-async function readTokenFromStdin(): Promise<string> {
-  let text = '';
-  for await (const chunk of process.stdin) {
-    text += (chunk as Buffer).toString();
-    if (text.includes('\n')) break;
-  }
-  const token = text.split('\n')[0]!.trim();
+async function readTokenFromStdin(pipe: StdinPipe): Promise<string> {
+  const token = await pipe.firstLine;
   if (!token) throw new CliError('--enrollment-token-stdin: nothing was read from standard input');
   return token;
 }
@@ -439,15 +457,23 @@ export function addServiceCommands(program: Command): void {
     .option('--idle-timeout <seconds>', 'deregister and exit 0 after this many seconds without a build', positive)
     .option('--executor <kind>', 'auto, sandbox or shell (env BUILDFLEET_EXECUTOR, default auto: sandbox where bubblewrap works)')
     .option('--enrollment-token-stdin', 'read the enrollment token from the first line of standard input')
-    .action(async (o: ServiceFlags & { enrollmentTokenStdin?: boolean }) => {
+    .option('--stop-with-stdin', 'stop (canceling running builds) when standard input ends: how `up` ends its worker if it dies')
+    .action(async (o: ServiceFlags & { enrollmentTokenStdin?: boolean; stopWithStdin?: boolean }) => {
       const mod = await loadWorkerModule();
-      if (o.enrollmentTokenStdin) o.enrollmentToken = await readTokenFromStdin();
-      const config = mod.loadWorkerConfig(process.env, workerOverrides(o));
-      // Read once: no token stays in this process's environment for a build to find.
-      mod.forgetTokenEnvironment();
-      const worker = await startWorkerOrExplain(mod, config);
-      say(`worker ${worker.workerId} started`);
-      await runWorkerUntilStopped(worker, 'worker', mod.onStopSignals);
+      const pipe = o.enrollmentTokenStdin || o.stopWithStdin ? new StdinPipe(process.stdin) : undefined;
+      try {
+        if (o.enrollmentTokenStdin) o.enrollmentToken = await readTokenFromStdin(pipe!);
+        if (!o.stopWithStdin) pipe?.release();
+        const config = mod.loadWorkerConfig(process.env, workerOverrides(o));
+        // Read once: no token stays in this process's environment for a build to find.
+        mod.forgetTokenEnvironment();
+        const worker = await startWorkerOrExplain(mod, config);
+        say(`worker ${worker.workerId} started`);
+        if (o.stopWithStdin) stopWhenPipeEnds(worker, pipe!);
+        await runWorkerUntilStopped(worker, 'worker', mod.onStopSignals);
+      } finally {
+        pipe?.release();
+      }
       say('worker stopped');
       process.exitCode = EXIT.succeeded;
     });
