@@ -15,6 +15,7 @@ import { delimiter, dirname, join, resolve } from 'node:path';
 import { DEFAULTS, ENV } from '@buildfleet/protocol';
 import { controllerFetch } from '@buildfleet/protocol/node';
 import { loadControllerModule } from './services.js';
+import { resolveClientSettings } from './settings.js';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
 
@@ -285,8 +286,21 @@ export async function checkTokens(deps: DoctorDeps, role: DoctorRole): Promise<C
   return out;
 }
 
-export async function checkController(deps: DoctorDeps): Promise<CheckResult> {
-  const urls = (deps.env[ENV.controllerUrl] || DEFAULTS.controllerUrl).split(',').map((u) => u.trim().replace(/\/+$/, ''));
+/**
+ * Whether the controller answers /readyz: each of BUILDFLEET_CONTROLLER_URL's
+ * URLs (a worker's list), else the one the other commands would use
+ * (`resolveClientSettings`: BUILDFLEET_PORT, the credentials file's url).
+ */
+export async function checkController(deps: DoctorDeps, cwd = process.cwd()): Promise<CheckResult> {
+  let urls: string[];
+  const listed = deps.env[ENV.controllerUrl];
+  try {
+    urls = listed
+      ? listed.split(',').map((u) => u.trim().replace(/\/+$/, ''))
+      : [resolveClientSettings(deps.env, {}, cwd).controllerUrl];
+  } catch (err) {
+    return { name: 'controller', status: 'fail', detail: (err as Error).message, fix: 'correct BUILDFLEET_CONTROLLER_URL or the credentials file' };
+  }
   const bad: string[] = [];
   for (const url of urls) {
     const ok = await deps

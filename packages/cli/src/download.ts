@@ -23,7 +23,8 @@ export interface DownloadedArtifact extends Artifact {
  * Downloads every artifact of build `id` into `outDir` (names keep their
  * relative paths). Each file is written to `<name>.part`, hashed while it
  * streams, and renamed only when its SHA-256 and size match; otherwise the
- * part file is removed and CliError names the artifact.
+ * part file is removed and CliError names the artifact. When the build had
+ * artifacts but retention removed them all, CliError (exit 3).
  */
 export async function downloadArtifacts(
   client: ApiClient,
@@ -35,6 +36,8 @@ export async function downloadArtifacts(
   // Retention removed these (their download answers 410 GONE); say so instead of failing.
   for (const a of all.filter((x) => x.expiredAt)) process.stderr.write(`artifact ${a.name} expired at ${a.expiredAt} (retention); not downloaded\n`);
   const list = all.filter((x) => !x.expiredAt);
+  // Nothing left to fetch is a failure a script must see, exit code 3 like a build that is gone (404).
+  if (all.length > 0 && list.length === 0) throw new CliError(`every artifact of build ${id} has expired (retention); nothing was downloaded`);
   const root = resolve(outDir);
   const done: DownloadedArtifact[] = [];
   for (const a of list) {

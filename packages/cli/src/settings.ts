@@ -26,6 +26,13 @@ export interface CredentialsFile {
   url?: string;
 }
 
+/** The controller this host's settings describe (BUILDFLEET_PORT set and not 0), or undefined. */
+function localControllerUrl(env: NodeJS.ProcessEnv): string | undefined {
+  const port = env[ENV.port]?.trim();
+  if (!port || port === '0' || !/^\d+$/.test(port)) return undefined;
+  return `${env[ENV.tlsCert] ? 'https' : 'http'}://127.0.0.1:${port}`;
+}
+
 /** `<dataDir>/credentials.json`, resolved against `cwd`. */
 export function credentialsPath(env: NodeJS.ProcessEnv, cwd = process.cwd()): string {
   return resolve(cwd, env[ENV.dataDir] || DEFAULTS.dataDir, 'credentials.json');
@@ -49,16 +56,18 @@ export function readCredentials(path: string): CredentialsFile | undefined {
 }
 
 /**
- * Resolves the controller URL and API token. `urlFlag` (the global `--url`)
- * wins over the environment. The URL of the credentials file is used only
- * when neither a flag nor BUILDFLEET_CONTROLLER_URL names one.
+ * Resolves the controller URL and API token. The URL, first found of: the
+ * global `--url`, BUILDFLEET_CONTROLLER_URL (its first URL), a controller on
+ * this host at BUILDFLEET_PORT (https when BUILDFLEET_TLS_CERT is set), the
+ * credentials file's `url`, `http://127.0.0.1:7700`. Every command and
+ * `doctor` resolve it this way.
  */
 export function resolveClientSettings(
   env: NodeJS.ProcessEnv,
   flags: { url?: string; token?: string } = {},
   cwd = process.cwd(),
 ): ClientSettings {
-  let controllerUrl = flags.url || env[ENV.controllerUrl]?.split(',')[0]?.trim() || '';
+  let controllerUrl = flags.url || env[ENV.controllerUrl]?.split(',')[0]?.trim() || localControllerUrl(env) || '';
   let apiToken = flags.token || env[ENV.apiToken] || undefined;
   let tokenSource = flags.token ? '--token' : ENV.apiToken;
   if (!apiToken || !controllerUrl) {

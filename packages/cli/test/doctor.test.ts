@@ -9,7 +9,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { checkDisk, checkPort, checkSandbox, defaultDoctorDeps, formatDoctor, runDoctor, type DoctorDeps } from '../src/doctor.js';
+import { checkController, checkDisk, checkPort, checkSandbox, defaultDoctorDeps, formatDoctor, runDoctor, type DoctorDeps } from '../src/doctor.js';
 import { childEnv, runCli } from '../../../test/e2e/support.js';
 
 const dirs: string[] = [];
@@ -57,6 +57,17 @@ describe('doctor checks', () => {
     expect(low.status).toBe('warn');
     const fine = await checkDisk(deps({ env, diskSpace: async () => ({ freeBytes: 50 * 2 ** 30, totalBytes: 100 * 2 ** 30 }) }));
     expect(fine.status).toBe('ok');
+  });
+
+  it('checks the controller the other commands would use: BUILDFLEET_PORT, else the credentials file\'s url', async () => {
+    const asked: string[] = [];
+    const fetch = (async (url: string) => (asked.push(url), new Response('{}', { status: url.includes(':7788/') ? 200 : 503 }))) as typeof globalThis.fetch;
+    expect(await checkController(deps({ env: { BUILDFLEET_PORT: '7788' }, fetch }))).toMatchObject({ status: 'ok', detail: 'http://127.0.0.1:7788 ready' });
+    const dir = await tempDir();
+    await writeFile(join(dir, 'credentials.json'), JSON.stringify({ url: 'http://127.0.0.1:7788/' }));
+    expect((await checkController(deps({ env: { BUILDFLEET_DATA_DIR: dir }, fetch }))).status).toBe('ok');
+    expect((await checkController(deps({ env: {}, fetch }), dir)).status).toBe('fail');
+    expect(asked).toEqual(['http://127.0.0.1:7788/readyz', 'http://127.0.0.1:7788/readyz', 'http://127.0.0.1:7700/readyz']);
   });
 
   it('tells a taken port from one a controller already holds', async () => {

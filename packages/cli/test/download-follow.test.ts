@@ -70,6 +70,19 @@ describe('downloadArtifacts', () => {
     await expect(downloadArtifacts(client, 'b1', out)).rejects.toThrow(/refusing artifact/);
   });
 
+  it('fails (exit 3) when every artifact has expired, but not when only some have', async () => {
+    const gone = { name: 'old.bin', size: 1, sha256: sha(Buffer.from('x')), expiredAt: '2026-01-01T00:00:00.000Z' };
+    fake.routes.set('GET /api/v1/builds/b1/artifacts', (_q, _b, res) => sendJson(res, 200, { artifacts: [gone] }));
+    const err = await downloadArtifacts(client, 'b1', out).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CliError);
+    expect((err as CliError).exitCode).toBe(EXIT.error);
+    expect((err as Error).message).toMatch(/every artifact of build b1 has expired/);
+    serveArtifacts({ 'a.txt': Buffer.from('a') });
+    const listed = { name: 'a.txt', size: 1, sha256: sha(Buffer.from('a')) };
+    fake.routes.set('GET /api/v1/builds/b1/artifacts', (_q, _b, res) => sendJson(res, 200, { artifacts: [gone, listed] }));
+    expect((await downloadArtifacts(client, 'b1', out)).map((a) => a.name)).toEqual(['a.txt']);
+  });
+
   it('an --out that is a file is one CliError naming it, not a stack trace', async () => {
     serveArtifacts({ 'a.txt': Buffer.from('a') });
     const file = join(out, 'afile');
