@@ -311,6 +311,11 @@ function stopWhenPipeEnds(worker: RunningWorker, pipe: StdinPipe): void {
   });
 }
 
+function leaveBeforeStart(): void {
+  say('standard input ended (the process that started this worker is gone) before the worker started: exiting');
+  process.exit(EXIT.succeeded);
+}
+
 /** Reads the enrollment token from standard input (`--enrollment-token-stdin`): its first line. */
 async function readTokenFromStdin(pipe: StdinPipe): Promise<string> {
   const token = await pipe.firstLine;
@@ -467,7 +472,11 @@ export function addServiceCommands(program: Command): void {
         const config = mod.loadWorkerConfig(process.env, workerOverrides(o));
         // Read once: no token stays in this process's environment for a build to find.
         mod.forgetTokenEnvironment();
+        // Gone while still registering (its controller may have died with it): nothing runs yet, leave now.
+        let started = false;
+        if (o.stopWithStdin) void pipe!.ended.then(() => started || leaveBeforeStart());
         const worker = await startWorkerOrExplain(mod, config);
+        started = true;
         say(`worker ${worker.workerId} started`);
         if (o.stopWithStdin) stopWhenPipeEnds(worker, pipe!);
         await runWorkerUntilStopped(worker, 'worker', mod.onStopSignals);

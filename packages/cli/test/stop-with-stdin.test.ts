@@ -55,4 +55,31 @@ describe('worker --stop-with-stdin', { timeout: 120_000 }, () => {
       child.kill('SIGKILL');
     }
   });
+
+  it('exits at once when its standard input ends while it still tries to register (its controller died with its parent)', async () => {
+    const args = ['--conditions=source', '--import', 'tsx', join(ROOT, 'packages/cli/src/main.ts'), 'worker', '--stop-with-stdin', '--enrollment-token-stdin'];
+    // Port 9 (discard) refuses: registration retries with backoff for minutes.
+    const child = spawn(process.execPath, [...args, '--executor', 'shell', '--data-dir', dataDir], {
+      cwd: ROOT,
+      env: childEnv({ BUILDFLEET_CONTROLLER_URL: 'http://127.0.0.1:9' }),
+      stdio: ['pipe', 'ignore', 'pipe'],
+    });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    let output = '';
+    const retrying = new Promise<void>((resolve) =>
+      child.stderr.on('data', (c: Buffer) => {
+        output += c.toString();
+        if (output.includes('retrying')) resolve();
+      }),
+    );
+    try {
+      child.stdin.write(`${ENROLLMENT_TOKEN}\n`);
+      await retrying;
+      child.stdin.end();
+      expect(await exited).toBe(0);
+      expect(output).toMatch(/standard input ended .* before the worker started: exiting/);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
 });
