@@ -63,13 +63,21 @@ describe('SecretMasker', () => {
 
   it('masks base64 of the value, alone and inside longer base64 text at every alignment', () => {
     fc.assert(
-      fc.property(secretArb, fc.string({ maxLength: 5 }), fc.string({ maxLength: 5 }), (secret, pre, post) => {
+      fc.property(fc.stringMatching(/^[A-Za-z0-9_]{12,40}$/), fc.string({ maxLength: 5 }), fc.string({ maxLength: 5 }), (secret, pre, post) => {
         const m = new SecretMasker([secret]);
         const alone = Buffer.from(secret).toString('base64');
         expect(dec(m.mask(enc(`${alone}\n`)))).toBe(`${MASK}\n`);
         const inside = Buffer.from(pre + secret + post).toString('base64');
         const out = dec(m.mask(enc(inside)));
-        expect(Buffer.from(out.replace(/\*\*\*/g, ''), 'base64').toString('latin1')).not.toContain(secret.slice(3, -3));
+        // What is left may hold the surrounding text and up to two bytes of the
+        // secret on each side (a base64 group is three bytes): the middle must
+        // not be recoverable, unless that leftover text itself spells it
+        // (e.g. pre "AAAAA" around a secret of As).
+        const mid = secret.slice(3, -3);
+        const leftovers = [0, 1, 2].flatMap((k) => [0, 1, 2].map((j) => pre + secret.slice(0, k) + secret.slice(secret.length - j) + post));
+        if (!leftovers.some((t) => t.includes(mid))) {
+          expect(Buffer.from(out.replace(/\*\*\*/g, ''), 'base64').toString('latin1')).not.toContain(mid);
+        }
         const url = Buffer.from(pre + secret + post).toString('base64url');
         expect(dec(m.mask(enc(url)))).toContain(MASK);
       }),
