@@ -1,5 +1,5 @@
 /**
- * The wire protocol as the benchmark speaks it (PROTOCOL.md): plain
+ * The wire protocol as the benchmark speaks it (docs/protocol.md): plain
  * `node:http` requests over keep-alive sockets, no worker or CLI code, so the
  * controller's refactors cannot change what is measured. A `WireWorker` is
  * one worker: register, long-poll, start, one log chunk, finish.
@@ -61,7 +61,7 @@ export function request(
 /** Attempts dropped on 409 (lease lost) so far in this process. */
 export const lost = { count: 0 };
 
-/** 503 and 429 answers retried so far in this process (PROTOCOL.md: retry with backoff). */
+/** 503 and 429 answers retried so far in this process (docs/protocol.md: retry with backoff). */
 export const retried = { count: 0 };
 
 /**
@@ -149,7 +149,7 @@ export class WireWorker {
     readonly name: string,
   ) {}
 
-  /** The fields every registration sends (PROTOCOL.md "POST /workers/register"). */
+  /** The fields every registration sends (docs/protocol.md "POST /api/v1/workers/register"). */
   private identity() {
     return { name: this.name, labels: [], maxConcurrentBuilds: 1, version: 'bench', bootId: this.bootId, activeBuildCount: 0, activeBuildIds: [] };
   }
@@ -201,7 +201,7 @@ export class WireWorker {
    * start → one log chunk → finish(succeeded): the build's life on the
    * worker side. Returns false when the attempt was lost (409: not started
    * by its ack deadline on a saturated controller, so requeued as a new
-   * attempt): the worker drops it, as PROTOCOL.md's worker duties say.
+   * attempt): the worker drops it, as docs/protocol.md's worker duties say.
    */
   async run(b: Assigned): Promise<boolean> {
     const u = `${this.base}/api/v1/builds/${b.id}`;

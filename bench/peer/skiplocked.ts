@@ -1,7 +1,7 @@
 /**
  * The floor under any PostgreSQL queue: 4 connections each claiming one row
  * at a time with a single `UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP
- * LOCKED LIMIT 1) RETURNING id` (STYLE.md habit 3), on a fresh database of the
+ * LOCKED LIMIT 1) RETURNING id` (design rule 3), on a fresh database of the
  * same server. Rows claimed per second.
  */
 import pg from 'pg';

@@ -1,5 +1,5 @@
 /**
- * Re-registration latency (PROTOCOL.md "Re-registration / token refresh")
+ * Re-registration latency (docs/protocol.md "POST /api/v1/workers/register")
  * while `parked` workers sit in long polls: each sample re-registers one of
  * the parked workers with its secret; its parked poll then answers 401 and
  * it polls again with the new token, as a real worker does.

@@ -10,7 +10,7 @@
  *   finish and, once the controller is back, its heartbeats renew the lease
  *   before the grace ends, so X succeeds as its only attempt;
  * - Y runs on past the lease: the worker cannot renew it and fences itself
- *   (stops Y, PROTOCOL.md "Worker duties"), so the controller requeues Y as
+ *   (stops Y, docs/protocol.md "What a worker must do"), so the controller requeues Y as
  *   attempt 2 once the grace is over, and it succeeds; it is never failed.
  */
 import { readFile, writeFile } from 'node:fs/promises';

@@ -2,7 +2,7 @@
  * Cluster test support: controllers and workers as real, separate processes
  * (the CLI's `buildfleet controller` / `buildfleet worker`, started by
  * test/e2e/support.ts's `startService`), timings shortened through the
- * PROTOCOL.md environment variables, and a small user-API client. Waiting is
+ * docs/protocol.md environment variables, and a small user-API client. Waiting is
  * always a condition with a deadline (`waitFor`), never a fixed sleep.
  */
 import { createServer, connect, type AddressInfo, type Socket } from 'node:net';
@@ -26,7 +26,7 @@ export const TIMINGS = {
   ackTimeoutMs: 3_000,
 } as const;
 
-/** Controller environment for `TIMINGS` (PROTOCOL.md "Configuration names"). */
+/** Controller environment for `TIMINGS` (docs/protocol.md "Configuration variables"). */
 export function timingEnv(t: { leaseMs: number; heartbeatIntervalMs: number; ackTimeoutMs: number } = TIMINGS): Record<string, string> {
   return {
     BUILDFLEET_LEASE_MS: String(t.leaseMs),
@@ -78,7 +78,7 @@ export async function startController(opts: {
   return { url: ctl.url, service: ctl.service! };
 }
 
-/** Starts `buildfleet worker` against `urls` (tried in order, PROTOCOL.md: comma-separated). */
+/** Starts `buildfleet worker` against `urls` (tried in order, docs/protocol.md: comma-separated). */
 export function startWorker(opts: { urls: readonly string[]; dataDir: string; name: string; labels?: string[]; concurrency?: number; env?: Record<string, string> }): Service {
   return startService(
     ['worker', '--name', opts.name],

@@ -20,7 +20,7 @@ import { createTestDatabase, type TestDatabase } from '../../packages/controller
 import { waitFor } from '../../packages/controller/test/support/wait.js';
 import { childEnv, startService, waitFor as waitForValue, type Service } from './process.js';
 
-/** Test credentials with the protocol's prefixes (PROTOCOL.md "Credentials"). */
+/** Test credentials with the protocol's prefixes (docs/protocol.md "Credentials"). */
 export const API_TOKEN = 'bfa_test-api-token-0123456789abcdef';
 export const ENROLLMENT_TOKEN = 'bfe_test-enrollment-token-0123456789';
 
@@ -34,7 +34,7 @@ export interface TestControllerOptions {
   process?: boolean;
   /** Configuration overrides (in this process; a child process gets `env`). */
   config?: ControllerConfigOverrides;
-  /** Environment with PROTOCOL.md names (the child process's, or read by `loadControllerConfig`). */
+  /** Environment with docs/protocol.md names (the child process's, or read by `loadControllerConfig`). */
   env?: Record<string, string>;
   /** In this process only: the controller's clock, barriers inside store transactions, a logger to read. */
   clock?: Clock;
@@ -150,7 +150,7 @@ export interface RequestInitLite {
   signal?: AbortSignal;
 }
 
-/** The user side of PROTOCOL.md ("Builds", admin calls) against one controller, with the test API token. */
+/** The user side of docs/protocol.md ("Builds", admin calls) against one controller, with the test API token. */
 export class UserApi {
   /** `fetcher`: how requests are sent (default the global fetch; one trusting a test CA for HTTPS). */
   constructor(

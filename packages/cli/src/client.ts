@@ -1,6 +1,6 @@
 /**
  * The CLI's HTTP client: one place that turns answers into values or typed
- * errors. It never retries (STYLE.md habit 6): a CLI call that fails is
+ * errors. It never retries (design rule 6): a CLI call that fails is
  * reported to the user, who runs it again.
  */
 import { ApiError, apiErrorOf, paths, type Artifact, type Build, type BuildList, type Worker } from '@buildfleet/protocol';

@@ -1,5 +1,5 @@
 /**
- * Downloading a build's artifacts (PROTOCOL.md `GET /builds/{id}/artifacts`)
+ * Downloading a build's artifacts (docs/protocol.md `GET /builds/{id}/artifacts`)
  * and checking each file's SHA-256 against the listing and the
  * `X-Checksum-SHA256` header before it is kept.
  */

@@ -1,6 +1,6 @@
 /**
  * Following a build: its log as it grows and its end, from the controller's
- * event stream (PROTOCOL.md `GET /builds/{id}/logs` with `Accept:
+ * event stream (docs/protocol.md `GET /builds/{id}/logs` with `Accept:
  * text/event-stream`; events `log`, `attempt`, `state`, `end`, `error`). One
  * request for the whole build instead of a poll every 250 ms. A stream cut
  * off before `end` (a proxy, a controller restart) is opened again from the

@@ -1,6 +1,6 @@
 /**
  * The `buildfleet` command line: client commands talk to a controller over
- * PROTOCOL.md's user API; `up`, `controller` and `worker` run the services
+ * docs/protocol.md's user API; `up`, `controller` and `worker` run the services
  * (src/serve.ts). Exit codes: 0 succeeded, 1 failed, 2 canceled/timed out,
  * 3 usage or connection error, 4 an artifact failed its checksum (src/errors.ts).
  */

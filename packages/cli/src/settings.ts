@@ -1,5 +1,5 @@
 /**
- * Where the CLI finds its controller and API token (PROTOCOL.md
+ * Where the CLI finds its controller and API token (docs/protocol.md
  * "Configuration names"): BUILDFLEET_CONTROLLER_URL, BUILDFLEET_API_TOKEN, and
  * when the token is unset, `<BUILDFLEET_DATA_DIR or ./.buildfleet>/credentials.json`
  * written by the controller on its first start.

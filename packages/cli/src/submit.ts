@@ -1,7 +1,7 @@
 /**
  * `buildfleet submit`: reads the spec, packs the source to a temp file and
  * streams both to `POST /builds` as multipart (`spec` first, then `source`,
- * PROTOCOL.md "Builds / User side"), reporting upload progress.
+ * docs/protocol.md "For users"), reporting upload progress.
  */
 import { randomBytes } from 'node:crypto';
 import { open, mkdtemp, readFile, rm, stat } from 'node:fs/promises';

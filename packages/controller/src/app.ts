@@ -1,8 +1,8 @@
 /**
  * The controller's HTTP layer: one fastify instance (not listening) with
- * every route of PROTOCOL.md, validated with the protocol package's schemas.
+ * every route of docs/protocol.md, validated with the protocol package's schemas.
  *
- * Check order (PROTOCOL.md "Conventions"): authentication 401 and
+ * Check order (docs/protocol.md "Conventions"): authentication 401 and
  * authorization 403 run in an onRequest hook before the body is parsed;
  * routes then check existence (404) and lease/state (409) through the store,
  * and only then report body problems (400), which were deferred
@@ -93,7 +93,7 @@ export function redactingDestination(dest: DestinationStream = pino.destination(
 }
 
 /**
- * The controller's logger (PROTOCOL.md "Credentials": tokens are never
+ * The controller's logger (docs/protocol.md "Credentials": tokens are never
  * logged): `loggerOptions(level)` writing through `redactingDestination(dest)`.
  */
 export function createLogger(level: string, dest?: DestinationStream): FastifyBaseLogger {
@@ -236,7 +236,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   ];
 
   // Periodic re-check of parked polls: one cheap query per controller, not
-  // one per worker (STYLE.md "An idle fleet costs the database nothing").
+  // one per worker (docs/design.md "An idle fleet costs the database nothing").
   let recheckTimer: ReturnType<Clock['setTimeout']> | undefined;
   const recheck = async () => {
     recheckTimer = undefined;
@@ -271,13 +271,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
-      info: { title: 'buildfleet controller', version: PROTOCOL_VERSION, description: 'The wire protocol of PROTOCOL.md' },
+      info: { title: 'buildfleet controller', version: PROTOCOL_VERSION, description: 'The wire protocol of docs/protocol.md' },
       // Per operation: `security` and `x-credentials` from its declaration (see http/access.ts).
       components: { securitySchemes: securitySchemes() },
     },
   });
 
-  // Authentication before the body is read (PROTOCOL.md check order).
+  // Authentication before the body is read (docs/protocol.md check order).
   app.addHook('onRequest', async (request) => {
     await authenticate(ctx, request, request.routeOptions.config?.auth);
     // An access token is otherwise checked by the store with the route's work, after the body

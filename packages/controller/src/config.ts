@@ -1,6 +1,6 @@
 /**
  * Controller options, validated and frozen once at startup and then passed
- * down (STYLE.md habit 11). Environment names are PROTOCOL.md's
+ * down (design rule 11). Environment names are docs/protocol.md's
  * "Configuration names" (`ENV` in @buildfleet/protocol).
  */
 import path from 'node:path';
@@ -116,7 +116,7 @@ function token(name: string, raw: string | undefined, prefix: string): string | 
   if (raw === undefined || raw === '') return undefined;
   const t = raw.trim();
   if (!t.startsWith(prefix) || t.length < prefix.length + 16 || /\s/.test(t)) {
-    throw new ConfigError(`${name} must start with "${prefix}" and carry at least 16 more characters (PROTOCOL.md "Credentials")`);
+    throw new ConfigError(`${name} must start with "${prefix}" and carry at least 16 more characters (docs/protocol.md "Credentials")`);
   }
   return t;
 }

@@ -1,5 +1,5 @@
 /**
- * Credentials of PROTOCOL.md ("Credentials"): random prefixed tokens of 256
+ * Credentials of docs/protocol.md ("Credentials"): random prefixed tokens of 256
  * bits, stored only as SHA-256, compared in constant time; build tokens are
  * derived with HMAC-SHA256 from a key kept in the database, so every
  * controller re-issues the same token for the same attempt.

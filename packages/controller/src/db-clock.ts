@@ -1,5 +1,5 @@
 /**
- * One clock for leases across controllers (STYLE.md "Concurrency rules"):
+ * One clock for leases across controllers (docs/design.md "Concurrency rules"):
  * with several controllers on one PostgreSQL, deadlines and leases must agree
  * even when the machines' wall clocks do not. `DatabaseClock` reads the
  * database's time, keeps the offset to the local wall clock (corrected by half

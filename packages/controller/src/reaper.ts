@@ -1,5 +1,5 @@
 /**
- * The reaper (PROTOCOL.md "States"): returns assigned builds past their
+ * The reaper (docs/protocol.md "States"): returns assigned builds past their
  * `ackDeadline` and running builds past their lease to the queue (or fails
  * them), and ends builds past `timeoutSeconds`. It runs at least every
  * `min(ackTimeoutMs, leaseMs) / 4` on the injected clock.

@@ -18,7 +18,7 @@ import {
 } from '@buildfleet/protocol';
 import { clearToken, getToken } from './auth.js';
 
-/** A refused call: the protocol's error `code` and `message` (PROTOCOL.md "Conventions"). */
+/** A refused call: the protocol's error `code` and `message` (docs/protocol.md "Conventions"). */
 export class ApiFailure extends Error {
   constructor(
     readonly status: number,
@@ -68,7 +68,7 @@ async function json<T>(path: string, opts?: CallOptions): Promise<T> {
   return (await (await call(path, opts)).json()) as T;
 }
 
-/** `GET /builds` filters and paging (PROTOCOL.md "User side"). */
+/** `GET /builds` filters and paging (docs/protocol.md "For users"). */
 export interface BuildQuery {
   state?: string;
   label?: string;

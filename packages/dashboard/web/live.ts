@@ -1,6 +1,6 @@
 /**
  * The live connection: one `GET /events` stream per tab, shared by every
- * page (PROTOCOL.md: `hello`, `build`, `worker`, `worker-deleted`). Pages
+ * page (docs/protocol.md: `hello`, `build`, `worker`, `worker-deleted`). Pages
  * subscribe and update what they show in place; after `hello` (first
  * connect or a reconnect) they re-read, since changes in between were not
  * sent. A dropped stream reconnects after 1, 2, 4 … 30 s; nothing polls.

@@ -1,6 +1,6 @@
 /**
  * Reading a controller's error answers, for every client of the protocol
- * (the worker's connection and the CLI): PROTOCOL.md "Conventions" says an
+ * (the worker's connection and the CLI): docs/protocol.md "Conventions" says an
  * error is `{"error": {"code", "message"}}` and a client decides on `code`;
  * `Retry-After` (RFC 9110 §10.2.3) says when to ask again.
  */

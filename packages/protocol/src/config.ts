@@ -1,5 +1,5 @@
 /**
- * Configuration names of PROTOCOL.md ("Configuration names") and their
+ * Configuration names of docs/protocol.md ("Configuration variables") and their
  * defaults. Black-box tests set these variables.
  */
 export const ENV = {

@@ -1,9 +1,9 @@
 /**
- * Error codes of PROTOCOL.md ("Conventions"). A client decides on `code`,
+ * Error codes of docs/protocol.md ("Conventions"). A client decides on `code`,
  * never on `message`. Every error body is `{"error": {"code", "message"}}`
  * (plus `id` on `500 INTERNAL`).
  *
- * Beyond PROTOCOL.md's table: `NOT_FOUND` (404, no such route or
+ * Beyond docs/protocol.md's table: `NOT_FOUND` (404, no such route or
  * enrollment token), `INTERNAL` (500, a bug: an exception the controller did
  * not expect; the answer's `error.id` is also in the controller's log line),
  * `STORAGE_FULL` (507, the controller's disk or database is full; retrying

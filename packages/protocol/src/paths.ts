@@ -1,4 +1,4 @@
-/** Path helpers: every path is under `/api/v1` (PROTOCOL.md). */
+/** Path helpers: every path is under `/api/v1` (docs/protocol.md). */
 import { hasUnsafeText } from './schemas.js';
 
 export const API_PREFIX = '/api/v1';

@@ -1,5 +1,5 @@
 /**
- * Request and response schemas of PROTOCOL.md, shared by the controller (route
+ * Request and response schemas of docs/protocol.md, shared by the controller (route
  * validation, OpenAPI), the worker and the CLI. Timestamps are ISO-8601 UTC
  * strings; durations are milliseconds (`…Ms`) or seconds (`…Seconds`).
  */
@@ -109,7 +109,7 @@ export type Concurrency = Static<typeof ConcurrencyNormalSchema>;
 export const ShellSchema = Type.String({ minLength: 1, maxLength: 500, pattern: '^(sh|bash|/[^\\s\\0]+)$' });
 
 /**
- * What a build runs. Only `script` is required; the defaults are PROTOCOL.md's.
+ * What a build runs. Only `script` is required; the defaults are docs/protocol.md's.
  */
 export const BuildSpecInputSchema = Type.Object(
   {
@@ -165,7 +165,7 @@ export const BuildSpecSchema = Type.Object({
 });
 export type BuildSpec = Static<typeof BuildSpecSchema>;
 
-/** Fills PROTOCOL.md's defaults into a validated spec. */
+/** Fills docs/protocol.md's defaults into a validated spec. */
 export function normalizeSpec(input: BuildSpecInput): BuildSpec {
   // `isolation: "sandbox"` and its label are one requirement: the label is what the claim matches.
   const isolated = input.isolation === 'sandbox' || (input.labels ?? []).includes(ISOLATION_LABEL);

@@ -1,5 +1,5 @@
 /**
- * Build states and their allowed transitions (PROTOCOL.md "Builds / States").
+ * Build states and their allowed transitions (docs/protocol.md "States").
  *
  * queued → assigned → running → succeeded | failed | canceled | timed_out.
  * An assigned or running build that is lost returns to `queued` as a new

@@ -1,5 +1,5 @@
 /**
- * Credential kinds of PROTOCOL.md ("Credentials"). Tokens are opaque random
+ * Credential kinds of docs/protocol.md ("Credentials"). Tokens are opaque random
  * strings whose prefix names their kind; the controller stores only SHA-256.
  */
 export const TOKEN_PREFIX = {
@@ -29,7 +29,7 @@ export function bearerToken(header: string | undefined): string | undefined {
 
 /**
  * Field names whose values are credentials. Loggers censor them wherever
- * they appear (PROTOCOL.md "Credentials": tokens are never logged).
+ * they appear (docs/protocol.md "Credentials": tokens are never logged).
  */
 export const SECRET_FIELDS = [
   'authorization',
@@ -58,7 +58,7 @@ export function secretLogPaths(): string[] {
 const TOKEN_IN_TEXT = /\b(bf[aesbw]_)[A-Za-z0-9_\-.]+/g;
 
 /**
- * Replaces every token of PROTOCOL.md's kinds inside free text (a log
+ * Replaces every token of docs/protocol.md's kinds inside free text (a log
  * message, an error message or stack) with its prefix and `[redacted]`:
  * the safety net for a token that reached a message instead of a field.
  */

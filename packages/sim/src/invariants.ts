@@ -50,7 +50,7 @@ export class Observer {
     if (!this.canceledAt.has(id)) this.canceledAt.set(id, at);
   }
 
-  /** Worker ids an admin deleted: their identity may register anew (PROTOCOL.md "Deleted worker"). */
+  /** Worker ids an admin deleted: their identity may register anew (docs/protocol.md "POST /api/v1/workers/register"). */
   private readonly deleted = new Set<string>();
   private readonly current = new Map<number, string>();
 

@@ -243,7 +243,7 @@ class Agent {
   /**
    * A registration answer lists the builds the controller holds for this
    * worker (`builds`) and the reported ids it no longer owns (`abandon`,
-   * PROTOCOL.md "Re-registration"): abandoned ones are killed at once;
+   * docs/protocol.md "POST /api/v1/workers/register"): abandoned ones are killed at once;
    * assigned ones not running here start now (their poll answer was lost).
    */
   private onRegistered(ev: RegisteredEvent): void {
@@ -253,7 +253,7 @@ class Agent {
     if (this.registrations > 1) events.emit('reregistered', ev);
     if (this.registrations > 1 && ev.kind === 'new') {
       // The controller forgot this worker (deleted): what the old identity ran
-      // was handed back to the queue with the deletion (PROTOCOL.md "Admin").
+      // was handed back to the queue with the deletion (docs/protocol.md "Administration of workers").
       builds.stopAll('lost', 'the worker was deleted; its builds went back to the queue');
     }
     for (const id of ev.answer.abandon ?? []) {

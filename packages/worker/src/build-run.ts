@@ -1,11 +1,11 @@
 /**
- * One attempt of one build on this worker (flow 1 of STYLE.md, worker half):
+ * One attempt of one build on this worker (flow 1 of docs/design.md, worker half):
  * `start` → source → the executor prepares the workspace → script → log
  * chunks → artifacts → `finish` → clean up.
  *
  * Every controller call goes through the typed client with the attempt's
  * BUILD token (never the access token), so a credential rotation never
- * touches a running build (PROTOCOL.md "Credentials"). Duties of PROTOCOL.md
+ * touches a running build (docs/protocol.md "Credentials"). Duties of docs/protocol.md
  * "Worker duties":
  * - `409 LEASE_LOST` from any build write, or the build in `abandon`: the
  *   process tree is killed at once and the build dropped (no finish);

@@ -1,6 +1,6 @@
 /**
- * Worker options, validated and frozen once, then passed down (STYLE.md
- * habit 11). Environment names are PROTOCOL.md's "Configuration names".
+ * Worker options, validated and frozen once, then passed down (docs/design.md
+ * habit 11). Environment names are docs/protocol.md's "Configuration variables".
  */
 import { createHash } from 'node:crypto';
 import os from 'node:os';
@@ -175,7 +175,7 @@ export type WorkerConfigOverrides = Partial<Omit<WorkerConfig, 'stateDir' | 'con
 };
 
 /**
- * Reads the worker's options from `env` (PROTOCOL.md names), applies
+ * Reads the worker's options from `env` (docs/protocol.md names), applies
  * `overrides`, validates and freezes them. Throws `ConfigError` naming the
  * bad option.
  */

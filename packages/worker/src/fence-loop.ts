@@ -1,5 +1,5 @@
 /**
- * The fence loop (PROTOCOL.md "Worker duties"): a build whose lease was not
+ * The fence loop (docs/protocol.md "What a worker must do"): a build whose lease was not
  * renewed for `leaseMs` is stopped, because the controller hands it to
  * someone else. It checks every `min(heartbeatIntervalMs, leaseMs / 4)`.
  * Only builds whose script may still run are fenced: one that is reporting

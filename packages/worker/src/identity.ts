@@ -16,7 +16,7 @@ import { writeFileDurable } from '@buildfleet/protocol/node';
 /**
  * `workerId` + `workerSecret` once registered; `registrationId` is saved
  * before a new registration is sent, so a retry after a lost answer reuses it
- * (PROTOCOL.md "Workers", case 1).
+ * (docs/protocol.md "Workers", case 1).
  */
 export interface Identity {
   workerId?: string;

@@ -14,7 +14,7 @@ export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() 
 
 /**
  * The default logger: pino at BUILDFLEET_LOG_LEVEL (default info) to `dest`
- * (default stderr). Tokens are never logged (PROTOCOL.md "Credentials"):
+ * (default stderr). Tokens are never logged (docs/protocol.md "Credentials"):
  * credential fields are redacted by path, and every `bf?_…` token left in a
  * finished line (a message, an error's stack) is censored before `dest`.
  */

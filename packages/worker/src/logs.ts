@@ -1,6 +1,6 @@
 /**
  * A build's log streamer: collects output bytes and uploads them as chunks
- * with a sequence number and byte offset (STYLE.md habit 14, after
+ * with a sequence number and byte offset (design rule 14, after
  * Buildkite's `api/chunks.go`).
  *
  * One upload is in flight at a time, so offsets stay consecutive. A chunk is

@@ -2,7 +2,7 @@
  * Build processes: each build's script runs in its own process group, so the
  * whole tree (the script and everything it spawned) can be signalled at once.
  * The group id is recorded in `<stateDir>/pids/<buildId>` while it runs, so a
- * restarted worker can stop what a previous run left behind (PROTOCOL.md
+ * restarted worker can stop what a previous run left behind (docs/protocol.md
  * "Worker duties").
  */
 import { spawn, type ChildProcess } from 'node:child_process';

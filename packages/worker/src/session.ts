@@ -2,8 +2,8 @@
  * The worker's session: the one object that owns its credentials (worker id,
  * worker secret, access token) and the only code that registers.
  *
- * Flow 2 of STYLE.md: register → access token → poll → 401 → re-register
- * (same id) → poll. Rules (PROTOCOL.md "Workers"; STYLE.md habits 7-8):
+ * Flow 2 of docs/design.md: register → access token → poll → 401 → re-register
+ * (same id) → poll. Rules (docs/protocol.md "Workers"; design rules 7-8):
  * - a random `bootId` per process start goes with every registration;
  * - a new worker saves its `registrationId` before sending, so a retry after
  *   a lost answer gets the same worker id;
@@ -266,7 +266,7 @@ export class Session extends EventEmitter {
             if (err.status === 401 && this.identity.registrationId && !secretRefused) {
               // A late copy of our first registration request reached the controller
               // before our first authenticated call: the same registrationId answers
-              // 201 with fresh credentials and voids ours (PROTOCOL.md "Workers", case
+              // 201 with fresh credentials and voids ours (docs/protocol.md "Workers", case
               // 1). Ask again with it: same worker id, new credentials. Found by the
               // simulation (packages/sim, a duplicated request).
               logger.warn({ workerId: this.identity.workerId }, 'worker secret refused before the first authenticated call; registering again with the same registrationId');
@@ -314,7 +314,7 @@ export class Session extends EventEmitter {
           );
         }
         if (err instanceof ApiError && err.code === 'INVALID_TRANSITION') {
-          // The registrationId is used up (PROTOCOL.md): start over with a fresh one.
+          // The registrationId is used up (docs/protocol.md): start over with a fresh one.
           logger.warn({ registrationId }, 'registrationId already used; registering with a new one');
           await this.saveIdentity({});
           continue;

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { ConfigError, DEFAULT_SANDBOX_HIDE, loadWorkerConfig } from '../src/config.js';
 
 describe('loadWorkerConfig', () => {
-  it('reads PROTOCOL.md names, with defaults, and freezes the result', () => {
+  it('reads docs/protocol.md names, with defaults, and freezes the result', () => {
     const c = loadWorkerConfig({
       BUILDFLEET_CONTROLLER_URL: 'http://a:7700/, http://b:7700',
       BUILDFLEET_ENROLLMENT_TOKEN: 'bfe_x',

@@ -1,5 +1,5 @@
 /**
- * Chooses where blobs live (PROTOCOL.md "Configuration names": with
+ * Chooses where blobs live (docs/protocol.md "Configuration variables": with
  * `DATABASE_URL` blobs live where every controller can read them).
  */
 import { join } from 'node:path';

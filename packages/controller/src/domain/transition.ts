@@ -1,6 +1,6 @@
 /**
- * The one place that decides how a build's state changes (STYLE.md habit 2,
- * PROTOCOL.md "Builds / States"). The store takes every SET value of every
+ * The one place that decides how a build's state changes (design rule 2,
+ * docs/protocol.md "States"). The store takes every SET value of every
  * state change from `transition()` and makes the UPDATE conditional on the
  * state and attempt it read (`WHERE id = ? AND state = <from> AND attempt = ?`),
  * so a lost race is a visible zero-row update, never a silent overwrite.
@@ -163,7 +163,7 @@ export function transition(current: TransitionInput, event: BuildEvent, now: num
       if (from !== 'assigned' && from !== 'running') invalid(from, 'lose');
       const attemptRow: AttemptPatch = { state: 'failed', finished_at: now, reason: event.reason };
       if (current.cancelRequested) {
-        // A canceled build is never requeued (PROTOCOL.md "States").
+        // A canceled build is never requeued (docs/protocol.md "States").
         check(from, 'canceled', 'cancel');
         return {
           from,

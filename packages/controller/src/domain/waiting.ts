@@ -1,6 +1,6 @@
 /**
  * Why a queued build waits, for people (the build object's `waiting`,
- * PROTOCOL.md / docs/protocol.md "Builds"). A pure function of the queue and
+ * docs/protocol.md / docs/protocol.md "Builds"). A pure function of the queue and
  * the fleet as the caller read them; nothing here is a scheduling decision
  * (the claim statement alone decides who runs what).
  */

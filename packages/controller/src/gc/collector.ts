@@ -1,5 +1,5 @@
 /**
- * The retention collector (issue 14; one loop per file, STYLE.md habit 19).
+ * The retention collector (issue 14; one loop per file, design rule 19).
  * Every controller runs one; a round first takes the cluster-wide collector
  * lock (PostgreSQL advisory lock) and skips when another controller holds
  * it. A round:

@@ -1,11 +1,11 @@
 /**
- * Fail closed (STYLE.md habit 20): every route declares which credentials
+ * Fail closed (design rule 20): every route declares which credentials
  * it accepts, as `config: { auth: [...] }` (or `auth: 'public'`), and the
  * controller refuses to start when a route declares none. The same
  * declaration is what the OpenAPI description publishes: one security scheme
  * per credential kind, and per operation the kinds it takes.
  *
- * Credential kinds are PROTOCOL.md's ("Credentials"): `api` (bfa_, users),
+ * Credential kinds are docs/protocol.md's ("Credentials"): `api` (bfa_, users),
  * `enrollment` (bfe_, new workers), `workerSecret` (bfs_, in the
  * registration body), `access` (bfw_, a worker's poll and heartbeat),
  * `build` (bfb_, one attempt of one build).

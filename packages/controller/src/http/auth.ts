@@ -1,5 +1,5 @@
 /**
- * Authentication for each credential kind a route declares (PROTOCOL.md
+ * Authentication for each credential kind a route declares (docs/protocol.md
  * "Credentials"; the declarations are checked by `access.ts`). `authenticate`
  * runs in an onRequest hook, before the body is parsed, so 401/403 always
  * come before existence (404), lease (409) and body validation (400).
@@ -73,7 +73,7 @@ export async function authenticate(ctx: AppContext, request: FastifyRequest, aut
 
 /**
  * Authenticates a route that takes an enrollment token or a worker secret
- * (registration), once the body is parsed (a preHandler), in PROTOCOL.md's
+ * (registration), once the body is parsed (a preHandler), in docs/protocol.md's
  * order even when the body is invalid: with `workerId` and `workerSecret`
  * in the body, the secret (404 WORKER_NOT_FOUND, 401 TOKEN_INVALID; the
  * bearer is ignored); otherwise the bearer must be a usable enrollment token
@@ -131,7 +131,7 @@ export function authenticateBuild(ctx: AppContext, request: FastifyRequest): Bui
 /**
  * A worker access token's shape and the path's worker id. A token that is
  * not a well-formed `bfw_` token is 401 TOKEN_INVALID at once, even for an
- * unknown worker: PROTOCOL.md lets WORKER_NOT_FOUND win over 401 only for
+ * unknown worker: docs/protocol.md lets WORKER_NOT_FOUND win over 401 only for
  * that worker's own access token, and garbage cannot be one.
  */
 function authenticateAccessShape(request: FastifyRequest): { workerId: string; tokenHash: string } {

@@ -1,5 +1,5 @@
 /**
- * The authorization matrix (issue 9, STYLE.md habit 20): for every route
+ * The authorization matrix (issue 9, design rule 20): for every route
  * the controller registers, what each kind of credential gets. It is
  * written out by hand, apart from the routes' own declarations (`config.auth`,
  * checked by access.ts), and `test/http/authorization-matrix.test.ts` walks

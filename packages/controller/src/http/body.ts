@@ -1,5 +1,5 @@
 /**
- * Body parsing that keeps PROTOCOL.md's check order: a malformed or
+ * Body parsing that keeps docs/protocol.md's check order: a malformed or
  * wrongly typed body must not answer 400 before authentication (401),
  * authorization (403), existence (404) and lease (409) have been checked.
  * So parse failures are not thrown by the parser; they are remembered and

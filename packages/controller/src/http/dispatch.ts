@@ -1,6 +1,6 @@
 /**
  * Who among the parked long polls looks at the queue when a build may be
- * available (STYLE.md "An idle fleet costs the database nothing per
+ * available (docs/design.md "An idle fleet costs the database nothing per
  * worker"): instead of waking every parked poll on a 'builds' hint (each
  * then runs a claim under its worker's row lock, so a submit would cost one
  * query per connected worker), parked polls are woken one at a time, oldest

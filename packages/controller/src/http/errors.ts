@@ -1,6 +1,6 @@
 /**
  * One place that turns anything thrown while serving a request into
- * PROTOCOL.md's error body `{"error": {"code", "message"}}` (Conventions).
+ * docs/protocol.md's error body `{"error": {"code", "message"}}` (Conventions).
  *
  * The only 5xx answers: `503 UNAVAILABLE` (the database is unreachable or a
  * lock wait timed out; retry with backoff), `507 STORAGE_FULL` (disk or

@@ -62,7 +62,7 @@ export function buildRunRoutes(app: FastifyInstance, ctx: AppContext): void {
   };
 
   /**
-   * The preamble of a JSON build-token write in PROTOCOL.md's check order:
+   * The preamble of a JSON build-token write in docs/protocol.md's check order:
    * the token's attempt, the body's attempt (403), then, only when the body is
    * malformed, `checkLease` (404/409) before the 400 it would otherwise get.
    */

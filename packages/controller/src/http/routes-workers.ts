@@ -1,5 +1,5 @@
 /**
- * Worker-side routes (PROTOCOL.md "Workers"): register, poll (long poll),
+ * Worker-side routes (docs/protocol.md "Workers"): register, poll (long poll),
  * heartbeat; and the admin routes for workers and enrollment tokens.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -357,8 +357,8 @@ export function workerRoutes(app: FastifyInstance, ctx: AppContext): void {
  * wake-up, the end of `waitMs`, the client going away, or the controller
  * closing. Every re-check after a wake-up is a full `store.poll`, which
  * re-authenticates the worker under its row lock, so a parked poll answers
- * with the error a fresh request would get (PROTOCOL.md "poll"); the end of
- * the wait costs no statement unless wake-ups may have been lost (STYLE.md
+ * with the error a fresh request would get (docs/protocol.md "poll"); the end of
+ * the wait costs no statement unless wake-ups may have been lost (docs/design.md
  * "An idle fleet costs the database nothing per worker"). A poll with free slots parks on
  * `pollWake` (the dispatcher wakes it for claims); one without parks on
  * `cancelWake`, which only the worker's own 'workers' hints reach (a cancel,

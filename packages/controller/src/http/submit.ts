@@ -168,7 +168,7 @@ function parseSpec(text: string, maxDepth: number): BuildSpec {
     const extra = (first?.params as { additionalProperties?: string[] } | undefined)?.additionalProperties;
     throw new ApiError('VALIDATION_FAILED', `${where} ${first?.message ?? 'is invalid'}${extra ? `: ${extra.join(', ')}` : ''}`);
   }
-  // A pattern reaching outside the workspace could never match an artifact (PROTOCOL.md: names are relative, no '..').
+  // A pattern reaching outside the workspace could never match an artifact (docs/protocol.md: names are relative, no '..').
   (value.artifacts ?? []).forEach((pattern, i) => {
     if (pattern.startsWith('/') || pattern.split('/').includes('..')) {
       throw new ApiError('VALIDATION_FAILED', `spec.artifacts.${i} must be relative to the workspace, without '..' segments`);

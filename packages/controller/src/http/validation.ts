@@ -91,7 +91,7 @@ export function jsonValueProblem(value: unknown, maxDepth: number, root = 'body'
 
 /**
  * Parses JSON text under the rules above; returns the value, or a reason
- * string when it is refused (the caller reports it as 400 in PROTOCOL.md's
+ * string when it is refused (the caller reports it as 400 in docs/protocol.md's
  * check order).
  */
 export function parseJsonChecked(text: string, maxDepth: number, root = 'body'): { value: unknown } | { problem: string } {

@@ -1,6 +1,6 @@
 /**
  * Wake-ups for parked long polls and followed log streams. A wake-up is only
- * a hint to look again (STYLE.md "Wake-ups are hints"): the database is the
+ * a hint to look again (docs/design.md "Wake-ups are hints"): the database is the
  * truth, and waiters re-check it themselves.
  *
  * A wake-up is either for everyone (a build was queued) or for one key (a

@@ -4,7 +4,7 @@
  * `LISTEN/NOTIFY`) into `build` and `worker` events for the dashboards
  * connected here.
  *
- * Hints are only "look again" (STYLE.md): a 'logs' hint names a build whose
+ * Hints are only "look again" (docs/design.md): a 'logs' hint names a build whose
  * state or log moved, a 'workers' or 'builds' hint says the fleet may have
  * changed. The hub collects them for `flushMs`, then reads each named build
  * once and the fleet once, and sends only what changed since it last looked

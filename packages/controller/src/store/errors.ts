@@ -1,7 +1,7 @@
 /**
  * Maps driver errors to protocol answers: a database that cannot be reached,
  * a lock or statement timeout and SQLITE_BUSY become `ApiError('UNAVAILABLE')`
- * (PROTOCOL.md: the only 5xx a client should see, retried with backoff).
+ * (docs/protocol.md: the only 5xx a client should see, retried with backoff).
  */
 import { ApiError } from '@buildfleet/protocol';
 

@@ -28,7 +28,7 @@ export interface OpenStoreOptions {
   /** PostgreSQL pool size (default 10). */
   poolSize?: number;
   /**
-   * How long a transaction waits for a lock, ms (default 5000; PROTOCOL.md "a
+   * How long a transaction waits for a lock, ms (default 5000; docs/protocol.md "a
    * lock wait timed out" → UNAVAILABLE): PostgreSQL lock and statement
    * timeout, SQLite busy_timeout. Tests shorten it.
    */

@@ -1,7 +1,7 @@
 /**
  * Wake-ups for parked long polls and log followers, across controllers.
  *
- * A wake-up is a hint that says "look again", never a fact (STYLE.md
+ * A wake-up is a hint that says "look again", never a fact (docs/design.md
  * "Concurrency rules: wake-ups are hints"): the database is the truth, and
  * the HTTP layer also re-checks periodically, so a lost or duplicated
  * wake-up costs latency, never correctness.

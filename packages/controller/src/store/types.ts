@@ -5,11 +5,11 @@
  * the injected Clock; the store never reads the clock itself.
  *
  * Methods that check credentials or leases throw `ApiError` with the codes of
- * PROTOCOL.md; a lost race is always a visible error, never a silent success.
+ * docs/protocol.md; a lost race is always a visible error, never a silent success.
  * A database that cannot be reached, or a lock wait longer than 5 s, throws
  * `ApiError('UNAVAILABLE')`.
  *
- * Lock order (STYLE.md "Concurrency rules"): a transaction that needs both
+ * Lock order (docs/design.md "Concurrency rules"): a transaction that needs both
  * takes the worker's row first (`FOR UPDATE` on PostgreSQL, `BEGIN IMMEDIATE`
  * on SQLite), then build rows.
  */
@@ -272,7 +272,7 @@ export interface Store extends FeatureStore {
 
   // --- workers --------------------------------------------------------------
   /**
-   * Registers a new worker (PROTOCOL.md "register", case 1). Consumes one use
+   * Registers a new worker (docs/protocol.md "register", case 1). Consumes one use
    * of the enrollment token, except on a `registrationId` retry, which
    * re-issues credentials for the same worker until its first authenticated
    * call and afterwards throws INVALID_TRANSITION. A `registrationId` is
@@ -302,7 +302,7 @@ export interface Store extends FeatureStore {
    */
   reregister(input: ReregisterInput): Promise<RegisterResult>;
   /**
-   * Checks a worker access token for the worker in the path (PROTOCOL.md
+   * Checks a worker access token for the worker in the path (docs/protocol.md
    * order: unknown token on a missing worker → WORKER_NOT_FOUND, unknown →
    * TOKEN_INVALID, expired → TOKEN_EXPIRED, another worker's → FORBIDDEN).
    * Marks the worker's first authenticated call (ends `registrationId` retries).
@@ -351,7 +351,7 @@ export interface Store extends FeatureStore {
   waitingFleet(now: number, leaseMs: number): Promise<FleetEntry[]>;
   /** Queued builds per label set, and the last `minutes` minutes of history (`now`'s minute last). */
   stats(now: number, minutes: number): Promise<{ queue: QueueGroup[]; minutes: MinuteStat[] }>;
-  /** PROTOCOL.md "States": queued/assigned → canceled; running → cancelRequested. Terminal → INVALID_TRANSITION. */
+  /** docs/protocol.md "States": queued/assigned → canceled; running → cancelRequested. Terminal → INVALID_TRANSITION. */
   cancelBuild(id: string, now: number): Promise<Build>;
   /**
    * Build-token writes check, in this order: BUILD_NOT_FOUND, LEASE_LOST (the

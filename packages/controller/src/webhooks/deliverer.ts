@@ -1,5 +1,5 @@
 /**
- * The webhook delivery loop (one loop per file, STYLE.md habit 19). Every
+ * The webhook delivery loop (one loop per file, design rule 19). Every
  * controller runs one; the queue's claim makes each delivery go out from one
  * controller at a time. A round claims up to `concurrency` due deliveries,
  * POSTs each with its signature headers, records the outcome and, when it

@@ -1,5 +1,5 @@
 /**
- * One contract for every BlobStore (STYLE.md habit 5): the FS and the
+ * One contract for every BlobStore (design rule 5): the FS and the
  * PostgreSQL implementations must pass the same tests.
  */
 import { createHash, randomBytes } from 'node:crypto';

@@ -1,5 +1,5 @@
 /**
- * Secrets in the open (issue 9; PROTOCOL.md "Credentials"): after the answer
+ * Secrets in the open (issue 9; docs/protocol.md "Credentials"): after the answer
  * that created it, no token, worker secret, webhook secret or secret value
  * appears in any answer of the controller (bodies and headers of every read
  * route it registered, error messages of refused calls) nor in any line it

@@ -1,5 +1,5 @@
 /**
- * Tokens are never logged (issue 4; PROTOCOL.md "Credentials"): the
+ * Tokens are never logged (issue 4; docs/protocol.md "Credentials"): the
  * controller's own logger, at trace level, through a whole worker and build
  * lifecycle over real HTTP, writes no token of any kind; the older-worker
  * warning (a body without `activeBuildCount`) is there.
@@ -94,7 +94,7 @@ describe('controller logs', () => {
     expect(text).not.toMatch(LEAKED);
     expect(text).toContain('[redacted]');
 
-    // PROTOCOL.md "Older workers": a body without activeBuildCount counts as 0 and is logged as a warning.
+    // docs/protocol.md "POST /api/v1/workers/register": a body without activeBuildCount counts as 0 and is logged as a warning.
     const warnings = lines.map((l) => JSON.parse(l) as { level: number; msg: string }).filter((l) => l.level === 40 && /activeBuildCount/.test(l.msg));
     expect(warnings).toHaveLength(2);
     const worker = (await (await req('GET', paths.worker(reg.workerId), API_TOKEN)).json()) as { worker: { activeBuildCount: number } };

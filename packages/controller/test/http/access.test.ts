@@ -1,5 +1,5 @@
 /**
- * Fail closed (STYLE.md habit 20): a route that does not declare which
+ * Fail closed (design rule 20): a route that does not declare which
  * credentials it accepts stops the controller from starting, and the
  * declarations are what the OpenAPI description publishes.
  */

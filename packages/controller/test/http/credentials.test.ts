@@ -69,7 +69,7 @@ describe('credentials', () => {
 });
 
 describe('controller config', () => {
-  it('reads PROTOCOL.md names with defaults and freezes the result', () => {
+  it('reads docs/protocol.md names with defaults and freezes the result', () => {
     const c = loadControllerConfig({ BUILDFLEET_PORT: '0', BUILDFLEET_LEASE_MS: '5000', BUILDFLEET_HEARTBEAT_INTERVAL_MS: '1000' });
     expect(c.port).toBe(0);
     expect(c.leaseMs).toBe(5000);

@@ -1,5 +1,5 @@
 /**
- * Every error path of PROTOCOL.md that the HTTP layer answers, against a
+ * Every error path of docs/protocol.md that the HTTP layer answers, against a
  * real server with the SQLite store, including the check order
  * 401 → 403 → 404 → 409 → 400.
  */
@@ -115,7 +115,7 @@ describe('conventions', () => {
   });
 });
 
-describe('registration (PROTOCOL.md cases 1-5)', () => {
+describe('registration (docs/protocol.md cases 1-5)', () => {
   it('1: a new worker needs an enrollment token; 201 with id, secret, access token, settings', async () => {
     const res = await h.register({ name: 'new' });
     expect(res.status).toBe(201);

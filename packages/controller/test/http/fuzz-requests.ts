@@ -4,7 +4,7 @@
  * with every credential kind of the authorization matrix.
  *
  * A request that could change stored data (any method but GET and HEAD) is
- * always given one defect that PROTOCOL.md says must refuse it, so the suite
+ * always given one defect that docs/protocol.md says must refuse it, so the suite
  * can demand "a 4xx and nothing stored changed" of every one of them:
  * - a credential that can never pass the route (none, garbage, revoked,
  *   expired, used up, rotated, forged, an older attempt, or a kind the route

@@ -3,7 +3,7 @@
  * at every route a running controller registered, with every credential
  * kind, over real HTTP on SQLite and on PostgreSQL. Each answer must be:
  * - never 5xx, and every error a JSON `{"error": {"code", "message"}}` whose
- *   code is one of PROTOCOL.md's, with the status the protocol gives it;
+ *   code is one of docs/protocol.md's, with the status the protocol gives it;
  * - 4xx for every request that could write (each carries a defect that must
  *   refuse it), and nothing stored changed: every table and blob is compared
  *   after each batch of requests with before it;
@@ -95,7 +95,7 @@ function problem(r: FuzzRequest, a: Answer, secrets: readonly string[]): string 
   if (!(ERROR_CODES as readonly unknown[]).includes(code)) return `unknown error code ${String(code)}`;
   // docs/protocol.md "Limits and input rules": headers over the limit are 431 with PAYLOAD_TOO_LARGE.
   const headerLimit = code === 'PAYLOAD_TOO_LARGE' && a.status === 431;
-  if (ERROR_STATUS[code as ErrorCode] !== a.status && !headerLimit) return `${String(code)} answered with ${a.status}, PROTOCOL.md says ${ERROR_STATUS[code as ErrorCode]}`;
+  if (ERROR_STATUS[code as ErrorCode] !== a.status && !headerLimit) return `${String(code)} answered with ${a.status}, docs/protocol.md says ${ERROR_STATUS[code as ErrorCode]}`;
   return undefined;
 }
 

@@ -2,7 +2,7 @@
  * The controller HTTP tests' view of the shared fixture
  * (test/support/controller.ts): a real controller on 127.0.0.1 port 0 on
  * SQLite in a temp directory (or the database `databaseUrl` names), and
- * small typed helpers that speak PROTOCOL.md over real HTTP.
+ * small typed helpers that speak docs/protocol.md over real HTTP.
  */
 import { createHash } from 'node:crypto';
 import { request as httpRequest } from 'node:http';

@@ -1,5 +1,5 @@
 /**
- * A worker played by the test over real HTTP (PROTOCOL.md calls only): it
+ * A worker played by the test over real HTTP (docs/protocol.md calls only): it
  * registers, claims, starts, writes logs and artifacts and finishes builds
  * exactly when the test says, so a test can hold builds `running` while it
  * does something else.

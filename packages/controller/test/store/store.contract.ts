@@ -1,7 +1,7 @@
 /**
- * The one contract test suite of the store (STYLE.md habit 5), run against
+ * The one contract test suite of the store (design rule 5), run against
  * SQLite (sqlite.test.ts) and PostgreSQL (postgres.test.ts). Every rule of
- * PROTOCOL.md "Workers" and "Builds" the store owns is checked here, one
+ * docs/protocol.md "Workers" and "Builds" the store owns is checked here, one
  * slice per store module (`contract/<aggregate>.contract.ts` tests
  * `src/store/sql/<aggregate>.ts`), with times passed in explicitly.
  */

@@ -1,6 +1,6 @@
 /**
  * The build transition function (src/domain/transition.ts): example cases of
- * PROTOCOL.md "States" and fast-check properties over random event sequences.
+ * docs/protocol.md "States" and fast-check properties over random event sequences.
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';

@@ -1,5 +1,5 @@
 /**
- * Real PostgreSQL for tests (STYLE.md habit 13: real databases, isolated per
+ * Real PostgreSQL for tests (design rule 13: real databases, isolated per
  * test file). Every test file gets its own freshly created database on the
  * server named by `BUILDFLEET_TEST_PG_URL` (default
  * postgres://postgres@127.0.0.1:5432/postgres) and drops it afterwards.

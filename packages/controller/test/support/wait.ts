@@ -1,6 +1,6 @@
 /**
  * Waiting for a condition instead of sleeping a fixed time (DEVELOPERS.md
- * testing rules; STYLE.md habit 13). Real time is used only as a deadline and
+ * testing rules; design rule 13). Real time is used only as a deadline and
  * a short re-check interval, never as the thing a test relies on.
  */
 import type { EventEmitter } from 'node:events';

@@ -1,6 +1,6 @@
 /**
  * The worker's HTTP connection to the controller: the transport under the
- * typed client (`controller-client.ts`). It never retries (STYLE.md habit 6):
+ * typed client (`controller-client.ts`). It never retries (design rule 6):
  * it maps answers to typed errors — `ApiError` for a protocol error body,
  * `TransportError` for everything else — and leaves retry policy to
  * `retry.ts` and credential handling to `session.ts`.

@@ -1,6 +1,6 @@
 /**
  * The worker's typed client of the controller: one method per call of
- * PROTOCOL.md the worker makes (after Woodpecker's `rpc/peer.go` and
+ * docs/protocol.md the worker makes (after Woodpecker's `rpc/peer.go` and
  * Buildkite's `core/client.go`). Each method says when it is called, what it
  * retries and with what budget; the agent, the session and the build run
  * depend on this interface, never on paths or request bodies.
@@ -45,7 +45,7 @@ export interface WorkerCredentials {
 /** One attempt of one build as the worker knows it; writes use its build token (`bfb_…`). */
 export type BuildRef = Pick<AssignedBuild, 'id' | 'attempt' | 'buildToken' | 'sourceUrl'>;
 
-/** One log chunk (PROTOCOL.md "Worker side"): `offset` counts the attempt's bytes before it. */
+/** One log chunk (docs/protocol.md "For the worker running a build"): `offset` counts the attempt's bytes before it. */
 export interface LogChunkUpload {
   seq: number;
   offset: number;

@@ -1,5 +1,5 @@
 /**
- * `ControllerClient` over HTTP: builds each request of PROTOCOL.md, sends it
+ * `ControllerClient` over HTTP: builds each request of docs/protocol.md, sends it
  * through the `Connection` (which never retries) and applies the call's
  * budget with `withRetry` (the one place that decides what is retryable).
  */

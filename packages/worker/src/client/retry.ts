@@ -1,5 +1,5 @@
 /**
- * The one place that decides what is retryable (STYLE.md habit 6, after
+ * The one place that decides what is retryable (design rule 6, after
  * Buildkite's `api/retryable.go`), how long to wait between attempts, and
  * when to give up (habit 18: nothing retries for ever; the caller that gives
  * up says so in the log).

@@ -1,6 +1,6 @@
 /**
  * Finding a build's artifacts in its workspace, for every executor: the
- * regular files matching the spec's globs (PROTOCOL.md `artifacts`), never
+ * regular files matching the spec's globs (docs/protocol.md `artifacts`), never
  * one that resolves outside the workspace (a symlink to /etc), never a name
  * the controller would refuse.
  */

@@ -2,7 +2,7 @@
  * The `shell` executor: the script runs as `sh -c` in its own process group,
  * as the worker's user, in `<stateDir>/workspaces/<build>-<attempt>`. The
  * group id is recorded in `<stateDir>/pids/` while it runs, so a restarted
- * worker kills what a previous run left behind (PROTOCOL.md "Worker
+ * worker kills what a previous run left behind (docs/protocol.md "Worker
  * duties"). No isolation: the script sees what the worker's user sees.
  */
 import fs from 'node:fs/promises';

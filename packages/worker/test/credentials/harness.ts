@@ -103,7 +103,7 @@ export interface Rig {
 export interface RigOptions {
   clock?: Clock;
   config?: Partial<ControllerConfig>;
-  /** Environment the controller's configuration is read from (PROTOCOL.md names); `config` wins. */
+  /** Environment the controller's configuration is read from (docs/protocol.md names); `config` wins. */
   env?: Record<string, string>;
 }
 

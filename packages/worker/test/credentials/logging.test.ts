@@ -1,5 +1,5 @@
 /**
- * Tokens are never logged, worker side (issue 4; PROTOCOL.md "Credentials"):
+ * Tokens are never logged, worker side (issue 4; docs/protocol.md "Credentials"):
  * the worker's default logger at debug level, through registration, a
  * build, a proactive refresh, a 401 re-registration and a deletion against
  * the real controller, writes no token of any kind.

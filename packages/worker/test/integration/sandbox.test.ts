@@ -24,7 +24,7 @@ import { startCtl, type Ctl } from './harness.js';
 
 const ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
 const EMPTY = tarGz([]);
-/** The credential prefixes of PROTOCOL.md "Credentials": none may be in reach of a build. */
+/** The credential prefixes of docs/protocol.md "Credentials": none may be in reach of a build. */
 const TOKEN_SCAN = [
   // What the build can read: its environment, every /proc it sees, the files it can reach.
   `{ env; for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do tr '\\0' '\\n' < "$f"; done 2>/dev/null;`,

@@ -1,5 +1,5 @@
 /**
- * The worker against the real controller (SQLite): the two flows of STYLE.md
+ * The worker against the real controller (SQLite): the two flows of docs/design.md
  * end to end — a build from submission to artifacts, and a worker through
  * token refresh, 401, deletion and cancellation.
  */

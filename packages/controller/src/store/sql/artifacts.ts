@@ -1,5 +1,5 @@
 /**
- * Artifacts (PROTOCOL.md "artifacts"): metadata keyed by (build, attempt,
+ * Artifacts (docs/protocol.md "artifacts"): metadata keyed by (build, attempt,
  * name); the bytes live in the blob store under `blobKey`. The same name and
  * checksum again is stored once. No dialect differences beyond the row
  * locks of `context.ts`.

@@ -1,7 +1,7 @@
 /**
  * Batch state changes: the reaper, a worker deletion and a worker restart
  * change many builds at once, in a number of statements bounded by the kinds
- * of change, not by the number of builds (STYLE.md habit 16,
+ * of change, not by the number of builds (design rule 16,
  * graphile-worker's `failJobs.ts` updating many jobs in one statement).
  *
  * The rule stays in one place: `transition()` (domain/transition.ts) is

@@ -1,7 +1,7 @@
 /**
  * Builds: submission, reads and listings, and the single-build state
  * changes a user or the build's own worker asks for (cancel, start, finish;
- * PROTOCOL.md "Builds"). Every state change goes through `transitions.ts`.
+ * docs/protocol.md "Builds"). Every state change goes through `transitions.ts`.
  * Dialect differences: the label filter of `listBuilds` (below) and the row
  * locks of `context.ts`.
  */
@@ -178,7 +178,7 @@ export async function listBuilds(
   });
 }
 
-/** PROTOCOL.md "States": queued/assigned → canceled; running → cancelRequested. Terminal → INVALID_TRANSITION. */
+/** docs/protocol.md "States": queued/assigned → canceled; running → cancelRequested. Terminal → INVALID_TRANSITION. */
 export function cancelBuild(ctx: SqlContext, id: string, now: number): Promise<Build> {
   return tx(ctx, async (trx) => {
     const row = await lockBuild(ctx, trx, id);

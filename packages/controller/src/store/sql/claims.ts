@@ -1,7 +1,7 @@
 /**
- * Claims (PROTOCOL.md "poll"): under the worker's row lock, re-deliver the
+ * Claims (docs/protocol.md "poll"): under the worker's row lock, re-deliver the
  * builds assigned to it but not started, then claim queued builds in ONE
- * statement (STYLE.md habit 3, graphile-worker's `getJobs.ts`): no window
+ * statement (design rule 3, graphile-worker's `getJobs.ts`): no window
  * between choosing and taking.
  *
  * Dialects differ only in `claimStatement` below: PostgreSQL picks with

@@ -6,7 +6,7 @@
  * SQL differs more (the claim, the label filter, the batch transition) keeps
  * its two variants side by side in that module.
  *
- * Concurrency (STYLE.md "Concurrency rules"):
+ * Concurrency (docs/design.md "Concurrency rules"):
  * - every write transaction excludes the others on SQLite (`BEGIN IMMEDIATE`,
  *   see `../sqlite-driver.ts`); on PostgreSQL a transaction that acts for a
  *   worker locks the worker's row first (`FOR UPDATE`), then build rows;

@@ -1,5 +1,5 @@
 /**
- * Fencing by attempt (PROTOCOL.md "Worker side"): a build-token write is
+ * Fencing by attempt (docs/protocol.md "For the worker running a build"): a build-token write is
  * checked, in this order, BUILD_NOT_FOUND, LEASE_LOST (not the build's
  * current attempt), INVALID_TRANSITION (the state does not allow it). Shared
  * by start/finish (`builds.ts`), logs and artifacts.

@@ -1,5 +1,5 @@
 /**
- * Leases (PROTOCOL.md "heartbeat" and "States"): a heartbeat extends the
+ * Leases (docs/protocol.md "heartbeat" and "States"): a heartbeat extends the
  * lease of the running builds a worker lists; the reaper hands expired
  * assignments and leases to the lost-build policy and ends builds past
  * their timeout. Dialect differences: only the row locks of `context.ts`

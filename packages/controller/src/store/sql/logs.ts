@@ -1,5 +1,5 @@
 /**
- * Build logs (PROTOCOL.md "logs"; STYLE.md habit 14): chunks keyed by
+ * Build logs (docs/protocol.md "logs"; design rule 14): chunks keyed by
  * (build, attempt, seq) with a byte offset within the attempt, so a retried
  * upload is stored once and a gap is refused. No dialect differences beyond
  * the row locks of `context.ts`.

@@ -1,7 +1,7 @@
 /**
  * Row shapes of the SQL store and their mapping to protocol objects. Times
  * are stored as epoch milliseconds and leave as ISO-8601 strings
- * (PROTOCOL.md "Conventions"); JSON columns are TEXT.
+ * (docs/protocol.md "Conventions"); JSON columns are TEXT.
  */
 import { timingSafeEqual } from 'node:crypto';
 import type { Selectable } from 'kysely';

@@ -1,6 +1,6 @@
 /**
  * Tokens and settings: the controller's named secrets (the build-token HMAC
- * key), API tokens and enrollment tokens (PROTOCOL.md "Credentials"). Only
+ * key), API tokens and enrollment tokens (docs/protocol.md "Credentials"). Only
  * SHA-256 hashes of tokens are stored. No dialect differences.
  */
 import { sql, type Selectable } from 'kysely';
@@ -128,7 +128,7 @@ export async function revokeEnrollmentToken(ctx: SqlContext, id: string, now: nu
 }
 
 /**
- * Checks an enrollment token inside a registration transaction (PROTOCOL.md
+ * Checks an enrollment token inside a registration transaction (docs/protocol.md
  * "register", case 1); with `consume`, takes one use, conditional on uses
  * left. Resolves the token's id. Throws TOKEN_INVALID (missing, unknown,
  * revoked, used up) or TOKEN_EXPIRED.
@@ -152,7 +152,7 @@ export async function useEnrollmentToken(trx: Db, hash: string | undefined, now:
 /**
  * Checks an enrollment token the way a new registration would, without
  * taking a use or writing anything (a registration with a bad body still
- * answers 401 for a bad token, PROTOCOL.md check order). Like `registerNew`,
+ * answers 401 for a bad token, docs/protocol.md check order). Like `registerNew`,
  * a retry of a registration this token made (`registrationId`) needs no
  * uses left and no unexpired token. Throws TOKEN_INVALID (missing, unknown,
  * revoked, used up) or TOKEN_EXPIRED.

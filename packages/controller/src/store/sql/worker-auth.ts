@@ -1,6 +1,6 @@
 /**
  * What every worker call shares: checking a worker access token in
- * PROTOCOL.md's order, recording the call, and reading the builds a worker
+ * docs/protocol.md's order, recording the call, and reading the builds a worker
  * holds. Used by registration (`workers.ts`), polls (`claims.ts`) and
  * heartbeats (`leases.ts`). No dialect differences.
  */
@@ -11,7 +11,7 @@ import type { Db } from './context.js';
 import { HELD_STATES, safeEqual, workerNotFound, type BuildRow, type WorkerRow } from './rows.js';
 
 /**
- * PROTOCOL.md order for a worker access token on `/workers/{id}/…`: unknown
+ * docs/protocol.md order for a worker access token on `/workers/{id}/…`: unknown
  * token on a missing worker → WORKER_NOT_FOUND; unknown → TOKEN_INVALID;
  * expired → TOKEN_EXPIRED (authentication before authorization); another
  * worker's → FORBIDDEN. `pathWorker` is the row of the worker in the path
@@ -38,7 +38,7 @@ export async function checkAccessToken(db: Db, pathWorker: WorkerRow | undefined
 
 /**
  * Records an authenticated call at `now` (epoch ms): ends `registrationId`
- * retries (PROTOCOL.md "register", case 1), updates `last_seen_at`, and the
+ * retries (docs/protocol.md "register", case 1), updates `last_seen_at`, and the
  * worker's own count of active builds when given.
  */
 export async function touchWorker(db: Db, workerId: string, now: number, activeBuildCount?: number): Promise<void> {

@@ -1,6 +1,6 @@
 /**
  * Workers: registration, re-registration, authentication and the admin
- * calls (PROTOCOL.md "Workers"). A restart or a deletion hands builds to the
+ * calls (docs/protocol.md "Workers"). A restart or a deletion hands builds to the
  * lost-build policy set-based, through `batch-transitions.ts`. Dialect differences: only the
  * row locks of `context.ts`.
  */
@@ -16,7 +16,7 @@ import { checkAccessToken, heldBuilds, touchWorker } from './worker-auth.js';
 const SUPERSEDED_BOOT_IDS_KEPT = 100;
 
 /**
- * Registers a new worker (PROTOCOL.md "register", case 1); see
+ * Registers a new worker (docs/protocol.md "register", case 1); see
  * `Store.registerNew`. A `registrationId` retry re-issues credentials for the
  * same worker without using the enrollment token again, until the worker's
  * first authenticated call; afterwards it throws INVALID_TRANSITION.
@@ -83,7 +83,7 @@ export function registerNew(ctx: SqlContext, input: RegisterNewInput): Promise<R
 
 /**
  * Checks a worker secret without writing anything (a registration with a
- * bad body still answers 404/401 first, PROTOCOL.md check order). Throws
+ * bad body still answers 404/401 first, docs/protocol.md check order). Throws
  * WORKER_NOT_FOUND or TOKEN_INVALID.
  */
 export function checkWorkerSecret(ctx: SqlContext, workerId: string, secretHash: string): Promise<void> {
@@ -95,7 +95,7 @@ export function checkWorkerSecret(ctx: SqlContext, workerId: string, secretHash:
 }
 
 /**
- * Re-registration / token refresh (PROTOCOL.md "register", case 2) in one
+ * Re-registration / token refresh (docs/protocol.md "register", case 2) in one
  * transaction holding the worker's row lock; see `Store.reregister`.
  */
 export function reregister(ctx: SqlContext, input: ReregisterInput): Promise<RegisterResult> {
@@ -233,7 +233,7 @@ export function getWorker(ctx: SqlContext, id: string, now: number, leaseMs: num
   });
 }
 
-/** Marks a worker draining (no new claims; PROTOCOL.md "Admin"). Throws WORKER_NOT_FOUND. */
+/** Marks a worker draining (no new claims; docs/protocol.md "Administration of workers"). Throws WORKER_NOT_FOUND. */
 export function drainWorker(ctx: SqlContext, id: string, now: number, leaseMs: number): Promise<Worker> {
   return setStatus(ctx, id, 'draining', now, leaseMs);
 }
@@ -253,7 +253,7 @@ async function setStatus(ctx: SqlContext, id: string, status: 'active' | 'draini
 
 /**
  * Deletes a worker under its row lock; its held builds are lost at once
- * (attempt reason `worker_deleted`, PROTOCOL.md "Admin"). Throws WORKER_NOT_FOUND.
+ * (attempt reason `worker_deleted`, docs/protocol.md "Administration of workers"). Throws WORKER_NOT_FOUND.
  */
 export function deleteWorker(ctx: SqlContext, id: string, now: number): Promise<{ lost: string[] }> {
   return tx(ctx, async (trx) => {

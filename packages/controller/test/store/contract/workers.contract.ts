@@ -107,7 +107,7 @@ export function workersContract(f: StoreFixture): void {
         expect((await store.listWorkers(T0, LEASE)).length).toBe(1);
       });
 
-      it('authenticateWorker answers in PROTOCOL.md order', async () => {
+      it('authenticateWorker answers in docs/protocol.md order', async () => {
         const a = await worker();
         const b = await worker();
         const auth = (workerId: string, tokenHash: string, now = T0) => store.authenticateWorker({ workerId, tokenHash, now });
