@@ -3,7 +3,7 @@
  * errors. It never retries (design rule 6): a CLI call that fails is
  * reported to the user, who runs it again.
  */
-import { ApiError, apiErrorOf, paths, type Artifact, type Build, type BuildList, type Worker } from '@buildfleet/protocol';
+import { ApiError, apiErrorOf, paths, systemClock, type Artifact, type Build, type BuildList, type Worker } from '@buildfleet/protocol';
 import { CaFileError, controllerFetch, type FetchLike } from '@buildfleet/protocol/node';
 import { CliError } from './errors.js';
 import type { ClientSettings } from './settings.js';
@@ -127,7 +127,7 @@ export class ApiClient {
 
   private async errorFrom(res: Response): Promise<Error> {
     const status = `${res.status} ${res.statusText}`;
-    const err = await apiErrorOf(res, Date.now());
+    const err = await apiErrorOf(res, systemClock.now());
     if (!err) return new CliError(`the controller answered ${status} without a protocol error body`);
     if (err.code !== 'TOKEN_INVALID' && err.code !== 'TOKEN_EXPIRED') return err;
     const message = this.settings.apiToken

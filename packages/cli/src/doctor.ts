@@ -12,7 +12,7 @@ import { constants } from 'node:fs';
 import { access, readFile, stat, statfs } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { delimiter, dirname, join, resolve } from 'node:path';
-import { DEFAULTS, ENV } from '@buildfleet/protocol';
+import { DEFAULTS, ENV, systemClock } from '@buildfleet/protocol';
 import { controllerFetch } from '@buildfleet/protocol/node';
 import { loadControllerModule } from './services.js';
 import { resolveClientSettings } from './settings.js';
@@ -76,7 +76,7 @@ export function defaultDoctorDeps(env: NodeJS.ProcessEnv = process.env): DoctorD
         srv.once('error', () => done(false));
         srv.listen({ host, port, exclusive: true }, () => srv.close(() => done(true)));
       }),
-    now: () => Date.now(),
+    now: () => systemClock.now(),
     // Trusts BUILDFLEET_CA_FILE like the worker; an unreadable file fails the controller check.
     fetch: ((url: string | URL, init?: RequestInit) => controllerFetch(env[ENV.caFile])(url, init)) as typeof fetch,
   };
