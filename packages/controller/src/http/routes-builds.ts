@@ -248,6 +248,8 @@ export function parseRange(header: string | undefined, size: number): { start: n
     return { start: Math.max(0, size - suffix), end: size - 1 };
   }
   const start = Number(m[1]);
+  // A last byte before the first is not a range at all (RFC 9110 14.1.1): ignored, the whole body is sent.
+  if (m[2] !== '' && Number(m[2]) < start) return undefined;
   const end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
   if (start >= size || end < start) return 'unsatisfiable';
   return { start, end };

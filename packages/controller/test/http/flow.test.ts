@@ -121,6 +121,11 @@ function flowTests(get: () => Harness): void {
     expect([...new Uint8Array(await suffix.arrayBuffer())]).toEqual([...artifact.slice(-5)]);
     const outside = await h.req('GET', paths.artifact(a.id, name), { token: API_TOKEN, headers: { range: 'bytes=999999-' } });
     expect(outside.status).toBe(416);
+    expect(await errorCode(outside)).toBe('VALIDATION_FAILED');
+    // Last byte before the first: not a range, so the whole artifact (RFC 9110 14.1.1).
+    const backwards = await h.req('GET', paths.artifact(a.id, name), { token: API_TOKEN, headers: { range: 'bytes=5-2' } });
+    expect(backwards.status).toBe(200);
+    expect((await backwards.arrayBuffer()).byteLength).toBe(artifact.length);
 
     const missing = await h.req('GET', paths.artifact(a.id, 'nope.txt'), { token: API_TOKEN });
     expect(missing.status).toBe(404);

@@ -95,7 +95,9 @@ function problem(r: FuzzRequest, a: Answer, secrets: readonly string[]): string 
   if (!(ERROR_CODES as readonly unknown[]).includes(code)) return `unknown error code ${String(code)}`;
   // docs/protocol.md "Limits and input rules": headers over the limit are 431 with PAYLOAD_TOO_LARGE.
   const headerLimit = code === 'PAYLOAD_TOO_LARGE' && a.status === 431;
-  if (ERROR_STATUS[code as ErrorCode] !== a.status && !headerLimit) return `${String(code)} answered with ${a.status}, docs/protocol.md says ${ERROR_STATUS[code as ErrorCode]}`;
+  // The same section: a Range past the end of an artifact is 416 with VALIDATION_FAILED.
+  const badRange = code === 'VALIDATION_FAILED' && a.status === 416;
+  if (ERROR_STATUS[code as ErrorCode] !== a.status && !headerLimit && !badRange) return `${String(code)} answered with ${a.status}, docs/protocol.md says ${ERROR_STATUS[code as ErrorCode]}`;
   return undefined;
 }
 
